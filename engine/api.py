@@ -1,0 +1,279 @@
+"""The job definition API: ``Job``, ``Stream`` and ``KeyedStream``.
+
+Calls here only record operator specs in a ``JobGraph``; nothing runs, no
+thread starts and no file is touched until a runner executes the job. A job
+file defines ``build(**params) -> Job``.
+
+Example::
+
+    job = Job("wordcount")
+    (job.source(FileSource("data/words"), name="read")
+        .flat_map(str.split, name="split")
+        .map(lambda w: (w.lower(), 1))
+        .key_by(lambda kv: kv[0])
+        .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count", uid="count")
+        .map(lambda kv: f"{kv[0]},{kv[1]}")
+        .sink(FileSink("out/wordcount"), name="write"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from engine.errors import JobDefinitionError
+from engine.graph import EdgeSpec, JobGraph, OperatorKind, OperatorSpec, Partitioning
+from operators.base import Sink, Source, describe_callable
+from operators.keyed import ReduceOperator, StatefulMapOperator
+from operators.transforms import FilterOperator, FlatMapOperator, MapBatchesOperator, MapOperator
+
+_FORWARD = EdgeSpec(Partitioning.FORWARD)
+
+_Input = tuple[int, EdgeSpec]
+
+
+class Job:
+    """A named dataflow; add sources with :meth:`source`, end every stream with ``sink``."""
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name or "/" in name or name.startswith((".", "_")):
+            msg = f"job name {name!r} is invalid; use a non-empty name without '/' or a leading '.'/'_'"
+            raise JobDefinitionError(msg)
+        self.name = name
+        self.graph = JobGraph(name)
+        self._names: set[str] = set()
+
+    def source(
+        self,
+        source: Source,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
+    ) -> Stream:
+        """Add a source and return the stream of its records."""
+        if not isinstance(source, Source):
+            msg = (
+                f"job.source() needs an operators.Source (e.g. FileSource), got {source!r}"
+            )
+            raise JobDefinitionError(msg)
+        node = self._add(
+            OperatorKind.SOURCE,
+            "source",
+            lambda i, p: source.create_reader(i, p),
+            name=name,
+            parallelism=parallelism,
+            uid=uid,
+            description=type(source).__name__,
+            inputs=[],
+        )
+        return Stream(self, [(node, _FORWARD)])
+
+    def _add(
+        self,
+        kind: OperatorKind,
+        default_name: str,
+        factory: Callable[[int, int], Any],
+        *,
+        name: str | None,
+        parallelism: int | None,
+        uid: str | None,
+        description: str,
+        inputs: list[_Input],
+    ) -> int:
+        if name is not None and (not isinstance(name, str) or not name):
+            msg = f"operator name must be a non-empty string, got {name!r}"
+            raise JobDefinitionError(msg)
+        if uid is not None and (not isinstance(uid, str) or not uid or "/" in uid):
+            msg = f"operator uid must be a non-empty string without '/', got {uid!r}"
+            raise JobDefinitionError(msg)
+        if parallelism is not None and (not isinstance(parallelism, int) or parallelism < 1):
+            msg = f"operator {name or default_name!r}: parallelism must be an int >= 1, got {parallelism!r}"
+            raise JobDefinitionError(msg)
+        node_id = self.graph.dag.number_of_nodes()
+        display = name or default_name
+        if display in self._names:
+            if name is not None and uid is None:
+                msg = (
+                    f"two operators are named {name!r}; names derive the default uid, "
+                    "so give them distinct names or explicit uids"
+                )
+                raise JobDefinitionError(msg)
+            display = f"{display}-{node_id}"
+        self._names.add(display)
+        spec = OperatorSpec(
+            node_id=node_id,
+            name=display,
+            uid=uid or display,
+            kind=kind,
+            factory=factory,
+            parallelism=parallelism,
+            description=description,
+            uid_given=uid is not None,
+        )
+        self.graph.add_operator(spec)
+        for upstream, edge in inputs:
+            self.graph.connect(upstream, node_id, edge)
+        return node_id
+
+
+def _check_fn(fn: Any, method: str) -> None:
+    if not callable(fn):
+        msg = f"{method}() needs a callable, got {fn!r}"
+        raise JobDefinitionError(msg)
+
+
+class Stream:
+    """A stream of records flowing out of one or more operators."""
+
+    def __init__(self, job: Job, inputs: list[_Input]) -> None:
+        self._job = job
+        self._inputs = inputs
+
+    def _then(
+        self,
+        kind: OperatorKind,
+        default_name: str,
+        factory: Callable[[int, int], Any],
+        fn: Any,
+        name: str | None,
+        parallelism: int | None,
+        uid: str | None,
+    ) -> int:
+        return self._job._add(  # noqa: SLF001 - Stream and Job are one API
+            kind,
+            default_name,
+            factory,
+            name=name,
+            parallelism=parallelism,
+            uid=uid,
+            description=describe_callable(fn) if fn is not None else "",
+            inputs=self._inputs,
+        )
+
+    def _transform(
+        self, method: str, make: Callable[[], Any], fn: Any, name: str | None,
+        parallelism: int | None, uid: str | None,
+    ) -> Stream:
+        _check_fn(fn, method)
+        node = self._then(
+            OperatorKind.TRANSFORM, method, lambda i, p: make(), fn, name, parallelism, uid
+        )
+        return Stream(self._job, [(node, _FORWARD)])
+
+    def map(
+        self, fn: Callable[[Any], Any], *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Replace every record by ``fn(record)``."""
+        return self._transform("map", lambda: MapOperator(fn), fn, name, parallelism, uid)
+
+    def filter(
+        self, fn: Callable[[Any], Any], *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Keep the records for which ``fn(record)`` is truthy."""
+        return self._transform("filter", lambda: FilterOperator(fn), fn, name, parallelism, uid)
+
+    def flat_map(
+        self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Replace every record by the items of ``fn(record)``."""
+        return self._transform(
+            "flat_map", lambda: FlatMapOperator(fn), fn, name, parallelism, uid
+        )
+
+    def map_batches(
+        self, fn: Callable[[Any], Any], *, arrow: bool = False, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Apply ``fn`` to a whole batch: a list, or with ``arrow=True`` an Arrow RecordBatch."""
+        return self._transform(
+            "map_batches", lambda: MapBatchesOperator(fn, arrow=arrow), fn, name, parallelism, uid
+        )
+
+    def key_by(self, key_fn: Callable[[Any], Any]) -> KeyedStream:
+        """Partition by ``key_fn(record)``: every record of one key reaches the same subtask.
+
+        Keys must be str, int, float, bool, bytes, None or tuples of these;
+        ``1``, ``1.0`` and ``True`` are the same key (they compare equal).
+        """
+        _check_fn(key_fn, "key_by")
+        edge = EdgeSpec(Partitioning.HASH, key_fn=key_fn, explicit=True)
+        return KeyedStream(self._job, [(n, edge) for n, _ in self._inputs])
+
+    def rebalance(self) -> Stream:
+        """Spread batches round-robin over the next operator's subtasks."""
+        edge = EdgeSpec(Partitioning.REBALANCE, explicit=True)
+        return Stream(self._job, [(n, edge) for n, _ in self._inputs])
+
+    def broadcast(self) -> Stream:
+        """Send every batch to every subtask of the next operator."""
+        edge = EdgeSpec(Partitioning.BROADCAST, explicit=True)
+        return Stream(self._job, [(n, edge) for n, _ in self._inputs])
+
+    def union(self, *others: Stream) -> Stream:
+        """Merge this stream with others; the next operator reads all of them."""
+        inputs = list(self._inputs)
+        for other in others:
+            if not isinstance(other, Stream) or other._job is not self._job:
+                msg = f"union() takes streams of the same job, got {other!r}"
+                raise JobDefinitionError(msg)
+            inputs.extend(other._inputs)
+        return Stream(self._job, inputs)
+
+    def sink(
+        self, sink: Sink, *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> None:
+        """Write the stream to ``sink``; output becomes visible when checkpoints complete."""
+        if not isinstance(sink, Sink):
+            msg = f"sink() needs an operators.Sink (e.g. FileSink), got {sink!r}"
+            raise JobDefinitionError(msg)
+        node = self._then(
+            OperatorKind.SINK, "sink", lambda i, p: sink.create_writer(i, p), None,
+            name, parallelism, uid,
+        )
+        self._job.graph.spec(node).description = type(sink).__name__
+
+
+class KeyedStream:
+    """A stream partitioned by key; stateful operators keep state per key."""
+
+    def __init__(self, job: Job, inputs: list[_Input]) -> None:
+        self._job = job
+        self._inputs = inputs
+
+    def _keyed(
+        self, method: str, make: Callable[[], Any], fn: Any, name: str | None,
+        parallelism: int | None, uid: str | None,
+    ) -> Stream:
+        _check_fn(fn, method)
+        node = self._job._add(  # noqa: SLF001 - KeyedStream and Job are one API
+            OperatorKind.KEYED,
+            method,
+            lambda i, p: make(),
+            name=name,
+            parallelism=parallelism,
+            uid=uid,
+            description=describe_callable(fn),
+            inputs=self._inputs,
+        )
+        return Stream(self._job, [(node, _FORWARD)])
+
+    def reduce(
+        self, fn: Callable[[Any, Any], Any], *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Fold each key's records with ``fn(acc, record)``, emitting the running value."""
+        return self._keyed("reduce", lambda: ReduceOperator(fn), fn, name, parallelism, uid)
+
+    def stateful_map(
+        self, fn: Callable[[Any, Any], tuple[Any, Any]], *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Call ``fn(state_or_None, record) -> (new_state_or_None, output_or_None)`` per record."""
+        return self._keyed(
+            "stateful_map", lambda: StatefulMapOperator(fn), fn, name, parallelism, uid
+        )

@@ -1,0 +1,267 @@
+"""The operator life cycle: the hooks the runtime calls, and the context it hands over.
+
+This module defines contracts only. It does not schedule, checkpoint or move data:
+``engine`` does that and calls these hooks. An operator reaches the runtime only
+through the :class:`RuntimeContext` it receives in ``open``.
+
+Life cycle of one operator instance (one per subtask per attempt)::
+
+    open(ctx) -> restore_state(...)? -> { process_batch | snapshot_state
+              | notify_checkpoint_complete | notify_checkpoint_aborted }*
+              -> finish() -> ... -> close()
+
+``restore_state`` is called before any record when the attempt resumes from a
+checkpoint. ``finish`` is called once all inputs have ended, before the final
+checkpoint, so whatever it returns is covered by that checkpoint. ``close`` is
+called on every exit path, including failure, and must not raise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from state_backends.key_groups import KeyGroupRange
+
+log = logging.getLogger("onceflow")
+
+
+class RuntimeContext(Protocol):
+    """What the runtime tells an operator about where and how it runs."""
+
+    job_name: str
+    operator_name: str
+    uid: str
+    subtask_index: int
+    parallelism: int
+    max_parallelism: int
+    key_group_range: KeyGroupRange
+    attempt_id: str
+    """Unique per attempt of a run; names files that a later attempt may abort."""
+    restored_checkpoint_id: int | None
+    """The checkpoint this attempt restored from, or None for a fresh start."""
+    overwrite_output: bool
+    """True when the user asked to start over (``--fresh``): sinks may replace their old output."""
+
+    def crash_point(self, label: str) -> None:
+        """Kill the process here if the fault-injection setting names ``label``."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSnapshot:
+    """State captured synchronously at a barrier.
+
+    ``operator_state`` is a picklable value restored to every subtask of the
+    next attempt (union semantics, so parallelism may change). ``keyed_state``
+    maps a state name to a ``{key: value}`` dict that the caller must treat as
+    frozen; the runtime partitions it by key group when writing.
+    """
+
+    operator_state: Any = None
+    keyed_state: dict[str, dict[Any, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredState:
+    """What a subtask gets back on restore.
+
+    ``operator_states`` holds ``(old_subtask_index, state)`` for every subtask
+    of the checkpointed run, so an operator can pick its share after a rescale.
+    ``keyed_state`` holds only the keys in this subtask's key-group range.
+    """
+
+    checkpoint_id: int
+    old_parallelism: int
+    operator_states: list[tuple[int, Any]]
+    keyed_state: dict[str, dict[Any, Any]]
+
+
+class Operator:
+    """Base of every operator; each hook has a do-nothing default.
+
+    Cost: ``process_batch`` is called once per batch, never per record; the
+    per-record work is whatever the operator's own loop does.
+    """
+
+    ctx: RuntimeContext
+
+    def open(self, ctx: RuntimeContext) -> None:
+        """Prepare to run; called once per attempt before anything else."""
+        self.ctx = ctx
+
+    def process_batch(self, records: list) -> list:
+        """Transform one batch and return the output records (possibly empty)."""
+        return records
+
+    def process_keyed_batch(self, records: list, keys: list) -> list:
+        """Like ``process_batch`` for operators after ``key_by``; ``keys[i]`` is the key of ``records[i]``."""
+        return self.process_batch(records)
+
+    def on_watermark(self, watermark: float) -> list:
+        """React to the task's watermark advancing; return records to emit."""
+        return []
+
+    def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot | None:
+        """Capture state for checkpoint ``checkpoint_id``; None when stateless.
+
+        Called at the barrier, between two batches. Must copy or freeze what it
+        returns: processing resumes while the snapshot is written.
+        """
+        return None
+
+    def restore_state(self, restored: RestoredState) -> None:
+        """Load state from a completed checkpoint; called after ``open``."""
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is durable. May be skipped; a later one subsumes it."""
+
+    def notify_checkpoint_aborted(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` will never complete."""
+
+    def finish(self) -> list:
+        """All inputs ended: return the records still owed (timers, windows)."""
+        return []
+
+    def close(self) -> None:
+        """Release resources. Called on every exit path; must not raise."""
+
+
+class SourceReader:
+    """One subtask's reader of a source.
+
+    The runtime calls ``poll_batch`` repeatedly; between two calls it may call
+    ``snapshot_state`` and then emit a barrier, so the offsets a snapshot
+    returns must cover exactly the records already returned.
+    """
+
+    ctx: RuntimeContext
+
+    def open(self, ctx: RuntimeContext) -> None:
+        """Prepare to read; called once per attempt before ``restore_state``."""
+        self.ctx = ctx
+
+    def restore_state(self, restored: RestoredState) -> None:
+        """Seek to the offsets of a completed checkpoint."""
+
+    def poll_batch(self, max_records: int) -> list | None:
+        """Return up to about ``max_records`` records, ``[]`` if none are ready now, None at the end."""
+        raise NotImplementedError
+
+    def snapshot_state(self, checkpoint_id: int) -> Any:
+        """Return the offsets reached (a picklable value)."""
+        return None
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is durable (a log source may acknowledge upstream)."""
+
+    def close(self) -> None:
+        """Release resources; must not raise."""
+
+
+class Source:
+    """A description of where records come from; creates one reader per subtask.
+
+    A ``Source`` is built by the job's ``build()`` and must hold configuration
+    only, so every worker can rebuild it from the job file.
+    """
+
+    bounded: bool = True
+
+    def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
+        """Return the reader for one subtask."""
+        raise NotImplementedError
+
+
+class Sink:
+    """A description of where records go; creates one writer operator per subtask."""
+
+    def create_writer(self, subtask_index: int, parallelism: int) -> Operator:
+        """Return the writer operator for one subtask."""
+        raise NotImplementedError
+
+
+class TwoPhaseCommitWriter(Operator):
+    """A sink writer whose output becomes visible only once a checkpoint completes.
+
+    Subclasses implement ``write``, ``pre_commit``, ``commit`` and
+    ``abort_leftovers``; this base owns the bookkeeping:
+
+    1. Records go to ``write`` into the open transaction.
+    2. At barrier ``n``, ``pre_commit(n)`` makes them durable but invisible and
+       returns a committable (or None when there was nothing to write).
+    3. The snapshot holds every committable not yet committed, so a restore can
+       finish them.
+    4. ``notify_checkpoint_complete(n)`` commits every pending committable with
+       id <= n, in checkpoint order. A lost notification is subsumed by a later
+       one; a late one for an already committed id is a no-op.
+    5. ``restore_state`` re-commits the restored committables (``commit`` must be
+       idempotent), then ``abort_leftovers`` removes what later attempts left.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[int, Any] = {}
+
+    def write(self, records: list) -> None:
+        """Append records to the open transaction."""
+        raise NotImplementedError
+
+    def pre_commit(self, checkpoint_id: int) -> Any:
+        """Make the open transaction durable and invisible; return its committable or None."""
+        raise NotImplementedError
+
+    def commit(self, committable: Any) -> None:
+        """Make a committable's records visible. Idempotent: committing twice changes nothing."""
+        raise NotImplementedError
+
+    def abort_leftovers(self, keep: Sequence[Any]) -> None:
+        """Remove this sink's uncommitted output except ``keep`` (committables still owed)."""
+
+    def owns_committable(self, old_subtask_index: int, old_parallelism: int) -> bool:
+        """Decide which restored subtask's committables this subtask re-commits."""
+        return old_subtask_index % self.ctx.parallelism == self.ctx.subtask_index
+
+    def process_batch(self, records: list) -> list:
+        """Write the batch; sinks emit nothing."""
+        if records:
+            self.write(records)
+        return []
+
+    def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
+        """Pre-commit the open transaction and snapshot every uncommitted committable."""
+        committable = self.pre_commit(checkpoint_id)
+        if committable is not None:
+            self._pending[checkpoint_id] = committable
+        return OperatorSnapshot(operator_state=sorted(self._pending.items()))
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Commit every pending committable covered by ``checkpoint_id``, oldest first."""
+        for n in sorted(self._pending):
+            if n > checkpoint_id:
+                break
+            self.commit(self._pending.pop(n))
+
+    def restore_state(self, restored: RestoredState) -> None:
+        """Re-commit the restored checkpoint's committables, then abort everything else."""
+        owed = [
+            (n, committable)
+            for old_index, state in restored.operator_states
+            if self.owns_committable(old_index, restored.old_parallelism)
+            for n, committable in (state or [])
+        ]
+        for _, committable in sorted(owed, key=lambda item: item[0]):
+            self.commit(committable)
+        if self.ctx.subtask_index == 0:
+            self.abort_leftovers(
+                [c for _, state in restored.operator_states for _, c in (state or [])]
+            )
+
+
+def describe_callable(fn: Callable[..., Any]) -> str:
+    """Show a user function as ``qualname (file:line)`` for error messages."""
+    code = getattr(fn, "__code__", None)
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    if code is None:
+        return name
+    return f"{name} ({code.co_filename}:{code.co_firstlineno})"
