@@ -1,0 +1,324 @@
+from __future__ import annotations
+
+import random
+import sys
+import uuid
+
+import fsspec
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pytest
+
+from state_backends import (
+    CorruptStateError,
+    ErrorDomain,
+    IncompatibleStateError,
+    KeyGroupAssigner,
+    KeyGroupRange,
+    StateFileHandle,
+    key_group_for,
+    key_group_range_for_subtask,
+    read_state_file,
+    write_state_file,
+)
+from state_backends.arrow_snapshot import BATCH_ROWS
+
+
+@pytest.fixture(params=["file", "memory"])
+def fs_and_root(request, tmp_path):
+    """A real local directory and an in-memory filesystem under a unique root."""
+    if request.param == "file":
+        yield fsspec.filesystem("file"), str(tmp_path)
+        return
+    fs = fsspec.filesystem("memory")
+    root = f"/test-{uuid.uuid4().hex}"
+    yield fs, root
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def _value_encoding(fs, path):
+    with fs.open(path, "rb") as f:
+        reader = ipc.open_file(pa.py_buffer(f.read()))
+    return reader.schema.metadata[b"onceflow.value_encoding"].decode(), reader.schema
+
+
+VALUE_CASES = {
+    "int64": ({f"k{i}": i * 7 - 50 for i in range(300)}, "int64"),
+    "float64": (
+        {f"k{i}": i / 3 for i in range(300)} | {"neg0": -0.0, "inf": float("inf")},
+        "float64",
+    ),
+    "string": ({i: f"v{i}-✓" for i in range(300)}, "string"),
+    "binary": ({(i, "t"): bytes([i % 256]) * 3 for i in range(300)}, "binary"),
+    "mixed": ({"a": 1, "b": "x", "c": None, "d": 2.5, "e": True}, "pickle"),
+    "dicts": ({f"k{i}": {"n": i, "l": [i, "x"]} for i in range(50)}, "pickle"),
+    "bools": ({"t": True, "f": False}, "pickle"),
+    "bigint": ({"small": 1, "huge": 2**80}, "pickle"),
+}
+
+
+@pytest.mark.parametrize("case", list(VALUE_CASES))
+def test_round_trip_for_each_value_encoding(fs_and_root, case):
+    fs, root = fs_and_root
+    table, encoding = VALUE_CASES[case]
+    path = f"{root}/chk-1/op-0.arrow"
+    handle = write_state_file(
+        fs, path, keyed_state={"s": table}, operator_state=None, key_group_of=key_group_for
+    )
+    assert _value_encoding(fs, path)[0] == encoding
+    assert handle.rows == len(table)
+    assert handle.bytes == fs.size(path)
+
+    operator_state, keyed = read_state_file(fs, handle)
+
+    assert operator_state is None
+    assert keyed == {"s": table}
+    for key, value in keyed["s"].items():
+        assert type(value) is type(table[key])
+
+
+def test_several_states_and_operator_state_round_trip(fs_and_root):
+    fs, root = fs_and_root
+    assigner = KeyGroupAssigner()
+    keyed_state = {
+        "counts": {f"w{i}": i for i in range(1000)},
+        "last": {f"w{i}": f"seen-{i}" for i in range(0, 1000, 3)},
+        "empty": {},
+    }
+    operator_state = {"offsets": [1, 2, 3], "watermark": 12.5, "timers": {("a", 1): 10}}
+    handle = write_state_file(
+        fs,
+        f"{root}/op-0.arrow",
+        keyed_state=keyed_state,
+        operator_state=operator_state,
+        key_group_of=assigner.key_group,
+    )
+
+    restored_operator_state, keyed = read_state_file(fs, handle)
+
+    assert restored_operator_state == operator_state
+    assert keyed == {"counts": keyed_state["counts"], "last": keyed_state["last"]}
+
+
+def test_handle_json_round_trip(fs_and_root):
+    fs, root = fs_and_root
+    handle = write_state_file(
+        fs,
+        f"{root}/a.arrow",
+        keyed_state={"s": {"a": 1}},
+        operator_state=1,
+        key_group_of=key_group_for,
+    )
+    assert StateFileHandle.from_json(handle.to_json()) == handle
+    assert handle.key_group_start == key_group_for("a")
+    assert handle.key_group_end == key_group_for("a") + 1
+    assert len(handle.sha256) == 64
+
+
+def test_rows_are_sorted_by_key_group_in_batches(tmp_path):
+    fs = fsspec.filesystem("file")
+    table = {i: i for i in range(BATCH_ROWS + 10)}
+    handle = write_state_file(
+        fs,
+        str(tmp_path / "big.arrow"),
+        keyed_state={"s": table},
+        operator_state=None,
+        key_group_of=key_group_for,
+    )
+    reader = ipc.open_file(str(tmp_path / "big.arrow"))
+    assert reader.num_record_batches == 2
+    key_groups = reader.read_all()["key_group"].to_pylist()
+    assert key_groups == sorted(key_groups)
+    assert handle.key_group_start == key_groups[0]
+    assert handle.key_group_end == key_groups[-1] + 1
+
+
+def test_empty_state_file_round_trips(fs_and_root):
+    fs, root = fs_and_root
+    handle = write_state_file(
+        fs,
+        f"{root}/empty.arrow",
+        keyed_state={},
+        operator_state={"offset": 0},
+        key_group_of=key_group_for,
+    )
+    assert handle.rows == 0
+    assert handle.key_group_start is None and handle.key_group_end is None
+    assert read_state_file(fs, handle) == ({"offset": 0}, {})
+    assert read_state_file(fs, handle, KeyGroupRange(0, 64)) == ({"offset": 0}, {})
+
+
+@pytest.mark.parametrize("new_parallelism", [1, 2, 3, 5])
+def test_restore_at_new_parallelism_reassembles_original_state(fs_and_root, new_parallelism):
+    fs, root = fs_and_root
+    max_parallelism = 128
+    old_assigner = KeyGroupAssigner(max_parallelism, parallelism=2)
+    original = {
+        "counts": {(f"user-{i}", i % 3): i for i in range(2000)},
+        "names": {(f"user-{i}", i % 3): f"n{i}" for i in range(0, 2000, 7)},
+    }
+    handles = []
+    for subtask in range(2):
+        part = {
+            name: {k: v for k, v in table.items() if old_assigner.subtask(k) == subtask}
+            for name, table in original.items()
+        }
+        handles.append(
+            write_state_file(
+                fs,
+                f"{root}/chk-3/op-{subtask}.arrow",
+                keyed_state=part,
+                operator_state=("offsets", subtask),
+                key_group_of=old_assigner.key_group,
+            )
+        )
+
+    union: dict[str, dict] = {"counts": {}, "names": {}}
+    for subtask in range(new_parallelism):
+        key_groups = key_group_range_for_subtask(max_parallelism, new_parallelism, subtask)
+        operator_states = []
+        for handle in handles:
+            operator_state, keyed = read_state_file(fs, handle, key_groups)
+            operator_states.append(operator_state)
+            for name, table in keyed.items():
+                for key in table:
+                    assert key_group_for(key, max_parallelism) in key_groups
+                    assert key not in union[name], "a key restored to two subtasks"
+                union[name].update(table)
+        assert operator_states == [("offsets", 0), ("offsets", 1)]
+    assert union == original
+
+
+def test_file_outside_requested_range_is_skipped_but_returns_operator_state(fs_and_root):
+    fs, root = fs_and_root
+    key = next(k for k in (f"k{i}" for i in range(1000)) if key_group_for(k) < 64)
+    handle = write_state_file(
+        fs,
+        f"{root}/a.arrow",
+        keyed_state={"s": {key: 1}},
+        operator_state="op",
+        key_group_of=key_group_for,
+    )
+    assert read_state_file(fs, handle, KeyGroupRange(64, 128)) == ("op", {})
+    assert read_state_file(fs, handle, KeyGroupRange(0, 64)) == ("op", {"s": {key: 1}})
+
+
+def _write_sample(fs, path):
+    table = {f"user-{i}": {"n": i} for i in range(3000)}
+    return write_state_file(
+        fs, path, keyed_state={"s": table}, operator_state=[1, 2], key_group_of=key_group_for
+    )
+
+
+def _rewrite_and_rehandle(fs, handle, data):
+    """Replace the file and forge a handle that matches it, to get past the checksum."""
+    import hashlib
+
+    fs.pipe_file(handle.path, data)
+    return StateFileHandle(
+        path=handle.path,
+        rows=handle.rows,
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        key_group_start=handle.key_group_start,
+        key_group_end=handle.key_group_end,
+    )
+
+
+def test_truncation_at_random_offsets_raises_corrupt_state(fs_and_root):
+    fs, root = fs_and_root
+    handle = _write_sample(fs, f"{root}/a.arrow")
+    original = fs.cat_file(handle.path)
+    seed = random.randrange(2**32)
+    print(f"truncation seed={seed}")
+    rng = random.Random(seed)
+    offsets = {0, 1, len(original) - 1, len(original) - 4, len(original) - 10}
+    offsets |= {rng.randrange(len(original)) for _ in range(20)}
+    for offset in sorted(offsets):
+        fs.pipe_file(handle.path, original[:offset])
+        with pytest.raises(CorruptStateError, match="bytes, expected") as info:
+            read_state_file(fs, handle)
+        assert handle.path in str(info.value), f"seed={seed} offset={offset}"
+        # Even with a handle forged to match, the footer check refuses the torn file.
+        forged = _rewrite_and_rehandle(fs, handle, original[:offset])
+        with pytest.raises(CorruptStateError):
+            read_state_file(fs, forged)
+
+
+def test_flipped_byte_raises_corrupt_state(fs_and_root):
+    fs, root = fs_and_root
+    handle = _write_sample(fs, f"{root}/a.arrow")
+    data = bytearray(fs.cat_file(handle.path))
+    data[len(data) // 2] ^= 0xFF
+    fs.pipe_file(handle.path, bytes(data))
+    with pytest.raises(CorruptStateError, match="sha256") as info:
+        read_state_file(fs, handle)
+    assert handle.sha256 in str(info.value)
+    assert info.value.domain is ErrorDomain.EXTERNAL
+
+
+def test_wrong_size_in_handle_raises_corrupt_state(fs_and_root):
+    fs, root = fs_and_root
+    handle = _write_sample(fs, f"{root}/a.arrow")
+    wrong = StateFileHandle(**{**handle.to_json(), "bytes": handle.bytes + 1})
+    with pytest.raises(CorruptStateError, match=str(handle.bytes + 1)):
+        read_state_file(fs, wrong)
+
+
+def test_missing_file_raises_corrupt_state(fs_and_root):
+    fs, root = fs_and_root
+    handle = _write_sample(fs, f"{root}/a.arrow")
+    fs.rm(handle.path)
+    with pytest.raises(CorruptStateError, match="missing"):
+        read_state_file(fs, handle)
+
+
+def test_non_arrow_file_with_matching_checksum_raises_corrupt_state(fs_and_root):
+    fs, root = fs_and_root
+    handle = _write_sample(fs, f"{root}/a.arrow")
+    forged = _rewrite_and_rehandle(fs, handle, b"not an arrow file at all" * 10)
+    with pytest.raises(CorruptStateError, match="not a readable Arrow IPC file"):
+        read_state_file(fs, forged)
+
+
+def test_stream_format_is_refused(fs_and_root):
+    fs, root = fs_and_root
+    handle = _write_sample(fs, f"{root}/a.arrow")
+    table = ipc.open_file(pa.py_buffer(fs.cat_file(handle.path))).read_all()
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    forged = _rewrite_and_rehandle(fs, handle, sink.getvalue().to_pybytes())
+    with pytest.raises(CorruptStateError):
+        read_state_file(fs, forged)
+
+
+def test_pickles_from_another_python_version_are_refused(fs_and_root):
+    fs, root = fs_and_root
+    handle = _write_sample(fs, f"{root}/a.arrow")
+    table = ipc.open_file(pa.py_buffer(fs.cat_file(handle.path))).read_all()
+    metadata = dict(table.schema.metadata)
+    metadata[b"onceflow.python"] = b"2.7"
+    table = table.replace_schema_metadata(metadata)
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    forged = _rewrite_and_rehandle(fs, handle, sink.getvalue().to_pybytes())
+    with pytest.raises(IncompatibleStateError, match=r"Python 2\.7") as info:
+        read_state_file(fs, forged)
+    assert info.value.domain is ErrorDomain.USER
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in str(info.value)
+
+
+def test_writer_does_not_mutate_the_snapshot(fs_and_root):
+    fs, root = fs_and_root
+    keyed_state = {"s": {"a": 1, "b": 2}}
+    write_state_file(
+        fs,
+        f"{root}/a.arrow",
+        keyed_state=keyed_state,
+        operator_state=None,
+        key_group_of=key_group_for,
+    )
+    assert keyed_state == {"s": {"a": 1, "b": 2}}
