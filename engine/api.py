@@ -235,7 +235,9 @@ class Stream:
             OperatorKind.SINK, "sink", lambda i, p: sink.create_writer(i, p), None,
             name, parallelism, uid,
         )
-        self._job.graph.spec(node).description = type(sink).__name__
+        spec = self._job.graph.spec(node)
+        spec.description = type(sink).__name__
+        spec.config["sink"] = sink
 
 
 class KeyedStream:

@@ -1,0 +1,226 @@
+"""Bounded channels between subtasks and the output gates that partition into them.
+
+This is the per-record path: a gate sees each record once (the hash gate calls
+the key function and one dict lookup per record); everything else is per batch.
+An executor may swap ``LocalChannel`` for another implementation with the same
+four methods (``put``, ``poll``, ``has_room``, ``__len__``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from engine.elements import Batch
+from engine.errors import KeyEncodingError, OperatorError
+from state_backends.key_groups import key_group_for, subtask_for_key_group
+from state_backends.errors import ErrorDomain
+
+
+class Channel(Protocol):
+    """A FIFO of elements from one producer subtask to one consumer subtask."""
+
+    def put(self, element: Any) -> None:
+        """Append an element; the producer checks ``has_room`` first."""
+
+    def poll(self) -> Any:
+        """Remove and return the oldest element, or None when empty."""
+
+    def has_room(self) -> bool:
+        """Whether the producer may put more (the backpressure signal)."""
+
+    def __len__(self) -> int: ...
+
+
+class LocalChannel:
+    """A deque bounded by ``capacity`` elements, for producers and consumers in one thread.
+
+    The bound is checked before a producer steps, so one step may overshoot it
+    by the output of a single batch; memory stays bounded all the same.
+    """
+
+    __slots__ = ("queue", "capacity", "name", "put", "poll_left")
+
+    def __init__(self, capacity: int, name: str = "") -> None:
+        self.queue: deque = deque()
+        self.capacity = capacity
+        self.name = name
+        self.put = self.queue.append
+        self.poll_left = self.queue.popleft
+
+    def poll(self) -> Any:
+        """Return the oldest element or None."""
+        return self.poll_left() if self.queue else None
+
+    def has_room(self) -> bool:
+        """Whether fewer than ``capacity`` elements are queued."""
+        return len(self.queue) < self.capacity
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+
+class OutputGate:
+    """Partitions a producer's output batches over the channels of one edge."""
+
+    channels: list
+
+    def emit(self, records: list) -> None:
+        """Send a batch of records downstream."""
+        raise NotImplementedError
+
+    def broadcast(self, element: Any) -> None:
+        """Send a control element (barrier, watermark, end of data) on every channel."""
+        for ch in self.channels:
+            ch.put(element)
+
+    def has_room(self) -> bool:
+        """Whether every channel can take more."""
+        return all(ch.has_room() for ch in self.channels)
+
+
+class ForwardGate(OutputGate):
+    """One channel: subtask i to subtask i."""
+
+    def __init__(self, channels: list) -> None:
+        self.channels = channels
+        self._put = channels[0].put
+
+    def emit(self, records: list) -> None:
+        """Send the batch as is."""
+        self._put(Batch(records))
+
+    def has_room(self) -> bool:
+        """Whether the channel can take more."""
+        return self.channels[0].has_room()
+
+
+class RebalanceGate(OutputGate):
+    """Round-robin, one whole batch per channel in turn."""
+
+    def __init__(self, channels: list, start: int = 0) -> None:
+        self.channels = channels
+        self._next = start % len(channels)
+
+    def emit(self, records: list) -> None:
+        """Send the batch to the next channel."""
+        self.channels[self._next].put(Batch(records))
+        self._next = (self._next + 1) % len(self.channels)
+
+
+class BroadcastGate(OutputGate):
+    """Every batch to every channel (records are shared, never copied)."""
+
+    def __init__(self, channels: list) -> None:
+        self.channels = channels
+
+    def emit(self, records: list) -> None:
+        """Send the batch everywhere."""
+        for ch in self.channels:
+            ch.put(Batch(records))
+
+
+class HashGate(OutputGate):
+    """Route each record by the stable hash of its key; keys travel with the batch.
+
+    Cost per record: one ``key_fn`` call and one dict lookup (key -> channel),
+    with the canonical hash computed once per distinct key.
+    """
+
+    def __init__(
+        self,
+        channels: list,
+        key_fn: Callable[[Any], Any],
+        *,
+        max_parallelism: int,
+        operator_name: str,
+        uid: str,
+        subtask_index: int,
+        cache_size: int = 1_000_000,
+    ) -> None:
+        self.channels = channels
+        self.key_fn = key_fn
+        self.max_parallelism = max_parallelism
+        self.operator_name = operator_name
+        self.uid = uid
+        self.subtask_index = subtask_index
+        self.cache_size = cache_size
+        self._route: dict[Any, int] = {}
+
+    def _miss(self, key: Any) -> int:
+        try:
+            kg = key_group_for(key, self.max_parallelism)
+        except KeyEncodingError as exc:
+            msg = (
+                f"key_by before operator {self.operator_name!r} produced key {key!r} of "
+                f"type {type(key).__name__}: {exc}. Keys must be str, int, float, bool, "
+                "bytes, None or tuples of these; convert the key in key_by's function"
+            )
+            raise self._error(msg, exc) from exc
+        if len(self._route) >= self.cache_size:
+            self._route.clear()
+        target = subtask_for_key_group(self.max_parallelism, len(self.channels), kg)
+        self._route[key] = target
+        return target
+
+    def _error(self, msg: str, exc: BaseException) -> OperatorError:
+        err = OperatorError(
+            msg,
+            operator=f"key_by -> {self.operator_name}",
+            uid=self.uid,
+            subtask_index=self.subtask_index,
+            checkpoint_id=None,
+            domain=ErrorDomain.USER,
+        )
+        err.__cause__ = exc
+        return err
+
+    def emit(self, records: list) -> None:
+        """Split the batch by key into one keyed batch per channel."""
+        try:
+            keys = list(map(self.key_fn, records))
+        except Exception as exc:
+            msg = f"key_by before operator {self.operator_name!r} raised {exc!r}"
+            raise self._error(msg, exc) from exc
+        route = self._route
+        get = route.get
+        channels = self.channels
+        try:
+            if len(channels) == 1:
+                for key in keys:
+                    if get(key) is None:
+                        self._miss(key)
+                channels[0].put(Batch(records, keys))
+                return
+            n = len(channels)
+            out_records: list[list] = [[] for _ in range(n)]
+            out_keys: list[list] = [[] for _ in range(n)]
+            miss = self._miss
+            for record, key in zip(records, keys):
+                target = get(key)
+                if target is None:
+                    target = miss(key)
+                out_records[target].append(record)
+                out_keys[target].append(key)
+        except TypeError as exc:
+            if isinstance(exc, KeyEncodingError) or isinstance(exc, OperatorError):
+                raise
+            bad = next(k for k in keys if not _hashable(k))
+            msg = (
+                f"key_by before operator {self.operator_name!r} produced key {bad!r} of "
+                f"unsupported type {type(bad).__name__}. Keys must be str, int, float, "
+                "bool, bytes, None or tuples of these"
+            )
+            raise self._error(msg, exc) from exc
+        for i in range(n):
+            if out_records[i]:
+                channels[i].put(Batch(out_records[i], out_keys[i]))
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True

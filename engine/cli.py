@@ -1,0 +1,281 @@
+"""The ``onceflow`` command: run a job, show its plan, manage checkpoints.
+
+Exit codes: 0 the job finished and everything is committed; 1 the job failed;
+2 a usage error (bad arguments, job file, parameters, checkpoint directory,
+or a connector set up wrongly). Errors print one line plus a hint; the
+traceback only with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+
+from engine.coordinator import CoordinatorSettings
+from engine.errors import (
+    CheckpointStorageError,
+    ConcurrentRunError,
+    IncompatibleCheckpointError,
+    JobDefinitionError,
+    OnceflowError,
+    OperatorError,
+)
+from engine.executors.local import ExecutionSettings
+from engine.loader import load_job, parse_params
+from engine.plan import build_plan, describe_graph
+from engine.progress import ProgressDisplay
+from engine.runner import DEFAULT_CHECKPOINT_DIR, JobRunner, RestartStrategy, RunStatus
+from engine.storage import CheckpointStore
+from state_backends.errors import ErrorDomain
+
+log = logging.getLogger("onceflow")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # noqa: D102 - argparse hook
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"onceflow: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        msg = f"must be >= 1, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        msg = f"must be > 0, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``onceflow`` command."""
+    parser = _Parser(prog="onceflow", description="Run exactly-once dataflow jobs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def job_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("jobfile", help="a Python file defining build(**params) -> Job")
+        p.add_argument("-p", dest="params", action="append", default=[], metavar="NAME=VALUE",
+                       help="a parameter passed to build() as a string (repeatable)")
+        p.add_argument("--parallelism", type=_positive_int, default=1,
+                       help="parallelism of every operator that sets none (default 1)")
+        p.add_argument("--max-parallelism", type=_positive_int, default=128,
+                       help="number of key groups; fixed for the life of the job (default 128)")
+        p.add_argument("--verbose", "-v", action="store_true", help="debug logs and tracebacks")
+
+    run = sub.add_parser("run", help="run a job (a rerun resumes from the latest checkpoint)")
+    job_args(run)
+    run.add_argument("--executor", choices=["local", "process"], default="local")
+    run.add_argument("--checkpoint-dir", default=DEFAULT_CHECKPOINT_DIR,
+                     help=f"fsspec URL or path for checkpoints (default {DEFAULT_CHECKPOINT_DIR})")
+    run.add_argument("--checkpoint-interval", type=_positive_float, default=2.0,
+                     help="seconds between checkpoints (default 2)")
+    run.add_argument("--checkpoint-timeout", type=_positive_float, default=60.0,
+                     help="abort a checkpoint not complete after this many seconds (default 60)")
+    run.add_argument("--retain", type=_positive_int, default=3,
+                     help="completed checkpoints to keep (default 3)")
+    run.add_argument("--fresh", action="store_true",
+                     help="discard this job's checkpoints and output, and start over")
+    run.add_argument("--restart-attempts", type=int, default=3,
+                     help="restarts after a task failure before giving up (default 3)")
+    run.add_argument("--restart-delay", type=float, default=0.5,
+                     help="first restart delay in seconds, doubled each time (default 0.5)")
+    run.add_argument("--batch-size", type=_positive_int, default=1024)
+    run.add_argument("--channel-capacity", type=_positive_int, default=8,
+                     help="batches a channel holds before its producer waits (default 8)")
+    run.add_argument("--progress", choices=["auto", "tty", "log", "off"], default="auto")
+
+    graph = sub.add_parser("graph", help="print the logical graph and the physical plan")
+    job_args(graph)
+
+    chk = sub.add_parser("checkpoints", help="list, inspect or delete checkpoints")
+    chk.add_argument("action", choices=["list", "inspect", "delete"])
+    chk.add_argument("url", nargs="?", default=DEFAULT_CHECKPOINT_DIR,
+                     help=f"checkpoint directory (default {DEFAULT_CHECKPOINT_DIR})")
+    chk.add_argument("--job", help="job name (default: the only job in the directory)")
+    chk.add_argument("--id", type=int, help="checkpoint id (default: the latest)")
+    chk.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``onceflow`` console script."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "graph":
+            return _graph(args)
+        return _checkpoints(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("onceflow: interrupted; rerun the same command to resume\n")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+        return _report(exc, args.verbose)
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("onceflow: %(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    if isinstance(exc, JobDefinitionError | ConcurrentRunError | IncompatibleCheckpointError):
+        return True
+    if isinstance(exc, CheckpointStorageError) and exc.domain is ErrorDomain.EXTERNAL:
+        return "not writable" in str(exc) or "cannot be used" in str(exc)
+    if isinstance(exc, OperatorError) and getattr(exc, "phase", "") == "open":
+        cause = exc.__cause__
+        return isinstance(cause, OnceflowError) and cause.domain is ErrorDomain.USER
+    return False
+
+
+def _report(exc: BaseException, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    code = EXIT_USAGE if _is_usage_error(exc) else EXIT_FAILED
+    first = str(exc).strip() or type(exc).__name__
+    notes = getattr(exc, "__notes__", [])
+    prefix = "; ".join(notes) + ": " if notes else ""
+    if not isinstance(exc, OnceflowError) and not verbose:
+        first = f"{type(exc).__name__}: {first}"
+    sys.stderr.write(f"onceflow: error: {prefix}{first}\n")
+    if not verbose:
+        sys.stderr.write("onceflow: (run with --verbose for the traceback)\n")
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.executor == "process":
+        sys.stderr.write(
+            "onceflow: error: the process executor is not available in this version; "
+            "use --executor local\n"
+        )
+        return EXIT_USAGE
+    job = load_job(args.jobfile, parse_params(args.params))
+    settings = ExecutionSettings(
+        batch_size=args.batch_size,
+        channel_capacity=args.channel_capacity,
+        checkpoint=CoordinatorSettings(
+            interval=args.checkpoint_interval,
+            timeout=args.checkpoint_timeout,
+            retain=args.retain,
+        ),
+    )
+    progress = None
+    if args.progress != "off":
+        interactive = None if args.progress == "auto" else args.progress == "tty"
+        progress = ProgressDisplay(interactive=interactive)
+    runner = JobRunner(
+        job,
+        checkpoint_dir=args.checkpoint_dir,
+        parallelism=args.parallelism,
+        max_parallelism=args.max_parallelism,
+        settings=settings,
+        restart=RestartStrategy(attempts=args.restart_attempts, initial_delay=args.restart_delay),
+        fresh=args.fresh,
+        on_tick=progress,
+    )
+    started = time.monotonic()
+    result = runner.run()
+    elapsed = time.monotonic() - started
+    if result.status is RunStatus.ALREADY_FINISHED:
+        print(
+            f"onceflow: job {job.name!r} already finished at checkpoint {result.checkpoint_id}; "
+            "its output is committed and nothing changed (pass --fresh to run it again)"
+        )
+    else:
+        resumed = (
+            f", resumed from checkpoint {result.restored_from}" if result.restored_from else ""
+        )
+        restarts = f", {result.restarts} restart(s)" if result.restarts else ""
+        print(
+            f"onceflow: job {job.name!r} finished in {elapsed:.1f} s{resumed}{restarts}: "
+            f"{result.records_read:,} records read, {result.checkpoints_completed} checkpoints, "
+            f"output committed at checkpoint {result.checkpoint_id}"
+        )
+    for sink in result.sinks:
+        where = getattr(sink, "directory", None)
+        if where is not None:
+            print(f"onceflow: output in {where}")
+    return EXIT_OK
+
+
+def _graph(args: argparse.Namespace) -> int:
+    job = load_job(args.jobfile, parse_params(args.params))
+    plan = build_plan(
+        job.graph, default_parallelism=args.parallelism, max_parallelism=args.max_parallelism
+    )
+    print(describe_graph(job.graph))
+    print()
+    print(plan.describe())
+    return EXIT_OK
+
+
+def _checkpoints(args: argparse.Namespace) -> int:
+    probe = CheckpointStore(args.url, "_")
+    root = probe.paths.root
+    try:
+        jobs = sorted(
+            p.rsplit("/", 1)[-1] for p in probe.fs.ls(root, detail=False) if probe.fs.isdir(p)
+        )
+    except FileNotFoundError:
+        jobs = []
+    if args.job:
+        jobs = [j for j in jobs if j == args.job] or [args.job]
+    if args.action == "list":
+        for name in jobs:
+            store = CheckpointStore(args.url, name)
+            for cid in store.checkpoint_ids():
+                meta = store.read_metadata(cid)
+                state = "complete" if meta else "incomplete"
+                extra = ""
+                if meta:
+                    final = " final" if meta.get("final") else ""
+                    extra = (
+                        f" {meta.get('size_bytes', 0):>10,} bytes  "
+                        f"{meta['timings']['triggered_at']}{final}"
+                    )
+                print(f"{name}  chk-{cid:<6} {state:10}{extra}")
+        return EXIT_OK
+    if len(jobs) != 1:
+        sys.stderr.write(f"onceflow: error: name the job with --job (found: {jobs or 'none'})\n")
+        return EXIT_USAGE
+    store = CheckpointStore(args.url, jobs[0])
+    ids = store.checkpoint_ids()
+    if args.action == "inspect":
+        cid = args.id if args.id is not None else next(
+            (i for i in reversed(ids) if store.read_metadata(i)), None
+        )
+        meta = store.read_metadata(cid) if cid is not None else None
+        if meta is None:
+            sys.stderr.write(f"onceflow: error: no completed checkpoint {cid} for {jobs[0]!r}\n")
+            return EXIT_USAGE
+        print(json.dumps(meta, indent=2, sort_keys=True))
+        return EXIT_OK
+    targets = [args.id] if args.id is not None else ids
+    for cid in targets:
+        store.delete_checkpoint(cid)
+    print(f"onceflow: deleted {len(targets)} checkpoint(s) of {jobs[0]!r}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The runtime context handed to each operator: where it runs and which attempt it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.faults import CRASH_POINTS
+from state_backends.key_groups import KeyGroupRange
+
+
+@dataclass
+class SubtaskContext:
+    """Implements ``operators.base.RuntimeContext`` for one operator of one subtask."""
+
+    job_name: str
+    operator_name: str
+    uid: str
+    subtask_index: int
+    parallelism: int
+    max_parallelism: int
+    key_group_range: KeyGroupRange
+    attempt_id: str
+    restored_checkpoint_id: int | None
+    overwrite_output: bool
+
+    def crash_point(self, label: str) -> None:
+        """Kill the process here when ``ONCEFLOW_CRASH_AT`` names ``label``."""
+        CRASH_POINTS.hit(label)

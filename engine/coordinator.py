@@ -1,0 +1,231 @@
+"""The checkpoint coordinator: a thin hub that triggers, collects acks, completes and aborts.
+
+It owns no I/O beyond calling the store to write ``_metadata`` and apply
+retention; it does not know how subtasks snapshot or where they run. The
+executor drives it with ``tick`` and feeds it acknowledgements.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from engine.errors import CheckpointError, CheckpointFailureReason
+from engine.faults import CRASH_POINTS
+from engine.storage import METADATA_FORMAT, CheckpointStore
+from state_backends.key_groups import HASH_FUNCTION_ID
+
+log = logging.getLogger("onceflow")
+
+SubtaskKey = tuple[int, int]
+"""``(task_id, subtask_index)``."""
+
+
+class AckResult(Enum):
+    """Outcome of one acknowledgement; expected cases are values, not exceptions."""
+
+    SUCCESS = "success"
+    DUPLICATE = "duplicate"
+    UNKNOWN = "unknown"
+
+
+@dataclass
+class PendingCheckpoint:
+    """A triggered checkpoint waiting for every subtask's acknowledgement."""
+
+    checkpoint_id: int
+    final: bool
+    started: float
+    started_wall: str
+    awaiting: set[SubtaskKey]
+    handles: list[dict[str, Any]] = field(default_factory=list)
+
+    def acknowledge(self, key: SubtaskKey, handles: list[dict[str, Any]]) -> AckResult:
+        """Record one subtask's state files."""
+        if key not in self.awaiting:
+            return AckResult.DUPLICATE
+        self.awaiting.discard(key)
+        self.handles.extend(handles)
+        return AckResult.SUCCESS
+
+    @property
+    def fully_acknowledged(self) -> bool:
+        """Whether every subtask has acknowledged."""
+        return not self.awaiting
+
+
+@dataclass(frozen=True)
+class CompletedCheckpoint:
+    """What progress displays and tests want to know about a completed checkpoint."""
+
+    checkpoint_id: int
+    duration_s: float
+    size_bytes: int
+    final: bool
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    """Timing and retention of checkpoints."""
+
+    interval: float = 2.0
+    min_pause: float = 0.0
+    timeout: float = 60.0
+    retain: int = 3
+    tolerable_failures: int = 3
+
+
+class CheckpointCoordinator:
+    """Triggers checkpoint n every ``interval``, at most one in flight, and completes it.
+
+    Completion of checkpoint n:
+    1. every subtask acknowledged (its state files are written);
+    2. ``_metadata`` is written last and atomically: now n exists;
+    3. retention removes checkpoints beyond the newest ``retain``;
+    4. every subtask is notified, so sinks commit n's output.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: CheckpointStore,
+        job_info: dict[str, Any],
+        subtasks: list[SubtaskKey],
+        settings: CoordinatorSettings,
+        first_checkpoint_id: int,
+        completed: dict[int, dict[str, Any]],
+        trigger_sources: Callable[[int, bool], None],
+        notify_complete: Callable[[int], None],
+        notify_abort: Callable[[int], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.job_info = job_info
+        self.subtasks = subtasks
+        self.settings = settings
+        self.next_id = first_checkpoint_id
+        self.completed = dict(completed)
+        self._trigger_sources = trigger_sources
+        self._notify_complete = notify_complete
+        self._notify_abort = notify_abort
+        self.clock = clock
+        self.pending: PendingCheckpoint | None = None
+        self.last_completed: CompletedCheckpoint | None = None
+        self.finished = False
+        self.failures_in_a_row = 0
+        self.aborted_count = 0
+        self.completed_count = 0
+        now = clock()
+        self._last_trigger = now
+        self._last_end = now
+
+    def tick(self, now: float) -> None:
+        """Abort an expired checkpoint, or trigger the next one when it is due."""
+        pending = self.pending
+        if pending is not None:
+            if now - pending.started > self.settings.timeout:
+                self.abort(CheckpointFailureReason.TIMEOUT)
+            return
+        if (
+            now - self._last_trigger >= self.settings.interval
+            and now - self._last_end >= self.settings.min_pause
+        ):
+            self.trigger(final=False)
+
+    def trigger(self, *, final: bool) -> int:
+        """Start checkpoint ``next_id``: the sources snapshot and inject barriers."""
+        if self.pending is not None:
+            msg = "a checkpoint is already pending"
+            raise RuntimeError(msg)
+        if final:
+            CRASH_POINTS.hit("end_of_input_before_final_checkpoint")
+        checkpoint_id = self.next_id
+        self.next_id += 1
+        now = self.clock()
+        self._last_trigger = now
+        self.pending = PendingCheckpoint(
+            checkpoint_id=checkpoint_id,
+            final=final,
+            started=now,
+            started_wall=datetime.now(timezone.utc).isoformat(),
+            awaiting=set(self.subtasks),
+        )
+        self._trigger_sources(checkpoint_id, final)
+        return checkpoint_id
+
+    def acknowledge(
+        self, checkpoint_id: int, key: SubtaskKey, handles: list[dict[str, Any]]
+    ) -> AckResult:
+        """Take one subtask's acknowledgement; complete the checkpoint on the last one."""
+        pending = self.pending
+        if pending is None or pending.checkpoint_id != checkpoint_id:
+            return AckResult.UNKNOWN
+        result = pending.acknowledge(key, handles)
+        if pending.fully_acknowledged:
+            self._complete(pending)
+        return result
+
+    def decline(self, checkpoint_id: int, reason: CheckpointFailureReason, detail: str) -> None:
+        """A subtask could not snapshot or write: abort the checkpoint."""
+        if self.pending is not None and self.pending.checkpoint_id == checkpoint_id:
+            log.warning("checkpoint %d declined: %s", checkpoint_id, detail)
+            self.abort(reason)
+
+    def abort(self, reason: CheckpointFailureReason) -> None:
+        """Abort the pending checkpoint; the next one covers its data."""
+        pending = self.pending
+        if pending is None:
+            return
+        self.pending = None
+        self._last_end = self.clock()
+        self.aborted_count += 1
+        self.failures_in_a_row += 1
+        log.warning("checkpoint %d aborted: %s", pending.checkpoint_id, reason.value)
+        self._notify_abort(pending.checkpoint_id)
+        if self.failures_in_a_row > self.settings.tolerable_failures:
+            msg = (
+                f"{self.failures_in_a_row} checkpoints failed in a row (last: {reason.value}); "
+                "check the checkpoint storage and --checkpoint-timeout"
+            )
+            raise CheckpointError(msg, reason)
+
+    def _complete(self, pending: PendingCheckpoint) -> None:
+        # Step 1: every subtask acknowledged (the caller checked).
+        checkpoint_id = pending.checkpoint_id
+        duration = self.clock() - pending.started
+        size = sum(h["bytes"] for h in pending.handles)
+        meta = {
+            **self.job_info,
+            "format": METADATA_FORMAT,
+            "checkpoint_id": checkpoint_id,
+            "final": pending.final,
+            "hash_function": HASH_FUNCTION_ID,
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+            "handles": sorted(pending.handles, key=lambda h: (h["uid"], h["subtask"])),
+            "size_bytes": size,
+            "timings": {"triggered_at": pending.started_wall, "duration_s": round(duration, 4)},
+        }
+        # Step 2: metadata last and atomically.
+        CRASH_POINTS.hit("after_task_snapshots_before_metadata")
+        self.store.write_metadata(checkpoint_id, meta)
+        self.pending = None
+        self._last_end = self.clock()
+        self.failures_in_a_row = 0
+        self.completed_count += 1
+        self.completed[checkpoint_id] = meta
+        self.last_completed = CompletedCheckpoint(checkpoint_id, duration, size, pending.final)
+        log.debug("checkpoint %d complete (%.3f s, %d bytes)", checkpoint_id, duration, size)
+        CRASH_POINTS.hit("after_metadata_before_notify")
+        # Step 3: retention.
+        for cid in self.store.apply_retention(self.completed, self.settings.retain):
+            self.completed.pop(cid, None)
+        # Step 4: notify; sinks commit.
+        self._notify_complete(checkpoint_id)
+        if pending.final:
+            self.finished = True

@@ -1,0 +1,342 @@
+"""The local executor: every subtask in this process, stepped by a cooperative scheduler.
+
+One thread steps each runnable subtask one batch at a time, round-robin. In
+CPython, threads per subtask would share one core anyway and pay for lock
+hand-offs on every queue operation; a scheduler loop pays a method call per
+batch and is deterministic, which tests and debugging value. State files are
+written by a background writer thread, so processing continues meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from engine.channels import BroadcastGate, ForwardGate, HashGate, LocalChannel, RebalanceGate
+from engine.context import SubtaskContext
+from engine.coordinator import CheckpointCoordinator, CoordinatorSettings
+from engine.errors import CheckpointFailureReason, OnceflowError
+from engine.graph import OperatorKind, Partitioning
+from engine.plan import PhysicalPlan, TaskEdge
+from engine.storage import CheckpointStore
+from engine.task import Subtask, SubtaskStatus
+from operators.base import OperatorSnapshot, RestoredState
+from state_backends.arrow_snapshot import write_state_file
+from state_backends.key_groups import KeyGroupAssigner, key_group_range_for_subtask
+
+log = logging.getLogger("onceflow")
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """Knobs of one run that executors share."""
+
+    batch_size: int = 1024
+    channel_capacity: int = 8
+    checkpoint: CoordinatorSettings = CoordinatorSettings()
+    overwrite_output: bool = False
+
+
+@dataclass(frozen=True)
+class _Ack:
+    checkpoint_id: int
+    key: tuple[int, int]
+    handles: list[dict[str, Any]]
+    error: BaseException | None
+
+
+class SnapshotWriter:
+    """Writes captured snapshots to storage on a background thread and reports acks.
+
+    One worker thread, so writes and deletions happen in submission order.
+    """
+
+    def __init__(self, store: CheckpointStore, max_parallelism: int) -> None:
+        self.store = store
+        self.acks: queue.SimpleQueue[_Ack] = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onceflow-writer")
+        self._assigner = KeyGroupAssigner(max_parallelism=max_parallelism)
+        self.outstanding = 0
+
+    def submit(
+        self, checkpoint_id: int, key: tuple[int, int], snapshots: list[tuple[str, OperatorSnapshot]]
+    ) -> None:
+        """Queue the write of one subtask's snapshots for ``checkpoint_id``."""
+        self.outstanding += 1
+        self._pool.submit(self._write, checkpoint_id, key, snapshots)
+
+    def _write(
+        self, checkpoint_id: int, key: tuple[int, int], snapshots: list[tuple[str, OperatorSnapshot]]
+    ) -> None:
+        handles: list[dict[str, Any]] = []
+        error: BaseException | None = None
+        try:
+            paths = self.store.paths
+            for uid, snap in snapshots:
+                path = paths.state_file(checkpoint_id, uid, key[1])
+                handle = write_state_file(
+                    self.store.fs,
+                    path,
+                    keyed_state=snap.keyed_state,
+                    operator_state=snap.operator_state,
+                    key_group_of=self._assigner.key_group,
+                )
+                record = handle.to_json()
+                record["path"] = f"chk-{checkpoint_id}/{paths.state_file_name(uid, key[1])}"
+                record["uid"] = uid
+                record["subtask"] = key[1]
+                handles.append(record)
+        except Exception as exc:  # noqa: BLE001 - reported as a declined checkpoint
+            error = exc
+        self.acks.put(_Ack(checkpoint_id, key, handles, error))
+
+    def delete_later(self, checkpoint_id: int) -> None:
+        """Delete an aborted checkpoint's files after the writes queued before."""
+        self._pool.submit(self.store.delete_checkpoint, checkpoint_id)
+
+    def shutdown(self) -> None:
+        """Wait for queued work and stop the thread."""
+        self._pool.shutdown(wait=True)
+
+
+class LocalExecutor:
+    """Builds channels and subtasks from a plan and runs them to the final checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        plan: PhysicalPlan,
+        store: CheckpointStore,
+        settings: ExecutionSettings,
+        attempt_id: str,
+        restored_checkpoint_id: int | None,
+        restored: dict[tuple[str, int], RestoredState],
+        first_checkpoint_id: int,
+        completed: dict[int, dict[str, Any]],
+        on_tick: Callable[[LocalExecutor, float], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.store = store
+        self.settings = settings
+        self.attempt_id = attempt_id
+        self.restored_checkpoint_id = restored_checkpoint_id
+        self.writer = SnapshotWriter(store, plan.max_parallelism)
+        self.subtasks: list[Subtask] = []
+        self.sources: list[Subtask] = []
+        self._on_tick = on_tick
+        self._build(restored)
+        self.coordinator = CheckpointCoordinator(
+            store=store,
+            job_info=self._job_info(),
+            subtasks=[st.key for st in self.subtasks],
+            settings=settings.checkpoint,
+            first_checkpoint_id=first_checkpoint_id,
+            completed=completed,
+            trigger_sources=self._trigger_sources,
+            notify_complete=self._notify_complete,
+            notify_abort=self._notify_abort,
+        )
+
+    # -- building ------------------------------------------------------------
+
+    def _job_info(self) -> dict[str, Any]:
+        ops = {
+            op.uid: {"name": op.name, "kind": op.kind.value, "parallelism": t.parallelism}
+            for t in self.plan.tasks
+            for op in t.operators
+        }
+        return {
+            "job": self.plan.job_name,
+            "fingerprint": self.plan.fingerprint,
+            "max_parallelism": self.plan.max_parallelism,
+            "operators": ops,
+        }
+
+    def _build(self, restored: dict[tuple[str, int], RestoredState]) -> None:
+        plan = self.plan
+        cap = self.settings.channel_capacity
+        # channels[edge][(i, j)]: upstream subtask i -> downstream subtask j
+        channels: dict[TaskEdge, dict[tuple[int, int], LocalChannel]] = {}
+        for task in plan.tasks:
+            for edge in task.outputs:
+                pu, pv = task.parallelism, plan.task(edge.downstream_task).parallelism
+                pairs = (
+                    [(i, i) for i in range(pu)]
+                    if edge.partitioning is Partitioning.FORWARD
+                    else [(i, j) for i in range(pu) for j in range(pv)]
+                )
+                channels[edge] = {
+                    pair: LocalChannel(cap, f"{task.task_id}.{pair[0]}->{edge.downstream_task}.{pair[1]}")
+                    for pair in pairs
+                }
+        for task in plan.tasks:
+            for i in range(task.parallelism):
+                subtask = self._build_subtask(task, i, channels)
+                contexts = [self._context(op, task.parallelism, i) for op in task.operators]
+                states = {
+                    op.uid: restored[op.uid, i]
+                    for op in task.operators
+                    if (op.uid, i) in restored
+                }
+                self.subtasks.append(subtask)
+                if task.is_source:
+                    self.sources.append(subtask)
+                subtask.open(contexts, states)
+
+    def _build_subtask(
+        self, task: Any, i: int, channels: dict[TaskEdge, dict[tuple[int, int], LocalChannel]]
+    ) -> Subtask:
+        inputs = [
+            ch
+            for edge in task.inputs
+            for (_, j), ch in sorted(channels[edge].items())
+            if j == i
+        ]
+        gates = []
+        tail = task.operators[-1]
+        for edge in task.outputs:
+            outs = [ch for (src, _), ch in sorted(channels[edge].items()) if src == i]
+            downstream = self.plan.task(edge.downstream_task).operators[0]
+            if edge.partitioning is Partitioning.FORWARD:
+                gates.append(ForwardGate(outs))
+            elif edge.partitioning is Partitioning.REBALANCE:
+                gates.append(RebalanceGate(outs, start=i))
+            elif edge.partitioning is Partitioning.BROADCAST:
+                gates.append(BroadcastGate(outs))
+            else:
+                gates.append(
+                    HashGate(
+                        outs,
+                        edge.key_fn,
+                        max_parallelism=self.plan.max_parallelism,
+                        operator_name=downstream.name,
+                        uid=tail.uid,
+                        subtask_index=i,
+                    )
+                )
+        created = [op.factory(i, task.parallelism) for op in task.operators]
+        head_is_source = task.operators[0].kind is OperatorKind.SOURCE
+        return Subtask(
+            task=task,
+            index=i,
+            reader=created[0] if head_is_source else None,
+            operators=created[1:] if head_is_source else created,
+            inputs=inputs,
+            gates=gates,
+            snapshot_sink=self.writer.submit,
+            batch_size=self.settings.batch_size,
+        )
+
+    def _context(self, op: Any, parallelism: int, index: int) -> SubtaskContext:
+        return SubtaskContext(
+            job_name=self.plan.job_name,
+            operator_name=op.name,
+            uid=op.uid,
+            subtask_index=index,
+            parallelism=parallelism,
+            max_parallelism=self.plan.max_parallelism,
+            key_group_range=key_group_range_for_subtask(
+                self.plan.max_parallelism, parallelism, index
+            ),
+            attempt_id=self.attempt_id,
+            restored_checkpoint_id=self.restored_checkpoint_id,
+            overwrite_output=self.settings.overwrite_output,
+        )
+
+    # -- coordinator callbacks -------------------------------------------------
+
+    def _trigger_sources(self, checkpoint_id: int, final: bool) -> None:
+        for source in self.sources:
+            source.trigger_checkpoint(checkpoint_id, final)
+
+    def _notify_complete(self, checkpoint_id: int) -> None:
+        for subtask in self.subtasks:
+            subtask.notify_checkpoint_complete(checkpoint_id)
+
+    def _notify_abort(self, checkpoint_id: int) -> None:
+        for subtask in self.subtasks:
+            subtask.notify_checkpoint_aborted(checkpoint_id)
+        self.writer.delete_later(checkpoint_id)
+
+    def _drain_acks(self, timeout: float | None = None) -> bool:
+        acks = self.writer.acks
+        got = False
+        while True:
+            try:
+                ack = acks.get(timeout=timeout) if timeout and not got else acks.get_nowait()
+            except queue.Empty:
+                return got
+            got = True
+            self.writer.outstanding -= 1
+            if ack.error is not None:
+                detail = f"writing state of subtask {ack.key} failed: {ack.error!r}"
+                self.coordinator.decline(
+                    ack.checkpoint_id, CheckpointFailureReason.WRITE_FAILED, detail
+                )
+            else:
+                self.coordinator.acknowledge(ack.checkpoint_id, ack.key, ack.handles)
+
+    # -- running -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Step subtasks until the final checkpoint completed and every sink committed."""
+        subtasks = self.subtasks
+        coordinator = self.coordinator
+        clock = time.monotonic
+        idle_rounds = 0
+        try:
+            while not coordinator.finished:
+                progressed = False
+                for subtask in subtasks:
+                    while subtask.step():
+                        progressed = True
+                        if subtask.reader is not None:
+                            break
+                self._drain_acks()
+                now = clock()
+                if coordinator.pending is None and all(
+                    st.status is SubtaskStatus.DRAINED for st in subtasks
+                ):
+                    coordinator.trigger(final=True)
+                    continue
+                coordinator.tick(now)
+                if self._on_tick is not None:
+                    self._on_tick(self, now)
+                if progressed:
+                    idle_rounds = 0
+                    continue
+                idle_rounds += 1
+                if self.writer.outstanding:
+                    self._drain_acks(timeout=0.05)
+                elif idle_rounds > 2:
+                    self._idle_wait(coordinator)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close every subtask and wait for queued state writes; never raises."""
+        for subtask in self.subtasks:
+            subtask.close()
+        self.writer.shutdown()
+
+    def _idle_wait(self, coordinator: CheckpointCoordinator) -> None:
+        """Nothing can move: wait for an unbounded source, or report a deadlock."""
+        waiting_sources = [
+            st for st in self.sources if st.status is SubtaskStatus.RUNNING and st.has_output_room()
+        ]
+        if waiting_sources or coordinator.pending is not None:
+            time.sleep(0.001)
+            return
+        stuck = [
+            f"{st.task.name}[{st.index}]: {st.status.value}, inputs "
+            + ",".join(str(len(ch)) for ch in st.inputs)
+            for st in self.subtasks
+        ]
+        msg = "internal error: no subtask can make progress (deadlock):\n  " + "\n  ".join(stuck)
+        raise OnceflowError(msg)
+

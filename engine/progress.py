@@ -1,0 +1,87 @@
+"""Live progress of a run: a redrawn table on a terminal, plain log lines otherwise.
+
+It reads counters the subtasks keep anyway (records per operator, steps
+blocked by full channels) and the coordinator's last checkpoint; it never
+touches the per-record path.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any
+
+
+class ProgressDisplay:
+    """Called by the executor on every scheduler round; renders at most every ``interval``."""
+
+    def __init__(
+        self, stream: IO[str] | None = None, *, interactive: bool | None = None,
+        interval: float | None = None,
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty() if interactive is None else interactive
+        self.interval = interval if interval is not None else (0.5 if self.interactive else 5.0)
+        self._last = time.monotonic()
+        self._start = self._last
+        self._prev_counts: dict[str, int] = {}
+        self._drawn = 0
+
+    def __call__(self, executor: Any, now: float) -> None:
+        """Render if the interval passed."""
+        if now - self._last < self.interval:
+            return
+        elapsed = now - self._last
+        self._last = now
+        lines = self.render(executor, elapsed)
+        if self.interactive:
+            if self._drawn:
+                self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
+            self.stream.write("\n".join(lines) + "\n")
+            self._drawn = len(lines)
+        else:
+            self.stream.write("onceflow: " + " | ".join(lines[1:]) + "\n")
+        self.stream.flush()
+
+    def render(self, executor: Any, elapsed: float) -> list[str]:
+        """Return the lines of one progress frame."""
+        coordinator = executor.coordinator
+        chk = coordinator.last_completed
+        chk_text = (
+            f"checkpoint {chk.checkpoint_id} ({chk.duration_s * 1000:.0f} ms, "
+            f"{_size(chk.size_bytes)})" if chk else "no checkpoint yet"
+        )
+        lines = [f"[{time.monotonic() - self._start:6.1f}s] {executor.plan.job_name}: {chk_text}"]
+        counts: dict[str, tuple[int, float]] = {}
+        for st in executor.subtasks:
+            if st.reader is not None:
+                uid = st.task.operators[0].uid
+                counts[uid] = (counts.get(uid, (0, 0.0))[0] + st.source_records, 0.0)
+            for spec, n in zip(st.specs, st.records_in):
+                counts[spec.uid] = (counts.get(spec.uid, (0, 0.0))[0] + n, 0.0)
+        backpressure: dict[int, float] = {}
+        for st in executor.subtasks:
+            total = st.steps + st.blocked_steps
+            if total:
+                backpressure[st.task.task_id] = max(
+                    backpressure.get(st.task.task_id, 0.0), st.blocked_steps / total
+                )
+        for task in executor.plan.tasks:
+            for op in task.operators:
+                n = counts.get(op.uid, (0, 0.0))[0]
+                rate = (n - self._prev_counts.get(op.uid, 0)) / elapsed if elapsed > 0 else 0.0
+                self._prev_counts[op.uid] = n
+                bp = backpressure.get(task.task_id, 0.0)
+                lines.append(
+                    f"  {op.name:<16} {n:>12,} in  {rate:>12,.0f}/s"
+                    + (f"  backpressure {bp:.0%}" if op is task.operators[-1] and bp >= 0.01 else "")
+                )
+        return lines
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

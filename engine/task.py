@@ -1,0 +1,266 @@
+"""One subtask: a chain of operators stepped one input element at a time.
+
+A subtask owns its operators, its input channels and its output gates. The
+executor calls ``step`` repeatedly; each call moves one batch (or one control
+element) through the chain, so executors stay in charge of scheduling. The
+chain is compiled once into local references; per batch the cost is a few
+attribute loads and one call per operator.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from engine.alignment import AlignmentResult, BarrierAligner
+from engine.elements import END_OF_DATA, Barrier, Batch, EndOfData
+from engine.errors import OperatorError
+from engine.faults import CRASH_POINTS
+from engine.plan import TaskSpec
+from operators.base import Operator, OperatorSnapshot, RestoredState, SourceReader
+from state_backends.errors import ErrorDomain, OnceflowError
+
+log = logging.getLogger("onceflow")
+
+SnapshotSink = Callable[[int, tuple[int, int], list[tuple[str, OperatorSnapshot]]], None]
+"""Receives ``(checkpoint_id, subtask_key, [(uid, snapshot)])`` for asynchronous writing."""
+
+
+class SubtaskStatus(Enum):
+    """Life cycle of a subtask within one attempt."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    DRAINED = "drained"
+    """All input ended and ``finish`` ran; still forwards barriers until the final checkpoint."""
+    CLOSED = "closed"
+
+
+class Subtask:
+    """Runs one subtask of a task: source reader or input channels, chain, output gates."""
+
+    def __init__(
+        self,
+        *,
+        task: TaskSpec,
+        index: int,
+        reader: SourceReader | None,
+        operators: list[Operator],
+        inputs: list[Any],
+        gates: list[Any],
+        snapshot_sink: SnapshotSink,
+        batch_size: int,
+    ) -> None:
+        self.task = task
+        self.index = index
+        self.key = (task.task_id, index)
+        self.reader = reader
+        self.ops = operators
+        self.specs = task.operators[1:] if reader is not None else task.operators
+        self.inputs = inputs
+        self.gates = gates
+        self.snapshot_sink = snapshot_sink
+        self.batch_size = batch_size
+        self.status = SubtaskStatus.CREATED
+        self.aligner = BarrierAligner(len(inputs)) if inputs else None
+        self._ended = [False] * len(inputs)
+        self._next_input = 0
+        self._keyed_head = task.keyed_input
+        self.current_checkpoint: int | None = None
+        # metrics, read by the progress display
+        self.records_in = [0] * len(operators)
+        self.records_out = 0
+        self.source_records = 0
+        self.steps = 0
+        self.blocked_steps = 0
+
+    # -- life cycle ----------------------------------------------------------
+
+    def open(self, contexts: list[Any], restored: dict[str, RestoredState]) -> None:
+        """Open every operator (reader first) and restore those with state."""
+        all_ops: list[Any] = ([self.reader] if self.reader else []) + self.ops
+        for op, spec, ctx in zip(all_ops, self.task.operators, contexts):
+            try:
+                op.open(ctx)
+                state = restored.get(spec.uid)
+                if state is not None:
+                    CRASH_POINTS.hit("during_restore")
+                    op.restore_state(state)
+            except Exception as exc:
+                raise self._error(spec, exc, "open") from exc
+        self.status = SubtaskStatus.RUNNING
+
+    def close(self) -> None:
+        """Close every operator; never raises."""
+        all_ops: list[Any] = ([self.reader] if self.reader else []) + self.ops
+        for op in all_ops:
+            try:
+                op.close()
+            except Exception:  # noqa: BLE001 - close must not raise
+                log.exception("closing %s failed", type(op).__name__)
+        self.status = SubtaskStatus.CLOSED
+
+    # -- stepping ------------------------------------------------------------
+
+    def has_output_room(self) -> bool:
+        """Whether every downstream channel can take more (else: backpressure)."""
+        for gate in self.gates:
+            if not gate.has_room():
+                return False
+        return True
+
+    def step(self) -> bool:
+        """Move one element through the chain; return whether anything happened."""
+        if self.status is not SubtaskStatus.RUNNING and self.reader is not None:
+            return False
+        if self.gates and not self.has_output_room():
+            self.blocked_steps += 1
+            return False
+        if self.reader is not None:
+            return self._step_source()
+        return self._step_input()
+
+    def _step_source(self) -> bool:
+        try:
+            records = self.reader.poll_batch(self.batch_size)
+        except Exception as exc:
+            raise self._error(self.task.operators[0], exc, "read") from exc
+        if records is None:
+            self._drain()
+            return True
+        if not records:
+            return False
+        self.steps += 1
+        self.source_records += len(records)
+        self._push(records, None, 0)
+        return True
+
+    def _step_input(self) -> bool:
+        inputs = self.inputs
+        n = len(inputs)
+        blocked = self.aligner.blocked
+        i = self._next_input
+        for _ in range(n):
+            channel = inputs[i]
+            current = i
+            i = i + 1 if i + 1 < n else 0
+            if blocked[current] or not len(channel):
+                continue
+            self._next_input = i
+            element = channel.poll()
+            kind = type(element)
+            self.steps += 1
+            if kind is Batch:
+                self._push(element.records, element.keys, 0)
+            elif kind is Barrier:
+                if self.aligner.on_barrier(current, element.checkpoint_id) is AlignmentResult.ALIGNED:
+                    self._checkpoint(element)
+            elif kind is EndOfData:
+                self._ended[current] = True
+                if all(self._ended):
+                    self._drain()
+            return True
+        return False
+
+    def _push(self, records: Any, keys: list | None, start: int) -> None:
+        ops = self.ops
+        counts = self.records_in
+        i = start
+        try:
+            if keys is not None and start == 0 and self._keyed_head:
+                counts[0] += len(records)
+                records = ops[0].process_keyed_batch(records, keys)
+                i = 1
+            n = len(ops)
+            while i < n and len(records):
+                counts[i] += len(records)
+                records = ops[i].process_batch(records)
+                i += 1
+        except OperatorError:
+            raise
+        except Exception as exc:
+            raise self._error(self.specs[i], exc, "process") from exc
+        if len(records) and self.gates:
+            self.records_out += len(records)
+            for gate in self.gates:
+                gate.emit(records)
+
+    def _drain(self) -> None:
+        """All input ended: let each operator emit what it owes, then signal end of data."""
+        for i, op in enumerate(self.ops):
+            try:
+                out = op.finish()
+            except Exception as exc:
+                raise self._error(self.specs[i], exc, "finish") from exc
+            if out:
+                self._push(out, None, i + 1)
+        for gate in self.gates:
+            gate.broadcast(END_OF_DATA)
+        self.status = SubtaskStatus.DRAINED
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def trigger_checkpoint(self, checkpoint_id: int, final: bool) -> None:
+        """Source only: snapshot offsets and emit the barrier, with nothing in between."""
+        self._checkpoint(Barrier(checkpoint_id, final))
+
+    def _checkpoint(self, barrier: Barrier) -> None:
+        checkpoint_id = barrier.checkpoint_id
+        self.current_checkpoint = checkpoint_id
+        CRASH_POINTS.hit("before_snapshot")
+        snapshots: list[tuple[str, OperatorSnapshot]] = []
+        if self.reader is not None:
+            spec = self.task.operators[0]
+            try:
+                state = self.reader.snapshot_state(checkpoint_id)
+            except Exception as exc:
+                raise self._error(spec, exc, "snapshot") from exc
+            snapshots.append((spec.uid, OperatorSnapshot(operator_state=state)))
+        for op, spec in zip(self.ops, self.specs):
+            try:
+                snap = op.snapshot_state(checkpoint_id)
+            except Exception as exc:
+                raise self._error(spec, exc, "snapshot") from exc
+            if snap is not None:
+                snapshots.append((spec.uid, snap))
+        self.snapshot_sink(checkpoint_id, self.key, snapshots)
+        for gate in self.gates:
+            gate.broadcast(barrier)
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Tell every operator that ``checkpoint_id`` completed (sinks commit now)."""
+        all_ops: list[Any] = ([self.reader] if self.reader else []) + self.ops
+        for op, spec in zip(all_ops, self.task.operators):
+            try:
+                op.notify_checkpoint_complete(checkpoint_id)
+            except Exception as exc:
+                raise self._error(spec, exc, "commit") from exc
+
+    def notify_checkpoint_aborted(self, checkpoint_id: int) -> None:
+        """Tell every operator that ``checkpoint_id`` will never complete."""
+        if self.aligner is not None:
+            self.aligner.abort(checkpoint_id)
+        for op, spec in zip(self.ops, self.specs):
+            try:
+                op.notify_checkpoint_aborted(checkpoint_id)
+            except Exception as exc:
+                raise self._error(spec, exc, "abort") from exc
+
+    # -- errors ----------------------------------------------------------------
+
+    def _error(self, spec: Any, exc: BaseException, phase: str) -> OperatorError:
+        domain = exc.domain if isinstance(exc, OnceflowError) else ErrorDomain.USER
+        where = f"operator {spec.name!r} (uid {spec.uid!r}), subtask {self.index}"
+        msg = f"{where} failed in {phase}: {type(exc).__name__}: {exc}"
+        err = OperatorError(
+            msg,
+            operator=spec.name,
+            uid=spec.uid,
+            subtask_index=self.index,
+            checkpoint_id=self.current_checkpoint,
+            domain=domain,
+        )
+        err.phase = phase
+        return err
