@@ -14,7 +14,7 @@ from engine.errors import (
 )
 from engine.executors.local import ExecutionSettings
 from engine.graph import Partitioning
-from engine.runner import RestartStrategy, RunResult, RunStatus, JobRunner
+from engine.runner import JobRunner, RestartStrategy, RunResult, RunStatus
 
 __all__ = [
     "CheckpointError",

@@ -217,10 +217,10 @@ class Stream:
         """Merge this stream with others; the next operator reads all of them."""
         inputs = list(self._inputs)
         for other in others:
-            if not isinstance(other, Stream) or other._job is not self._job:
+            if not isinstance(other, Stream) or other._job is not self._job:  # noqa: SLF001
                 msg = f"union() takes streams of the same job, got {other!r}"
                 raise JobDefinitionError(msg)
-            inputs.extend(other._inputs)
+            inputs.extend(other._inputs)  # noqa: SLF001
         return Stream(self._job, inputs)
 
     def sink(

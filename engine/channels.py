@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from engine.elements import Batch
 from engine.errors import KeyEncodingError, OperatorError
-from state_backends.key_groups import key_group_for, subtask_for_key_group
 from state_backends.errors import ErrorDomain
+from state_backends.key_groups import key_group_for, subtask_for_key_group
 
 
 class Channel(Protocol):

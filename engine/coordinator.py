@@ -172,7 +172,7 @@ class CheckpointCoordinator:
         return result
 
     def decline(self, checkpoint_id: int, reason: CheckpointFailureReason, detail: str) -> None:
-        """A subtask could not snapshot or write: abort the checkpoint."""
+        """Abort the checkpoint because a subtask could not snapshot or write its state."""
         if self.pending is not None and self.pending.checkpoint_id == checkpoint_id:
             log.warning("checkpoint %d declined: %s", checkpoint_id, detail)
             self.abort(reason)
