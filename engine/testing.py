@@ -1,0 +1,55 @@
+"""Run a job in-process for a test, with fast checkpoints and quick restarts.
+
+Lives in ``engine`` (not ``operators.testing``) because it drives the runner,
+and operators never import the engine.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from engine.api import Job
+from engine.coordinator import CoordinatorSettings
+from engine.errors import OperatorError
+from engine.executors.local import ExecutionSettings
+from engine.runner import JobRunner, RestartStrategy, RunResult
+from operators.testing import RunInterrupted
+
+
+def run_job_for_test(
+    job: Job,
+    *,
+    checkpoint_dir: str | None = None,
+    parallelism: int = 1,
+    checkpoint_interval: float = 0.05,
+    restart_attempts: int = 3,
+    batch_size: int = 1024,
+    channel_capacity: int = 8,
+    max_parallelism: int = 128,
+    fresh: bool = False,
+) -> RunResult:
+    """Run ``job`` to completion and return the result.
+
+    Defaults suit tests: checkpoints in a fresh ``memory://`` directory every
+    50 ms, restarts without delay. Pass the same ``checkpoint_dir`` twice to
+    resume a run. An ``EndOfRun`` sentinel surfaces as ``RunInterrupted``.
+    """
+    runner = JobRunner(
+        job,
+        checkpoint_dir=checkpoint_dir or f"memory://onceflow-test-{uuid.uuid4().hex[:8]}",
+        parallelism=parallelism,
+        max_parallelism=max_parallelism,
+        settings=ExecutionSettings(
+            batch_size=batch_size,
+            channel_capacity=channel_capacity,
+            checkpoint=CoordinatorSettings(interval=checkpoint_interval, timeout=30.0),
+        ),
+        restart=RestartStrategy(attempts=restart_attempts, initial_delay=0.0),
+        fresh=fresh,
+    )
+    try:
+        return runner.run()
+    except OperatorError as exc:
+        if isinstance(exc.__cause__, RunInterrupted):
+            raise exc.__cause__ from None
+        raise
