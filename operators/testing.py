@@ -185,7 +185,7 @@ class TestingSink(Sink):
 
     # hooks FailingSink overrides
     def _before(self, phase: str, checkpoint_id: int) -> None:
-        """Called before ``pre_commit`` and ``commit``."""
+        """Run before ``pre_commit`` and ``commit``; ``FailingSink`` injects failures here."""
 
 
 class _TestingSinkWriter(TwoPhaseCommitWriter):
