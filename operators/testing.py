@@ -119,6 +119,7 @@ class TestingSourceReader(SourceReader):
         self.source = source
         self.splits = [s for s in range(source.partitions) if s % parallelism == subtask_index]
         self.offsets = {s: 0 for s in self.splits}
+        self._items = {s: source.split(s) for s in self.splits}
 
     def restore_state(self, restored: RestoredState) -> None:
         """Take the offsets of the owned splits from every old subtask's state."""
@@ -130,7 +131,7 @@ class TestingSourceReader(SourceReader):
     def poll_batch(self, max_records: int) -> list | None:
         """Return up to ``batch_size`` items, handling a sentinel at the head."""
         for split in self.splits:
-            items = self.source.split(split)
+            items = self._items[split]
             start = self.offsets[split]
             if start >= len(items):
                 continue
