@@ -207,12 +207,22 @@ class HashGate(OutputGate):
             if isinstance(exc, KeyEncodingError) or isinstance(exc, OperatorError):
                 raise
             bad = next(k for k in keys if not _hashable(k))
+            # The cause must be a KeyEncodingError (user domain): a plain TypeError
+            # would make the runner retry a key that fails the same way every time.
+            try:
+                key_group_for(bad, self.max_parallelism)
+            except KeyEncodingError as encoding_error:
+                cause = encoding_error
+            else:
+                detail = f"key of type {type(bad).__name__!r} is unhashable"
+                cause = KeyEncodingError(detail)
+            cause.__context__ = exc
             msg = (
                 f"key_by before operator {self.operator_name!r} produced key {bad!r} of "
-                f"unsupported type {type(bad).__name__}. Keys must be str, int, float, "
-                "bool, bytes, None or tuples of these"
+                f"unsupported type {type(bad).__name__}: {cause}. Keys must be str, int, "
+                "float, bool, bytes, None or tuples of these"
             )
-            raise self._error(msg, exc) from exc
+            raise self._error(msg, cause) from cause
         for i in range(n):
             if out_records[i]:
                 channels[i].put(Batch(out_records[i], out_keys[i]))
