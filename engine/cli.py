@@ -169,7 +169,8 @@ def _run(args: argparse.Namespace) -> int:
             "use --executor local\n"
         )
         return EXIT_USAGE
-    job = load_job(args.jobfile, parse_params(args.params))
+    params = parse_params(args.params)
+    job = load_job(args.jobfile, params)
     settings = ExecutionSettings(
         batch_size=args.batch_size,
         channel_capacity=args.channel_capacity,
@@ -192,6 +193,7 @@ def _run(args: argparse.Namespace) -> int:
         restart=RestartStrategy(attempts=args.restart_attempts, initial_delay=args.restart_delay),
         fresh=args.fresh,
         on_tick=progress,
+        params=params,
     )
     started = time.monotonic()
     result = runner.run()

@@ -117,8 +117,10 @@ class JobRunner:
         restart: RestartStrategy | None = None,
         fresh: bool = False,
         on_tick: Callable[[LocalExecutor, float], None] | None = None,
+        params: dict[str, str] | None = None,
     ) -> None:
         self.job = job
+        self.params = dict(params or {})
         self.plan: PhysicalPlan = build_plan(
             job.graph, default_parallelism=parallelism, max_parallelism=max_parallelism
         )
@@ -187,6 +189,7 @@ class JobRunner:
             first_checkpoint_id=next_id,
             completed=completed,
             on_tick=self.on_tick,
+            params=self.params,
         )
         sinks = [
             op.config["sink"] for t in self.plan.tasks for op in t.operators if "sink" in op.config
@@ -278,6 +281,14 @@ class JobRunner:
             raise IncompatibleCheckpointError(msg)
         if meta.get("hash_function") != HASH_FUNCTION_ID:
             msg = f"{where} uses key hash {meta.get('hash_function')!r}, not {HASH_FUNCTION_ID!r}"
+            raise IncompatibleCheckpointError(msg)
+        old_params = meta.get("params", {})
+        if old_params != self.params:
+            msg = (
+                f"{where} is a run of {plan.job_name!r} with parameters {old_params}, but this run "
+                f"has {self.params}; the checkpoint directory identifies one run. Use another "
+                "--checkpoint-dir for the new parameters, or --fresh to start over"
+            )
             raise IncompatibleCheckpointError(msg)
         if meta.get("fingerprint") == plan.fingerprint:
             return

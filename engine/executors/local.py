@@ -119,8 +119,10 @@ class LocalExecutor:
         first_checkpoint_id: int,
         completed: dict[int, dict[str, Any]],
         on_tick: Callable[[LocalExecutor, float], None] | None = None,
+        params: dict[str, str] | None = None,
     ) -> None:
         self.plan = plan
+        self.params = dict(params or {})
         self.store = store
         self.settings = settings
         self.attempt_id = attempt_id
@@ -155,6 +157,7 @@ class LocalExecutor:
             "fingerprint": self.plan.fingerprint,
             "max_parallelism": self.plan.max_parallelism,
             "operators": ops,
+            "params": self.params,
         }
 
     def _build(self, restored: dict[tuple[str, int], RestoredState]) -> None:
