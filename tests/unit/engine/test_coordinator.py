@@ -1,0 +1,401 @@
+"""CheckpointCoordinator driven by a fake clock over a memory:// checkpoint store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from engine.coordinator import AckResult, CheckpointCoordinator, CoordinatorSettings
+from engine.errors import CheckpointError, CheckpointFailureReason
+from engine.storage import METADATA_FORMAT, CheckpointStore
+from state_backends.key_groups import HASH_FUNCTION_ID
+
+JOB_INFO = {"job": "wc", "fingerprint": "abc123", "max_parallelism": 128, "operators": {}}
+SUBTASKS = [(0, 0), (1, 0), (1, 1)]
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@dataclass
+class Calls:
+    """What the coordinator asked the executor to do."""
+
+    triggered: list[tuple[int, bool]] = field(default_factory=list)
+    completed: list[int] = field(default_factory=list)
+    aborted: list[int] = field(default_factory=list)
+
+
+class MetadataWriteFails(CheckpointStore):
+    """Stands in for a crash after every ack and before ``_metadata`` is written."""
+
+    def write_metadata(self, checkpoint_id: int, meta: dict[str, Any]) -> None:
+        msg = "simulated crash before _metadata"
+        raise OSError(msg)
+
+
+def handle(uid: str, subtask: int, checkpoint_id: int, size: int = 100) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "subtask": subtask,
+        "path": f"chk-{checkpoint_id}/{uid}-{subtask}.arrow",
+        "bytes": size,
+    }
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def calls() -> Calls:
+    return Calls()
+
+
+@pytest.fixture
+def store(memory_dir: str) -> CheckpointStore:
+    return CheckpointStore(memory_dir, "wc")
+
+
+@pytest.fixture
+def make(
+    store: CheckpointStore, clock: FakeClock, calls: Calls
+) -> Callable[..., CheckpointCoordinator]:
+    def build(
+        *,
+        settings: CoordinatorSettings | None = None,
+        store_: CheckpointStore | None = None,
+        first_checkpoint_id: int = 1,
+        subtasks: list[tuple[int, int]] | None = None,
+    ) -> CheckpointCoordinator:
+        return CheckpointCoordinator(
+            store=store_ or store,
+            job_info=dict(JOB_INFO),
+            subtasks=list(subtasks or SUBTASKS),
+            settings=settings or CoordinatorSettings(interval=10.0, timeout=30.0, retain=3),
+            first_checkpoint_id=first_checkpoint_id,
+            completed={},
+            trigger_sources=lambda n, final: calls.triggered.append((n, final)),
+            notify_complete=calls.completed.append,
+            notify_abort=calls.aborted.append,
+            clock=clock,
+        )
+
+    return build
+
+
+def ack_all(coordinator: CheckpointCoordinator, checkpoint_id: int) -> list[AckResult]:
+    return [
+        coordinator.acknowledge(checkpoint_id, key, [handle(f"op{key[0]}", key[1], checkpoint_id)])
+        for key in SUBTASKS
+    ]
+
+
+# --------------------------------------------------------------------------- triggering
+
+
+def test_triggers_only_once_the_interval_has_passed(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, calls: Calls
+) -> None:
+    coordinator = make()
+
+    coordinator.tick(clock.advance(9.99))
+    assert calls.triggered == []
+    assert coordinator.pending is None
+
+    coordinator.tick(clock.advance(0.01))
+    assert calls.triggered == [(1, False)]
+    assert coordinator.pending is not None
+    assert coordinator.pending.checkpoint_id == 1
+
+
+def test_at_most_one_checkpoint_is_pending(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, calls: Calls
+) -> None:
+    coordinator = make()
+    coordinator.tick(clock.advance(10))
+
+    coordinator.tick(clock.advance(10))
+    coordinator.tick(clock.advance(10))
+
+    assert calls.triggered == [(1, False)]
+    with pytest.raises(RuntimeError, match="already pending"):
+        coordinator.trigger(final=True)
+
+
+def test_checkpoint_ids_continue_from_the_first_id(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, calls: Calls
+) -> None:
+    coordinator = make(first_checkpoint_id=8)
+
+    coordinator.tick(clock.advance(10))
+    ack_all(coordinator, 8)
+    coordinator.tick(clock.advance(10))
+
+    assert calls.triggered == [(8, False), (9, False)]
+
+
+def test_min_pause_delays_the_next_trigger_after_a_completion(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, calls: Calls
+) -> None:
+    coordinator = make(settings=CoordinatorSettings(interval=1.0, min_pause=5.0, timeout=30.0))
+    coordinator.tick(clock.advance(5))
+    assert calls.triggered == [(1, False)]
+    clock.advance(3)
+    ack_all(coordinator, 1)
+
+    coordinator.tick(clock.advance(4))
+    assert calls.triggered == [(1, False)]
+
+    coordinator.tick(clock.advance(1))
+    assert calls.triggered == [(1, False), (2, False)]
+
+
+# --------------------------------------------------------------------------- completion
+
+
+def test_completes_only_after_every_subtask_acknowledged(
+    make: Callable[..., CheckpointCoordinator],
+    clock: FakeClock,
+    calls: Calls,
+    store: CheckpointStore,
+) -> None:
+    coordinator = make()
+    coordinator.tick(clock.advance(10))
+
+    assert coordinator.acknowledge(1, (0, 0), [handle("read", 0, 1)]) is AckResult.SUCCESS
+    assert coordinator.acknowledge(1, (1, 1), [handle("count", 1, 1)]) is AckResult.SUCCESS
+    assert store.read_metadata(1) is None
+    assert calls.completed == []
+    assert coordinator.pending is not None
+
+    clock.advance(0.25)
+    assert coordinator.acknowledge(1, (1, 0), [handle("count", 0, 1)]) is AckResult.SUCCESS
+
+    assert calls.completed == [1]
+    assert coordinator.pending is None
+    assert coordinator.completed_count == 1
+    assert set(coordinator.completed) == {1}
+    last = coordinator.last_completed
+    assert last is not None
+    assert (last.checkpoint_id, last.duration_s, last.size_bytes, last.final) == (1, 0.25, 300, False)
+    assert not coordinator.finished
+
+
+def test_completion_writes_metadata_with_job_info_and_sorted_handles(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, store: CheckpointStore
+) -> None:
+    coordinator = make()
+    coordinator.tick(clock.advance(10))
+    coordinator.acknowledge(1, (1, 1), [handle("count", 1, 1, size=7)])
+    coordinator.acknowledge(1, (0, 0), [handle("read", 0, 1, size=5), handle("a", 0, 1, size=1)])
+    coordinator.acknowledge(1, (1, 0), [handle("count", 0, 1, size=3)])
+
+    meta = store.read_metadata(1)
+
+    assert meta is not None
+    assert {k: meta[k] for k in JOB_INFO} == JOB_INFO
+    assert meta["format"] == METADATA_FORMAT
+    assert meta["checkpoint_id"] == 1
+    assert meta["final"] is False
+    assert meta["hash_function"] == HASH_FUNCTION_ID
+    assert meta["size_bytes"] == 16
+    assert [(h["uid"], h["subtask"]) for h in meta["handles"]] == [
+        ("a", 0),
+        ("count", 0),
+        ("count", 1),
+        ("read", 0),
+    ]
+    assert meta["timings"]["triggered_at"].endswith("+00:00")
+
+
+def test_duplicate_and_unknown_acknowledgements_are_values_not_errors(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, calls: Calls
+) -> None:
+    coordinator = make()
+    coordinator.tick(clock.advance(10))
+
+    assert coordinator.acknowledge(1, (0, 0), []) is AckResult.SUCCESS
+    assert coordinator.acknowledge(1, (0, 0), []) is AckResult.DUPLICATE
+    assert coordinator.acknowledge(2, (1, 0), []) is AckResult.UNKNOWN
+    assert coordinator.acknowledge(0, (1, 0), []) is AckResult.UNKNOWN
+    assert calls.completed == []
+
+    assert coordinator.acknowledge(1, (1, 0), []) is AckResult.SUCCESS
+    assert coordinator.acknowledge(1, (1, 1), []) is AckResult.SUCCESS
+    assert calls.completed == [1]
+    assert coordinator.acknowledge(1, (1, 1), []) is AckResult.UNKNOWN
+    assert calls.completed == [1]
+
+
+def test_final_checkpoint_finishes_the_coordinator(
+    make: Callable[..., CheckpointCoordinator], calls: Calls, store: CheckpointStore
+) -> None:
+    coordinator = make()
+
+    assert coordinator.trigger(final=True) == 1
+    ack_all(coordinator, 1)
+
+    assert calls.triggered == [(1, True)]
+    assert coordinator.finished
+    assert store.read_metadata(1)["final"] is True
+
+
+def test_completion_applies_retention_before_notifying(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, store: CheckpointStore
+) -> None:
+    coordinator = make(settings=CoordinatorSettings(interval=1.0, timeout=30.0, retain=2))
+    seen_at_notify: list[list[int]] = []
+    coordinator._notify_complete = lambda n: seen_at_notify.append(store.checkpoint_ids())
+
+    for n in (1, 2, 3, 4):
+        coordinator.tick(clock.advance(1))
+        ack_all(coordinator, n)
+
+    assert store.checkpoint_ids() == [3, 4]
+    assert sorted(coordinator.completed) == [3, 4]
+    assert seen_at_notify == [[1], [1, 2], [2, 3], [3, 4]]
+
+
+# --------------------------------------------------------------------------- abort
+
+
+def test_timeout_aborts_the_pending_checkpoint_and_notifies(
+    make: Callable[..., CheckpointCoordinator],
+    clock: FakeClock,
+    calls: Calls,
+    store: CheckpointStore,
+) -> None:
+    coordinator = make()
+    coordinator.tick(clock.advance(10))
+    coordinator.acknowledge(1, (0, 0), [])
+
+    coordinator.tick(clock.advance(30))
+    assert coordinator.pending is not None
+
+    coordinator.tick(clock.advance(0.01))
+    assert coordinator.pending is None
+    assert calls.aborted == [1]
+    assert coordinator.aborted_count == 1
+    assert coordinator.failures_in_a_row == 1
+
+    assert coordinator.acknowledge(1, (1, 0), []) is AckResult.UNKNOWN
+    assert coordinator.acknowledge(1, (1, 1), []) is AckResult.UNKNOWN
+    assert store.read_metadata(1) is None
+    assert calls.completed == []
+
+
+def test_after_an_abort_the_next_checkpoint_gets_a_new_id(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, calls: Calls
+) -> None:
+    coordinator = make()
+    coordinator.tick(clock.advance(10))
+    coordinator.abort(CheckpointFailureReason.WRITE_FAILED)
+
+    coordinator.tick(clock.advance(10))
+    ack_all(coordinator, 2)
+
+    assert calls.triggered == [(1, False), (2, False)]
+    assert calls.completed == [2]
+    assert coordinator.failures_in_a_row == 0
+
+
+def test_decline_aborts_only_the_pending_checkpoint(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, calls: Calls
+) -> None:
+    coordinator = make()
+    coordinator.tick(clock.advance(10))
+
+    coordinator.decline(7, CheckpointFailureReason.WRITE_FAILED, "not this one")
+    assert coordinator.pending is not None
+
+    coordinator.decline(1, CheckpointFailureReason.WRITE_FAILED, "disk full")
+    assert coordinator.pending is None
+    assert calls.aborted == [1]
+
+
+def test_abort_without_a_pending_checkpoint_does_nothing(
+    make: Callable[..., CheckpointCoordinator], calls: Calls
+) -> None:
+    coordinator = make()
+
+    coordinator.abort(CheckpointFailureReason.TIMEOUT)
+
+    assert calls.aborted == []
+    assert coordinator.aborted_count == 0
+
+
+def test_too_many_failures_in_a_row_raise_checkpoint_error(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, calls: Calls
+) -> None:
+    coordinator = make(settings=CoordinatorSettings(interval=1.0, timeout=5.0, tolerable_failures=2))
+    for _ in range(2):
+        coordinator.tick(clock.advance(1))
+        coordinator.tick(clock.advance(6))
+
+    coordinator.tick(clock.advance(1))
+    with pytest.raises(CheckpointError, match="3 checkpoints failed in a row") as info:
+        coordinator.tick(clock.advance(6))
+
+    assert info.value.reason is CheckpointFailureReason.TIMEOUT
+    assert calls.aborted == [1, 2, 3]
+
+
+def test_a_completed_checkpoint_resets_the_failure_count(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock
+) -> None:
+    coordinator = make(settings=CoordinatorSettings(interval=1.0, timeout=5.0, tolerable_failures=1))
+    coordinator.tick(clock.advance(1))
+    coordinator.tick(clock.advance(6))
+    coordinator.tick(clock.advance(1))
+    ack_all(coordinator, 2)
+
+    coordinator.tick(clock.advance(1))
+    coordinator.tick(clock.advance(6))
+
+    assert coordinator.failures_in_a_row == 1
+    assert coordinator.aborted_count == 2
+
+
+# --------------------------------------------------------------------------- crash before metadata
+
+
+def test_crash_between_acks_and_metadata_leaves_no_checkpoint(
+    make: Callable[..., CheckpointCoordinator],
+    clock: FakeClock,
+    calls: Calls,
+    memory_dir: str,
+) -> None:
+    failing = MetadataWriteFails(memory_dir, "wc")
+    coordinator = make(store_=failing)
+    coordinator.tick(clock.advance(10))
+    state_file = failing.paths.state_file(1, "count", 0)
+    failing.fs.pipe_file(state_file, b"state written before the crash")
+    coordinator.acknowledge(1, (0, 0), [])
+    coordinator.acknowledge(1, (1, 0), [handle("count", 0, 1)])
+
+    with pytest.raises(OSError, match="simulated crash"):
+        coordinator.acknowledge(1, (1, 1), [])
+
+    reader = CheckpointStore(memory_dir, "wc")
+    assert reader.checkpoint_ids() == [1]
+    assert reader.read_metadata(1) is None
+    assert calls.completed == []
+    assert 1 not in coordinator.completed
+    assert coordinator.last_completed is None
+    assert coordinator.completed_count == 0
