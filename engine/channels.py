@@ -214,13 +214,15 @@ class HashGate(OutputGate):
             except KeyEncodingError as encoding_error:
                 cause = encoding_error
             else:
-                detail = f"key of type {type(bad).__name__!r} is unhashable"
+                detail = (
+                    f"key of type {type(bad).__name__!r} is unhashable; use str, int, float, "
+                    "bool, bytes, None or tuples of these"
+                )
                 cause = KeyEncodingError(detail)
             cause.__context__ = exc
             msg = (
                 f"key_by before operator {self.operator_name!r} produced key {bad!r} of "
-                f"unsupported type {type(bad).__name__}: {cause}. Keys must be str, int, "
-                "float, bool, bytes, None or tuples of these"
+                f"unsupported type {type(bad).__name__}: {cause}"
             )
             raise self._error(msg, cause) from cause
         for i in range(n):
