@@ -264,6 +264,20 @@ def test_unsupported_key_type_raises_operator_error_naming_operator_and_type(
     assert all(len(ch) == 0 for ch in out)
 
 
+class UnhashableStr(str):
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_unhashable_key_the_encoder_would_accept_is_still_a_key_encoding_error() -> None:
+    out = channels(2)
+
+    with pytest.raises(OperatorError, match="UnhashableStr.*is unhashable") as info:
+        hash_gate(out).emit([UnhashableStr("k")])
+
+    assert isinstance(info.value.__cause__, KeyEncodingError)
+    assert all(len(ch) == 0 for ch in out)
+
+
 def test_nan_key_is_refused() -> None:
     with pytest.raises(OperatorError, match="NaN") as info:
         hash_gate(channels(2)).emit([float("nan")])
