@@ -153,7 +153,9 @@ def describe_graph(graph: JobGraph) -> str:
     for spec in graph.specs():
         par = spec.parallelism if spec.parallelism is not None else "default"
         desc = f" {spec.description}" if spec.description else ""
-        lines.append(f"  [{spec.node_id}] {spec.kind.value:9} {spec.name} (uid={spec.uid}, parallelism={par}){desc}")
+        lines.append(
+            f"  [{spec.node_id}] {spec.kind.value:9} {spec.name} (uid={spec.uid}, parallelism={par}){desc}"
+        )
         for u in sorted(graph.dag.predecessors(spec.node_id)):
             e = graph.edge(u, spec.node_id)
             lines.append(f"        <- {graph.spec(u).name} ({e.partitioning.value})")

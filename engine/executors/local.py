@@ -17,17 +17,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from engine.channels import BroadcastGate, ForwardGate, HashGate, LocalChannel, RebalanceGate
-from engine.context import SubtaskContext
+from engine.channels import LocalChannel
 from engine.coordinator import CheckpointCoordinator, CoordinatorSettings
 from engine.errors import CheckpointFailureReason, OnceflowError
-from engine.graph import OperatorKind, Partitioning
-from engine.plan import PhysicalPlan, TaskEdge
+from engine.executors._wiring import (
+    SubtaskSettings,
+    build_subtask,
+    channel_ids,
+    job_info,
+    open_subtask,
+)
+from engine.plan import PhysicalPlan
 from engine.storage import CheckpointStore
 from engine.task import Subtask, SubtaskStatus
 from operators.base import OperatorSnapshot, RestoredState
 from state_backends.arrow_snapshot import write_state_file
-from state_backends.key_groups import KeyGroupAssigner, key_group_range_for_subtask
+from state_backends.key_groups import KeyGroupAssigner
 
 log = logging.getLogger("onceflow")
 
@@ -134,7 +139,7 @@ class LocalExecutor:
         self._build(restored)
         self.coordinator = CheckpointCoordinator(
             store=store,
-            job_info=self._job_info(),
+            job_info=job_info(self.plan, self.params),
             subtasks=[st.key for st in self.subtasks],
             settings=settings.checkpoint,
             first_checkpoint_id=first_checkpoint_id,
@@ -146,110 +151,24 @@ class LocalExecutor:
 
     # -- building ------------------------------------------------------------
 
-    def _job_info(self) -> dict[str, Any]:
-        ops = {
-            op.uid: {"name": op.name, "kind": op.kind.value, "parallelism": t.parallelism}
-            for t in self.plan.tasks
-            for op in t.operators
-        }
-        return {
-            "job": self.plan.job_name,
-            "fingerprint": self.plan.fingerprint,
-            "max_parallelism": self.plan.max_parallelism,
-            "operators": ops,
-            "params": self.params,
-        }
-
     def _build(self, restored: dict[tuple[str, int], RestoredState]) -> None:
-        plan = self.plan
         cap = self.settings.channel_capacity
-        # channels[edge][(i, j)]: upstream subtask i -> downstream subtask j
-        channels: dict[TaskEdge, dict[tuple[int, int], LocalChannel]] = {}
-        for task in plan.tasks:
-            for edge in task.outputs:
-                pu, pv = task.parallelism, plan.task(edge.downstream_task).parallelism
-                pairs = (
-                    [(i, i) for i in range(pu)]
-                    if edge.partitioning is Partitioning.FORWARD
-                    else [(i, j) for i in range(pu) for j in range(pv)]
-                )
-                channels[edge] = {
-                    pair: LocalChannel(cap, f"{task.task_id}.{pair[0]}->{edge.downstream_task}.{pair[1]}")
-                    for pair in pairs
-                }
-        for task in plan.tasks:
-            for i in range(task.parallelism):
-                subtask = self._build_subtask(task, i, channels)
-                contexts = [self._context(op, task.parallelism, i) for op in task.operators]
-                states = {
-                    op.uid: restored[op.uid, i]
-                    for op in task.operators
-                    if (op.uid, i) in restored
-                }
-                self.subtasks.append(subtask)
-                if task.is_source:
-                    self.sources.append(subtask)
-                subtask.open(contexts, states)
-
-    def _build_subtask(
-        self, task: Any, i: int, channels: dict[TaskEdge, dict[tuple[int, int], LocalChannel]]
-    ) -> Subtask:
-        inputs = [
-            ch
-            for edge in task.inputs
-            for (_, j), ch in sorted(channels[edge].items())
-            if j == i
-        ]
-        gates = []
-        tail = task.operators[-1]
-        for edge in task.outputs:
-            outs = [ch for (src, _), ch in sorted(channels[edge].items()) if src == i]
-            downstream = self.plan.task(edge.downstream_task).operators[0]
-            if edge.partitioning is Partitioning.FORWARD:
-                gates.append(ForwardGate(outs))
-            elif edge.partitioning is Partitioning.REBALANCE:
-                gates.append(RebalanceGate(outs, start=i))
-            elif edge.partitioning is Partitioning.BROADCAST:
-                gates.append(BroadcastGate(outs))
-            else:
-                gates.append(
-                    HashGate(
-                        outs,
-                        edge.key_fn,
-                        max_parallelism=self.plan.max_parallelism,
-                        operator_name=downstream.name,
-                        uid=tail.uid,
-                        subtask_index=i,
-                    )
-                )
-        created = [op.factory(i, task.parallelism) for op in task.operators]
-        head_is_source = task.operators[0].kind is OperatorKind.SOURCE
-        return Subtask(
-            task=task,
-            index=i,
-            reader=created[0] if head_is_source else None,
-            operators=created[1:] if head_is_source else created,
-            inputs=inputs,
-            gates=gates,
-            snapshot_sink=self.writer.submit,
+        channels = {cid: LocalChannel(cap, str(cid)) for cid in channel_ids(self.plan)}
+        settings = SubtaskSettings(
             batch_size=self.settings.batch_size,
-        )
-
-    def _context(self, op: Any, parallelism: int, index: int) -> SubtaskContext:
-        return SubtaskContext(
-            job_name=self.plan.job_name,
-            operator_name=op.name,
-            uid=op.uid,
-            subtask_index=index,
-            parallelism=parallelism,
-            max_parallelism=self.plan.max_parallelism,
-            key_group_range=key_group_range_for_subtask(
-                self.plan.max_parallelism, parallelism, index
-            ),
             attempt_id=self.attempt_id,
             restored_checkpoint_id=self.restored_checkpoint_id,
             overwrite_output=self.settings.overwrite_output,
         )
+        for task in self.plan.tasks:
+            for i in range(task.parallelism):
+                subtask = build_subtask(
+                    self.plan, task, i, channels.__getitem__, self.writer.submit, settings
+                )
+                self.subtasks.append(subtask)
+                if task.is_source:
+                    self.sources.append(subtask)
+                open_subtask(subtask, self.plan, restored, settings)
 
     # -- coordinator callbacks -------------------------------------------------
 

@@ -1,0 +1,156 @@
+"""Wiring shared by executors: which channels a plan needs and how a subtask is assembled.
+
+A subtask is built from the plan, its index and the channel objects an
+executor supplies, so executors differ only in where subtasks run and what
+their channels are (deques in one process, pipes between processes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.channels import BroadcastGate, ForwardGate, HashGate, OutputGate, RebalanceGate
+from engine.context import SubtaskContext
+from engine.graph import OperatorKind, Partitioning
+from engine.plan import PhysicalPlan, TaskSpec
+from engine.task import SnapshotSink, Subtask
+from operators.base import RestoredState
+from state_backends.key_groups import key_group_range_for_subtask
+
+
+@dataclass(frozen=True, order=True)
+class ChannelId:
+    """One channel: edge number ``edge`` (in plan order), upstream subtask ``src``, downstream ``dst``."""
+
+    edge: int
+    src: int
+    dst: int
+
+
+def plan_edges(plan: PhysicalPlan) -> list[Any]:
+    """Every task edge of the plan in a fixed order (the ``edge`` of a ``ChannelId``)."""
+    return [edge for task in plan.tasks for edge in task.outputs]
+
+
+def channel_ids(plan: PhysicalPlan) -> list[ChannelId]:
+    """Every channel the plan needs: forward edges i->i, all others all-to-all."""
+    ids = []
+    for n, edge in enumerate(plan_edges(plan)):
+        pu = plan.task(edge.upstream_task).parallelism
+        pv = plan.task(edge.downstream_task).parallelism
+        if edge.partitioning is Partitioning.FORWARD:
+            ids.extend(ChannelId(n, i, i) for i in range(pu))
+        else:
+            ids.extend(ChannelId(n, i, j) for i in range(pu) for j in range(pv))
+    return ids
+
+
+@dataclass(frozen=True)
+class SubtaskSettings:
+    """What every subtask of an attempt shares."""
+
+    batch_size: int
+    attempt_id: str
+    restored_checkpoint_id: int | None
+    overwrite_output: bool
+
+
+def build_subtask(
+    plan: PhysicalPlan,
+    task: TaskSpec,
+    index: int,
+    channel: Callable[[ChannelId], Any],
+    snapshot_sink: SnapshotSink,
+    settings: SubtaskSettings,
+) -> Subtask:
+    """Create the operators of one subtask and connect them to the channels ``channel`` returns."""
+    edges = plan_edges(plan)
+    edge_no = {id(e): n for n, e in enumerate(edges)}
+    all_ids = channel_ids(plan)
+    inputs = [
+        channel(cid)
+        for edge in task.inputs
+        for cid in all_ids
+        if cid.edge == edge_no[id(edge)] and cid.dst == index
+    ]
+    gates: list[OutputGate] = []
+    tail = task.operators[-1]
+    for edge in task.outputs:
+        outs = [channel(c) for c in all_ids if c.edge == edge_no[id(edge)] and c.src == index]
+        downstream = plan.task(edge.downstream_task).operators[0]
+        if edge.partitioning is Partitioning.FORWARD:
+            gates.append(ForwardGate(outs))
+        elif edge.partitioning is Partitioning.REBALANCE:
+            gates.append(RebalanceGate(outs, start=index))
+        elif edge.partitioning is Partitioning.BROADCAST:
+            gates.append(BroadcastGate(outs))
+        else:
+            gates.append(
+                HashGate(
+                    outs,
+                    edge.key_fn,
+                    max_parallelism=plan.max_parallelism,
+                    operator_name=downstream.name,
+                    uid=tail.uid,
+                    subtask_index=index,
+                )
+            )
+    created = [op.factory(index, task.parallelism) for op in task.operators]
+    head_is_source = task.operators[0].kind is OperatorKind.SOURCE
+    return Subtask(
+        task=task,
+        index=index,
+        reader=created[0] if head_is_source else None,
+        operators=created[1:] if head_is_source else created,
+        inputs=inputs,
+        gates=gates,
+        snapshot_sink=snapshot_sink,
+        batch_size=settings.batch_size,
+    )
+
+
+def open_subtask(
+    subtask: Subtask,
+    plan: PhysicalPlan,
+    restored: dict[tuple[str, int], RestoredState],
+    settings: SubtaskSettings,
+) -> None:
+    """Open a subtask's operators with their contexts and restore their state."""
+    task, index = subtask.task, subtask.index
+    contexts = [
+        SubtaskContext(
+            job_name=plan.job_name,
+            operator_name=op.name,
+            uid=op.uid,
+            subtask_index=index,
+            parallelism=task.parallelism,
+            max_parallelism=plan.max_parallelism,
+            key_group_range=key_group_range_for_subtask(
+                plan.max_parallelism, task.parallelism, index
+            ),
+            attempt_id=settings.attempt_id,
+            restored_checkpoint_id=settings.restored_checkpoint_id,
+            overwrite_output=settings.overwrite_output,
+        )
+        for op in task.operators
+    ]
+    states = {op.uid: restored[op.uid, index] for op in task.operators if (op.uid, index) in restored}
+    subtask.open(contexts, states)
+
+
+def job_info(plan: PhysicalPlan, params: dict[str, str]) -> dict[str, Any]:
+    """Describe the job for the start of every checkpoint's ``_metadata``."""
+    ops = {
+        op.uid: {"name": op.name, "kind": op.kind.value, "parallelism": t.parallelism}
+        for t in plan.tasks
+        for op in t.operators
+    }
+    return {
+        "job": plan.job_name,
+        "fingerprint": plan.fingerprint,
+        "max_parallelism": plan.max_parallelism,
+        "operators": ops,
+        "params": dict(params),
+    }
