@@ -137,10 +137,13 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _is_usage_error(exc: BaseException) -> bool:
+    usage = getattr(exc, "usage", None)
+    if usage is not None:
+        return bool(usage)
     if isinstance(exc, JobDefinitionError | ConcurrentRunError | IncompatibleCheckpointError):
         return True
     if isinstance(exc, CheckpointStorageError) and exc.domain is ErrorDomain.EXTERNAL:
-        return "not writable" in str(exc) or "cannot be used" in str(exc)
+        return any(s in str(exc) for s in ("not writable", "cannot be used", "process executor"))
     if isinstance(exc, OperatorError) and getattr(exc, "phase", "") == "open":
         cause = exc.__cause__
         return isinstance(cause, OnceflowError) and cause.domain is ErrorDomain.USER
@@ -163,12 +166,6 @@ def _report(exc: BaseException, verbose: bool) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.executor == "process":
-        sys.stderr.write(
-            "onceflow: error: the process executor is not available in this version; "
-            "use --executor local\n"
-        )
-        return EXIT_USAGE
     params = parse_params(args.params)
     job = load_job(args.jobfile, params)
     settings = ExecutionSettings(
@@ -194,6 +191,7 @@ def _run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         on_tick=progress,
         params=params,
+        executor=args.executor,
     )
     started = time.monotonic()
     result = runner.run()

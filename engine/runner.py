@@ -31,6 +31,7 @@ from engine.errors import (
     OperatorError,
 )
 from engine.executors.local import ExecutionSettings, LocalExecutor
+from engine.executors.process import ProcessExecutor
 from engine.plan import PhysicalPlan, build_plan
 from engine.storage import CheckpointStore
 from operators.base import RestoredState
@@ -41,6 +42,7 @@ from state_backends.key_groups import HASH_FUNCTION_ID, key_group_range_for_subt
 log = logging.getLogger("onceflow")
 
 DEFAULT_CHECKPOINT_DIR = ".onceflow/checkpoints"
+EXECUTORS: dict[str, Any] = {"local": LocalExecutor, "process": ProcessExecutor}
 
 
 class RunStatus(Enum):
@@ -93,6 +95,9 @@ def is_retryable(exc: BaseException) -> bool:
     connectors) fail the same way every time; exceptions raised by user code
     and external failures are worth a restart.
     """
+    retryable = getattr(exc, "retryable", None)
+    if retryable is not None:
+        return bool(retryable)
     if isinstance(exc, OperatorError):
         cause = exc.__cause__
         if isinstance(cause, OnceflowError):
@@ -118,9 +123,14 @@ class JobRunner:
         fresh: bool = False,
         on_tick: Callable[[LocalExecutor, float], None] | None = None,
         params: dict[str, str] | None = None,
+        executor: str = "local",
     ) -> None:
+        if executor not in EXECUTORS:
+            msg = f"unknown executor {executor!r}; choose one of {sorted(EXECUTORS)}"
+            raise ValueError(msg)
         self.job = job
         self.params = dict(params or {})
+        self.executor = executor
         self.plan: PhysicalPlan = build_plan(
             job.graph, default_parallelism=parallelism, max_parallelism=max_parallelism
         )
@@ -174,7 +184,9 @@ class JobRunner:
         restored_id = restore.checkpoint_id if restore else None
         if restore is not None:
             log.info("restoring from checkpoint %d", restored_id)
-        executor = LocalExecutor(
+        finished = restore is not None and restore.meta.get("final")
+        executor_class = LocalExecutor if finished else EXECUTORS[self.executor]
+        executor = executor_class(
             plan=self.plan,
             store=self.store,
             settings=ExecutionSettings(
@@ -194,7 +206,7 @@ class JobRunner:
         sinks = [
             op.config["sink"] for t in self.plan.tasks for op in t.operators if "sink" in op.config
         ]
-        if restore is not None and restore.meta.get("final"):
+        if finished:
             executor.close()
             return RunResult(
                 RunStatus.ALREADY_FINISHED, self.job.name, restored_id, 1, restored_id, 0,

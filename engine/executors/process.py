@@ -1,0 +1,553 @@
+"""The process executor: subtasks in worker processes, so parallelism uses every core.
+
+Subtask ``i`` of every task runs in worker ``i % workers`` (``workers`` is the
+largest parallelism in the plan), so forward edges stay inside one process and
+only repartitioning edges cross processes. Each worker steps its subtasks with
+the same cooperative loop as the local executor. The runner process keeps the
+checkpoint coordinator and talks to workers over control pipes.
+
+Workers are forked from the runner after the job was built and its checkpoint
+loaded, so user functions never need pickling; only batches and control
+elements cross process boundaries, pickled (protocol 5) over pipes. Each
+cross-process channel has its own credit count (``capacity`` elements in
+flight), so backpressure holds across processes without a shared budget that a
+blocked channel could starve. A receiver thread per worker drains the pipes,
+so two workers sending to each other can never block each other.
+
+A worker that dies (``kill -9`` of one worker) fails the attempt: the runner
+stops the others and restarts from the latest completed checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from engine.channels import LocalChannel
+from engine.coordinator import CheckpointCoordinator
+from engine.errors import CheckpointFailureReason, CheckpointStorageError, OnceflowError, OperatorError
+from engine.executors._wiring import (
+    ChannelId,
+    SubtaskSettings,
+    build_subtask,
+    job_info,
+    open_subtask,
+    plan_edges,
+)
+from engine.executors.local import ExecutionSettings, SnapshotWriter
+from engine.plan import PhysicalPlan
+from engine.storage import CheckpointStore
+from engine.task import Subtask, SubtaskStatus
+from operators.base import RestoredState
+from state_backends.errors import ErrorDomain
+
+log = logging.getLogger("onceflow")
+
+_METRICS_EVERY = 0.5
+
+
+class WorkerError(OperatorError):
+    """A task failed in a worker process (or the worker itself died)."""
+
+    def __init__(self, message: str, *, retryable: bool, usage: bool, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.retryable = retryable
+        self.usage = usage
+
+
+# -- channels across processes ----------------------------------------------------------
+
+
+class _Transport:
+    """A worker's pipes to its peers and the runner, and the thread that reads them."""
+
+    def __init__(self, control: Connection, peers: dict[int, Connection]) -> None:
+        self.control = control
+        self.peers = peers
+        self.inboxes: dict[ChannelId, deque] = {}
+        self.outputs: dict[ChannelId, _RemoteOutput] = {}
+        self.commands: deque = deque()
+        self.wakeup = threading.Event()
+        self.closed = False
+        self._thread = threading.Thread(target=self._receive, name="onceflow-receiver", daemon=True)
+
+    def start(self) -> None:
+        """Start reading."""
+        self._thread.start()
+
+    def _receive(self) -> None:
+        conns = [self.control, *self.peers.values()]
+        while conns:
+            for conn in wait(conns):
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    conns.remove(conn)
+                    if conn is self.control:
+                        self.closed = True
+                        self.commands.append(("stop",))
+                        self.wakeup.set()
+                    continue
+                kind = message[0]
+                if kind == "d":
+                    self.inboxes[message[1]].append(message[2])
+                elif kind == "c":
+                    self.outputs[message[1]].acked += message[2]
+                else:
+                    self.commands.append(message)
+                self.wakeup.set()
+
+
+class _RemoteOutput:
+    """The producer end of a channel to another worker; ``capacity`` elements may be in flight."""
+
+    __slots__ = ("conn", "cid", "capacity", "sent", "acked")
+
+    def __init__(self, conn: Connection, cid: ChannelId, capacity: int) -> None:
+        self.conn = conn
+        self.cid = cid
+        self.capacity = capacity
+        self.sent = 0
+        self.acked = 0  # written by the receiver thread only
+
+    def put(self, element: Any) -> None:
+        self.conn.send(("d", self.cid, element))
+        self.sent += 1
+
+    def has_room(self) -> bool:
+        return self.sent - self.acked < self.capacity
+
+    def poll(self) -> Any:
+        msg = "the producer end of a channel cannot be read"
+        raise RuntimeError(msg)
+
+    def __len__(self) -> int:
+        return self.sent - self.acked
+
+
+class _RemoteInput:
+    """The consumer end of a channel from another worker; every element read returns a credit."""
+
+    __slots__ = ("conn", "cid", "queue")
+
+    def __init__(self, conn: Connection, cid: ChannelId, queue: deque) -> None:
+        self.conn = conn
+        self.cid = cid
+        self.queue = queue
+
+    def put(self, element: Any) -> None:
+        msg = "the consumer end of a channel cannot be written"
+        raise RuntimeError(msg)
+
+    def has_room(self) -> bool:
+        return True
+
+    def poll(self) -> Any:
+        if not self.queue:
+            return None
+        element = self.queue.popleft()
+        self.conn.send(("c", self.cid, 1))
+        return element
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+
+# -- the worker ---------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this worker when the runner dies (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class _Worker:
+    def __init__(
+        self,
+        index: int,
+        workers: int,
+        plan: PhysicalPlan,
+        restored: dict[tuple[str, int], RestoredState],
+        settings: ExecutionSettings,
+        subtask_settings: SubtaskSettings,
+        store: CheckpointStore,
+        transport: _Transport,
+    ) -> None:
+        self.index = index
+        self.workers = workers
+        self.plan = plan
+        self.settings = settings
+        self.transport = transport
+        self.writer = SnapshotWriter(store, plan.max_parallelism)
+        self.local: dict[ChannelId, LocalChannel] = {}
+        self.subtasks: list[Subtask] = []
+        self.sources: list[Subtask] = []
+        self._edges = plan_edges(plan)
+        for task in plan.tasks:
+            for i in range(task.parallelism):
+                if i % workers != index:
+                    continue
+                subtask = build_subtask(
+                    plan, task, i, self._channel, self.writer.submit, subtask_settings
+                )
+                self.subtasks.append(subtask)
+                if task.is_source:
+                    self.sources.append(subtask)
+        for subtask in self.subtasks:
+            open_subtask(subtask, plan, restored, subtask_settings)
+        self._drained_sent: set[tuple[int, int]] = set()
+
+    def _channel(self, cid: ChannelId) -> Any:
+        edge = self._edges[cid.edge]
+        src = cid.src % self.workers
+        dst = cid.dst % self.workers
+        if src == dst == self.index:
+            if cid not in self.local:
+                self.local[cid] = LocalChannel(self.settings.channel_capacity, str(cid))
+            return self.local[cid]
+        _ = edge
+        if src == self.index:
+            out = _RemoteOutput(self.transport.peers[dst], cid, self.settings.channel_capacity)
+            self.transport.outputs[cid] = out
+            return out
+        queue: deque = deque()
+        self.transport.inboxes[cid] = queue
+        return _RemoteInput(self.transport.peers[src], cid, queue)
+
+    def metrics(self) -> list[tuple]:
+        return [
+            (st.key, st.source_records, list(st.records_in), st.steps, st.blocked_steps)
+            for st in self.subtasks
+        ]
+
+    def run(self) -> None:
+        control = self.transport.control
+        acks = self.writer.acks
+        last_metrics = time.monotonic()
+        commands = self.transport.commands
+        stopping = False
+        wakeup = self.transport.wakeup
+        while True:
+            # clear before looking, so a message arriving from now on wakes the wait below
+            wakeup.clear()
+            progressed = False
+            for subtask in self.subtasks:
+                while subtask.step():
+                    progressed = True
+                    if subtask.reader is not None:
+                        break
+            while acks.qsize():
+                ack = acks.get_nowait()
+                self.writer.outstanding -= 1
+                if ack.error is not None:
+                    control.send(("decline", ack.checkpoint_id, ack.key, repr(ack.error)))
+                else:
+                    control.send(("ack", ack.checkpoint_id, ack.key, ack.handles))
+            for subtask in self.subtasks:
+                if subtask.status is SubtaskStatus.DRAINED and subtask.key not in self._drained_sent:
+                    self._drained_sent.add(subtask.key)
+                    control.send(("drained", subtask.key))
+            while commands:
+                command = commands.popleft()
+                kind = command[0]
+                if kind == "trigger":
+                    for source in self.sources:
+                        source.trigger_checkpoint(command[1], command[2])
+                    progressed = True
+                elif kind == "complete":
+                    for subtask in self.subtasks:
+                        subtask.notify_checkpoint_complete(command[1])
+                elif kind == "abort":
+                    for subtask in self.subtasks:
+                        subtask.notify_checkpoint_aborted(command[1])
+                    self.writer.delete_later(command[1])
+                elif kind == "stop":
+                    stopping = True
+            now = time.monotonic()
+            if now - last_metrics >= _METRICS_EVERY or stopping:
+                last_metrics = now
+                if not self.transport.closed:
+                    control.send(("metrics", self.metrics()))
+            if stopping:
+                return
+            if not progressed:
+                wakeup.wait(0.005 if self.writer.outstanding else 0.05)
+
+    def close(self) -> None:
+        for subtask in self.subtasks:
+            subtask.close()
+        self.writer.shutdown()
+
+
+def _worker_main(
+    index: int,
+    workers: int,
+    plan: PhysicalPlan,
+    restored: dict[tuple[str, int], RestoredState],
+    settings: ExecutionSettings,
+    subtask_settings: SubtaskSettings,
+    store_url: str,
+    control: Connection,
+    peers: dict[int, Connection],
+) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    transport = _Transport(control, peers)
+    transport.start()
+    worker = None
+    code = 0
+    try:
+        store = CheckpointStore(store_url, plan.job_name)
+        worker = _Worker(
+            index, workers, plan, restored, settings, subtask_settings, store, transport
+        )
+        worker.run()
+        worker.close()
+        control.send(("stopped",))
+    except BaseException as exc:  # noqa: BLE001 - reported to the runner, then exit
+        code = 1
+        with contextlib.suppress(Exception):
+            control.send(("error", _describe(exc)))
+        if worker is not None:
+            worker.close()
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _describe(exc: BaseException) -> dict[str, Any]:
+    from engine.runner import is_retryable
+
+    cause = exc.__cause__
+    usage = (
+        isinstance(exc, OperatorError)
+        and getattr(exc, "phase", "") == "open"
+        and isinstance(cause, OnceflowError)
+        and cause.domain is ErrorDomain.USER
+    )
+    return {
+        "message": str(exc),
+        "type": type(exc).__name__,
+        "operator": getattr(exc, "operator", "worker"),
+        "uid": getattr(exc, "uid", ""),
+        "subtask_index": getattr(exc, "subtask_index", -1),
+        "checkpoint_id": getattr(exc, "checkpoint_id", None),
+        "domain": getattr(exc, "domain", ErrorDomain.INTERNAL).value,
+        "retryable": is_retryable(exc),
+        "usage": usage,
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+# -- the runner side --------------------------------------------------------------------
+
+
+class _SubtaskView:
+    """What the runner knows of a subtask in a worker: its identity and latest metrics."""
+
+    def __init__(self, subtask_key: tuple[int, int], plan: PhysicalPlan) -> None:
+        task = plan.task(subtask_key[0])
+        self.key = subtask_key
+        self.task = task
+        self.index = subtask_key[1]
+        self.reader = True if task.is_source else None
+        self.specs = task.operators[1:] if task.is_source else task.operators
+        self.records_in = [0] * len(self.specs)
+        self.source_records = 0
+        self.steps = 0
+        self.blocked_steps = 0
+        self.status = SubtaskStatus.RUNNING
+
+
+class ProcessExecutor:
+    """Runs a plan in worker processes; same interface as ``LocalExecutor``."""
+
+    def __init__(
+        self,
+        *,
+        plan: PhysicalPlan,
+        store: CheckpointStore,
+        settings: ExecutionSettings,
+        attempt_id: str,
+        restored_checkpoint_id: int | None,
+        restored: dict[tuple[str, int], RestoredState],
+        first_checkpoint_id: int,
+        completed: dict[int, dict[str, Any]],
+        on_tick: Callable[[Any, float], None] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> None:
+        if "memory" in store.fs.protocol:
+            msg = (
+                "the process executor needs checkpoint storage that worker processes share "
+                f"(a local path or s3://), not {store.url!r}"
+            )
+            raise CheckpointStorageError(msg)
+        self.plan = plan
+        self.store = store
+        self.settings = settings
+        self._on_tick = on_tick
+        self.workers_count = max(t.parallelism for t in plan.tasks)
+        self.subtasks = [
+            _SubtaskView((t.task_id, i), plan) for t in plan.tasks for i in range(t.parallelism)
+        ]
+        self.sources = [v for v in self.subtasks if v.reader]
+        self._views = {v.key: v for v in self.subtasks}
+        self.coordinator = CheckpointCoordinator(
+            store=store,
+            job_info=job_info(plan, params or {}),
+            subtasks=[v.key for v in self.subtasks],
+            settings=settings.checkpoint,
+            first_checkpoint_id=first_checkpoint_id,
+            completed=completed,
+            trigger_sources=self._trigger_sources,
+            notify_complete=lambda n: self._broadcast(("complete", n)),
+            notify_abort=lambda n: self._broadcast(("abort", n)),
+        )
+        subtask_settings = SubtaskSettings(
+            batch_size=settings.batch_size,
+            attempt_id=attempt_id,
+            restored_checkpoint_id=restored_checkpoint_id,
+            overwrite_output=settings.overwrite_output,
+        )
+        ctx = multiprocessing.get_context("fork")
+        n = self.workers_count
+        ends: dict[tuple[int, int], Connection] = {}
+        for a in range(n):
+            for b in range(a + 1, n):
+                ends[a, b], ends[b, a] = ctx.Pipe(duplex=True)
+        self.controls: list[Connection] = []
+        self.processes: list[Any] = []
+        for w in range(n):
+            parent_end, child_end = ctx.Pipe(duplex=True)
+            peers = {b: ends[w, b] for b in range(n) if b != w}
+            proc = ctx.Process(
+                target=_worker_main,
+                args=(w, n, plan, restored, settings, subtask_settings, store.url, child_end, peers),
+                name=f"onceflow-worker-{w}",
+                daemon=True,
+            )
+            proc.start()
+            child_end.close()
+            self.controls.append(parent_end)
+            self.processes.append(proc)
+        for conn in ends.values():
+            conn.close()
+        self._stopped: set[int] = set()
+        self._source_workers = sorted({v.index % n for v in self.sources})
+
+    def _trigger_sources(self, checkpoint_id: int, final: bool) -> None:
+        for w in self._source_workers:
+            self.controls[w].send(("trigger", checkpoint_id, final))
+
+    def _broadcast(self, message: tuple) -> None:
+        for w, conn in enumerate(self.controls):
+            if w not in self._stopped:
+                conn.send(message)
+
+    def _handle(self, worker: int, message: tuple) -> None:
+        kind = message[0]
+        coordinator = self.coordinator
+        if kind == "ack":
+            coordinator.acknowledge(message[1], tuple(message[2]), message[3])
+        elif kind == "decline":
+            coordinator.decline(
+                message[1], CheckpointFailureReason.WRITE_FAILED,
+                f"writing state of subtask {message[2]} failed: {message[3]}",
+            )
+        elif kind == "drained":
+            self._views[tuple(message[1])].status = SubtaskStatus.DRAINED
+        elif kind == "metrics":
+            for key, source_records, records_in, steps, blocked in message[1]:
+                view = self._views[tuple(key)]
+                view.source_records, view.records_in = source_records, records_in
+                view.steps, view.blocked_steps = steps, blocked
+        elif kind == "stopped":
+            self._stopped.add(worker)
+        elif kind == "error":
+            info = message[1]
+            log.debug("worker %d failed:\n%s", worker, info["traceback"])
+            raise WorkerError(
+                info["message"] if info["type"].endswith("Error") and info["operator"] != "worker"
+                else f"worker {worker} failed: {info['type']}: {info['message']}",
+                retryable=info["retryable"],
+                usage=info["usage"],
+                operator=info["operator"],
+                uid=info["uid"],
+                subtask_index=info["subtask_index"],
+                checkpoint_id=info["checkpoint_id"],
+                domain=ErrorDomain(info["domain"]),
+            )
+
+    def run(self) -> None:
+        """Coordinate checkpoints until the final one is committed and every worker stopped."""
+        coordinator = self.coordinator
+        clock = time.monotonic
+        stop_sent = False
+        try:
+            while len(self._stopped) < len(self.processes):
+                sentinels = {p.sentinel: w for w, p in enumerate(self.processes)}
+                ready = wait([*self.controls, *sentinels], timeout=0.02)
+                for conn in ready:
+                    if conn in sentinels:
+                        continue
+                    w = self.controls.index(conn)
+                    try:
+                        while conn.poll():
+                            self._handle(w, conn.recv())
+                    except (EOFError, OSError):
+                        pass
+                for sentinel, w in sentinels.items():
+                    if sentinel in ready and w not in self._stopped:
+                        conn = self.controls[w]
+                        with contextlib.suppress(EOFError, OSError):
+                            while conn.poll():
+                                self._handle(w, conn.recv())
+                        if w not in self._stopped:
+                            code = self.processes[w].exitcode
+                            msg = f"worker process {w} died (exit code {code})"
+                            raise WorkerError(
+                                msg, retryable=True, usage=False, operator=f"worker {w}",
+                                uid="", subtask_index=w, checkpoint_id=None,
+                                domain=ErrorDomain.EXTERNAL,
+                            )
+                if coordinator.finished:
+                    if not stop_sent:
+                        self._broadcast(("stop",))
+                        stop_sent = True
+                    continue
+                now = clock()
+                if coordinator.pending is None and all(
+                    v.status is SubtaskStatus.DRAINED for v in self.subtasks
+                ):
+                    coordinator.trigger(final=True)
+                else:
+                    coordinator.tick(now)
+                if self._on_tick is not None:
+                    self._on_tick(self, now)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop every worker (kill those that do not stop) and close the pipes; never raises."""
+        for w, proc in enumerate(self.processes):
+            if proc.is_alive() and w not in self._stopped:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+        for proc in self.processes:
+            proc.join(timeout=5)
+        for conn in self.controls:
+            with contextlib.suppress(OSError):
+                conn.close()
