@@ -394,7 +394,11 @@ class ProcessExecutor:
                 "the process executor needs checkpoint storage that worker processes share "
                 f"(a local path or s3://), not {store.url!r}"
             )
-            raise CheckpointStorageError(msg)
+            err = CheckpointStorageError(msg)
+            # A wrong setting, not an outage: retrying cannot help, and it is a usage error.
+            err.domain = ErrorDomain.USER
+            err.usage = True
+            raise err
         self.plan = plan
         self.store = store
         self.settings = settings
