@@ -271,17 +271,31 @@ def test_unknown_parameter_is_a_usage_error_listing_the_accepted_names(
     assert unchanged_tree(tree_snapshot, finished.root) == before
 
 
-def test_process_executor_is_a_usage_error_saying_it_is_not_available(
+def test_process_executor_on_memory_storage_is_a_usage_error_without_restarts(
+    ws: Workspace, capsys: pytest.CaptureFixture[str], memory_dir: str
+) -> None:
+    code = main(ws.run_args("--executor", "process", "--checkpoint-dir", memory_dir))
+
+    err = capsys.readouterr().err
+    line = one_error_line(err)
+    assert code == 2
+    assert "process executor needs checkpoint storage that worker processes share" in line
+    assert memory_dir in line
+    assert "attempt 1 failed" not in err
+    assert "failed after" not in line
+    assert not ws.out.exists()
+
+
+def test_unknown_executor_is_refused_by_the_argument_parser(
     finished: Workspace, capsys: pytest.CaptureFixture[str], tree_snapshot: TreeSnapshot
 ) -> None:
     before = unchanged_tree(tree_snapshot, finished.root)
 
-    code = main(finished.run_args("--executor", "process"))
+    with pytest.raises(SystemExit) as info:
+        main(finished.run_args("--executor", "ray"))
 
-    line = one_error_line(capsys.readouterr().err)
-    assert code == 2
-    assert "not available" in line
-    assert "--executor local" in line
+    assert info.value.code == 2
+    assert "invalid choice: 'ray'" in one_error_line(capsys.readouterr().err)
     assert unchanged_tree(tree_snapshot, finished.root) == before
 
 
