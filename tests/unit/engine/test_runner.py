@@ -160,14 +160,18 @@ def kill_midway(out: Path, chk: str, fail_at: int) -> list[int]:
 # --------------------------------------------------------------------------- plain runs
 
 
+@pytest.mark.parametrize("executor", ["local", "process"])
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_committed_output_equals_the_plain_python_reference(
-    words_dir: Path, tmp_path: Path, chk: str, parallelism: int
+    words_dir: Path, tmp_path: Path, chk: str, parallelism: int, executor: str
 ) -> None:
     out = tmp_path / "out"
 
     result = JobRunner(
-        count_job(FileSource(str(words_dir)), out), checkpoint_dir=chk, parallelism=parallelism
+        count_job(FileSource(str(words_dir)), out),
+        checkpoint_dir=chk,
+        parallelism=parallelism,
+        executor=executor,
     ).run()
 
     lines = read_committed_lines(str(out))
@@ -196,15 +200,20 @@ def test_gated_run_checkpoints_every_batch_and_equals_the_reference(tmp_path: Pa
     assert len(completed_ids(chk)) == 3
 
 
+@pytest.mark.parametrize("executor", ["local", "process"])
 def test_rerun_of_a_finished_job_is_already_finished_and_changes_no_file(
-    words_dir: Path, tmp_path: Path, chk: str, tree_snapshot: TreeSnapshot
+    words_dir: Path, tmp_path: Path, chk: str, tree_snapshot: TreeSnapshot, executor: str
 ) -> None:
     out = tmp_path / "out"
-    first = JobRunner(count_job(FileSource(str(words_dir)), out), checkpoint_dir=chk).run()
+    first = JobRunner(
+        count_job(FileSource(str(words_dir)), out), checkpoint_dir=chk, executor=executor
+    ).run()
     before_out = tree_snapshot(out)
     before_chk = tree_snapshot(Path(chk), skip=frozenset({"_lock"}))
 
-    again = JobRunner(count_job(FileSource(str(words_dir)), out), checkpoint_dir=chk).run()
+    again = JobRunner(
+        count_job(FileSource(str(words_dir)), out), checkpoint_dir=chk, executor=executor
+    ).run()
 
     assert again.status is RunStatus.ALREADY_FINISHED
     assert again.checkpoint_id == first.checkpoint_id
