@@ -10,7 +10,10 @@ Labels used by the engine and the shipped connectors:
 ``before_snapshot``, ``after_task_snapshots_before_metadata``,
 ``after_metadata_before_notify``, ``mid_commit``,
 ``after_pending_rename_before_commit_rename``, ``during_restore``,
-``during_commit_on_restore``, ``end_of_input_before_final_checkpoint``.
+``during_commit_on_restore`` (before each committable a restored sink
+re-commits), ``end_of_input_before_final_checkpoint``, ``mid_checkpoint_delete``
+(a checkpoint's ``_metadata`` is gone, its files not yet: retention, abort or
+``--fresh`` interrupted).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from engine.errors import CheckpointStorageError, ConcurrentRunError
+from engine.faults import CRASH_POINTS
 
 log = logging.getLogger("onceflow")
 
@@ -245,6 +246,7 @@ class CheckpointStore:
             self.fs.rm_file(self.paths.metadata(checkpoint_id))
         except FileNotFoundError:
             pass
+        CRASH_POINTS.hit("mid_checkpoint_delete")
         try:
             entries = self.fs.ls(chk_dir, detail=False)
         except FileNotFoundError:

@@ -251,6 +251,7 @@ class TwoPhaseCommitWriter(Operator):
             for n, committable in (state or [])
         ]
         for _, committable in sorted(owed, key=lambda item: item[0]):
+            self.ctx.crash_point("during_commit_on_restore")
             self.commit(committable)
         if self.ctx.subtask_index == 0:
             self.abort_leftovers(
