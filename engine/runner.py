@@ -240,13 +240,17 @@ class JobRunner:
            the user must decide).
         3. Load and verify every state file; a torn or corrupt checkpoint is
            discarded with a warning and the previous one is tried.
-        4. Delete incomplete and discarded checkpoints newer than the chosen one.
+        4. Delete incomplete and discarded checkpoints newer than the chosen one,
+           and finish deleting incomplete ones older than it (a deletion by
+           retention that a crash interrupted), keeping files that a completed
+           checkpoint still references.
         """
         store = self.store
         ids = store.checkpoint_ids()
         next_id = (max(ids) + 1) if ids else 1
         chosen: _RestorePoint | None = None
         doomed: list[int] = []
+        stale: list[int] = []
         completed: dict[int, dict[str, Any]] = {}
         for cid in reversed(ids):
             # Step 1
@@ -257,8 +261,7 @@ class JobRunner:
                 doomed.append(cid)
                 continue
             if meta is None:
-                if chosen is None:
-                    doomed.append(cid)
+                (doomed if chosen is None else stale).append(cid)
                 continue
             if chosen is not None:
                 completed[cid] = meta
@@ -279,6 +282,10 @@ class JobRunner:
         # Step 4
         for cid in doomed:
             store.delete_checkpoint(cid)
+        referenced = {h["path"] for meta in completed.values() for h in meta.get("handles", [])}
+        for cid in stale:
+            keep = {p.rsplit("/", 1)[-1] for p in referenced if p.startswith(f"chk-{cid}/")}
+            store.delete_checkpoint(cid, keep_files=keep)
         return chosen, completed, next_id
 
     def _check_compatible(self, meta: dict[str, Any]) -> None:
