@@ -6,6 +6,7 @@ and operators never import the engine.
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 
 from engine.api import Job
@@ -27,16 +28,25 @@ def run_job_for_test(
     channel_capacity: int = 8,
     max_parallelism: int = 128,
     fresh: bool = False,
+    executor: str = "local",
 ) -> RunResult:
     """Run ``job`` to completion and return the result.
 
     Defaults suit tests: checkpoints in a fresh ``memory://`` directory every
-    50 ms, restarts without delay. Pass the same ``checkpoint_dir`` twice to
+    50 ms, restarts without delay (the process executor needs a shared
+    folder, so it gets a fresh temporary one instead). Pass the same ``checkpoint_dir`` twice to
     resume a run. An ``EndOfRun`` sentinel surfaces as ``RunInterrupted``.
     """
+    if checkpoint_dir is None:
+        checkpoint_dir = (
+            f"memory://onceflow-test-{uuid.uuid4().hex[:8]}"
+            if executor == "local"
+            else tempfile.mkdtemp(prefix="onceflow-test-")
+        )
     runner = JobRunner(
         job,
-        checkpoint_dir=checkpoint_dir or f"memory://onceflow-test-{uuid.uuid4().hex[:8]}",
+        executor=executor,
+        checkpoint_dir=checkpoint_dir,
         parallelism=parallelism,
         max_parallelism=max_parallelism,
         settings=ExecutionSettings(
@@ -52,4 +62,6 @@ def run_job_for_test(
     except OperatorError as exc:
         if isinstance(exc.__cause__, RunInterrupted):
             raise exc.__cause__ from None
+        if getattr(exc, "cause_type", "") == RunInterrupted.__name__:  # from a worker process
+            raise RunInterrupted(str(exc)) from None
         raise

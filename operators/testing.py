@@ -15,8 +15,11 @@ in memory, so these helpers serve the local executor (one process) only.
 
 from __future__ import annotations
 
-import threading
+import os
+import pickle
+import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,9 +60,32 @@ class RunInterrupted(OnceflowError):
     domain = ErrorDomain.USER
 
 
+_MARKERS: str | None = None
+
+
+def _marker_dir() -> str:
+    """Return a folder for sentinel and failure markers that worker processes inherit."""
+    global _MARKERS
+    if _MARKERS is None:
+        _MARKERS = tempfile.mkdtemp(prefix="onceflow-testing-")
+    return _MARKERS
+
+
 class _Sentinel:
+    """A marker in the item list; whether it fired is a file, so worker processes agree."""
+
     def __init__(self) -> None:
-        self.fired = False
+        self._marker = os.path.join(_marker_dir(), uuid.uuid4().hex)
+
+    @property
+    def fired(self) -> bool:
+        """Whether the sentinel already fired (in any process of this test)."""
+        return os.path.exists(self._marker)
+
+    def fire(self) -> None:
+        """Record that the sentinel fired."""
+        with open(self._marker, "x"):
+            pass
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(fired={self.fired})"
@@ -139,7 +165,7 @@ class TestingSourceReader(SourceReader):
             if isinstance(head, _Sentinel):
                 self.offsets[split] = start + 1
                 if not head.fired:
-                    head.fired = True
+                    head.fire()
                     if isinstance(head, Crash):
                         msg = f"injected crash at item {start} of split {split}"
                         raise InjectedFailure(msg)
@@ -163,28 +189,48 @@ class TestingSourceReader(SourceReader):
 
 
 class TestingSink(Sink):
-    """An exactly-once in-memory sink that keeps pre-committed records apart from committed ones.
+    """An exactly-once sink into a folder of pickles that keeps pre-committed apart from committed.
 
-    ``committed`` lists every committed record in commit order; ``pending``
-    maps a transaction id to records pre-committed but not (yet) committed.
-    Commits are idempotent by transaction id, so a re-commit after restore
-    never duplicates.
+    ``committed`` lists every committed record (ordered by checkpoint, then
+    transaction); ``pending`` maps a transaction id to records pre-committed but
+    not (yet) committed. A commit is a rename of the transaction's file, so it is
+    idempotent, atomic, and visible to the test from worker processes too.
     """
 
     __test__ = False
 
-    def __init__(self) -> None:
-        self.committed: list[Any] = []
-        self.pending: dict[str, list[Any]] = {}
-        self.committed_ids: set[str] = set()
-        self.commits = 0
-        self._lock = threading.Lock()
+    def __init__(self, directory: str | None = None) -> None:
+        self.directory = directory or tempfile.mkdtemp(prefix="onceflow-testsink-")
+        for sub in ("pending", "committed"):
+            os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
 
     def create_writer(self, subtask_index: int, parallelism: int) -> Operator:
-        """Return an in-memory transactional writer."""
+        """Return a transactional writer into this sink's folder."""
         return _TestingSinkWriter(self)
 
-    # hooks FailingSink overrides
+    def _files(self, sub: str) -> list[str]:
+        folder = os.path.join(self.directory, sub)
+        return sorted(n for n in os.listdir(folder) if n.endswith(".pkl"))
+
+    def _load(self, sub: str, name: str) -> list[Any]:
+        with open(os.path.join(self.directory, sub, name), "rb") as f:
+            return pickle.load(f)
+
+    @property
+    def committed(self) -> list[Any]:
+        """Every committed record, by checkpoint id, then transaction."""
+        return [r for name in self._files("committed") for r in self._load("committed", name)]
+
+    @property
+    def pending(self) -> dict[str, list[Any]]:
+        """Pre-committed transactions that are not committed."""
+        return {name[:-4]: self._load("pending", name) for name in self._files("pending")}
+
+    @property
+    def commits(self) -> int:
+        """Number of committed transactions."""
+        return len(self._files("committed"))
+
     def _before(self, phase: str, checkpoint_id: int) -> None:
         """Run before ``pre_commit`` and ``commit``; ``FailingSink`` injects failures here."""
 
@@ -202,32 +248,34 @@ class _TestingSinkWriter(TwoPhaseCommitWriter):
     def write(self, records: list) -> None:
         self.buffer.extend(records)
 
+    def _path(self, sub: str, txn: str) -> str:
+        return os.path.join(self.sink.directory, sub, txn + ".pkl")
+
     def pre_commit(self, checkpoint_id: int) -> Any:
         self.sink._before("pre_commit", checkpoint_id)  # noqa: SLF001 - sink and writer are one unit
         if not self.buffer:
             return None
-        txn = f"{self.ctx.uid}/{self.ctx.attempt_id}/{self.ctx.subtask_index}/{checkpoint_id}"
-        with self.sink._lock:  # noqa: SLF001
-            self.sink.pending[txn] = self.buffer
+        uid = "".join(c if c.isalnum() else "_" for c in self.ctx.uid)
+        txn = f"{checkpoint_id:010d}-{uid}-{self.ctx.subtask_index:05d}-{self.ctx.attempt_id}"
+        tmp = self._path("pending", txn) + ".tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(self.buffer, f, protocol=5)
+        os.replace(tmp, self._path("pending", txn))
         self.buffer = []
         return {"txn": txn, "checkpoint_id": checkpoint_id}
 
     def commit(self, committable: Any) -> None:
         self.sink._before("commit", committable["checkpoint_id"])  # noqa: SLF001
         txn = committable["txn"]
-        with self.sink._lock:  # noqa: SLF001
-            if txn in self.sink.committed_ids:
-                return
-            records = self.sink.pending.pop(txn)
-            self.sink.committed.extend(records)
-            self.sink.committed_ids.add(txn)
-            self.sink.commits += 1
+        if os.path.exists(self._path("committed", txn)):
+            return
+        os.replace(self._path("pending", txn), self._path("committed", txn))
 
     def abort_leftovers(self, keep: Sequence[Any]) -> None:
         wanted = {c["txn"] for c in keep if c}
-        with self.sink._lock:  # noqa: SLF001
-            for txn in [t for t in self.sink.pending if t not in wanted]:
-                del self.sink.pending[txn]
+        for name in self.sink._files("pending"):  # noqa: SLF001
+            if name[:-4] not in wanted and not name.endswith(f"-{self.ctx.attempt_id}.pkl"):
+                os.remove(self._path("pending", name[:-4]))
 
 
 class FailingSink(TestingSink):
@@ -245,11 +293,17 @@ class FailingSink(TestingSink):
             raise ValueError(msg)
         self.fail_on = fail_on
         self.at_checkpoint = at_checkpoint
-        self.remaining = times
+        self.times = times
+
+    @property
+    def failures(self) -> int:
+        """How many failures were injected so far (in any process)."""
+        return len([n for n in os.listdir(self.directory) if n.startswith("failure-")])
 
     def _before(self, phase: str, checkpoint_id: int) -> None:
-        if phase == self.fail_on and checkpoint_id >= self.at_checkpoint and self.remaining > 0:
-            self.remaining -= 1
+        if phase == self.fail_on and checkpoint_id >= self.at_checkpoint and self.failures < self.times:
+            with open(os.path.join(self.directory, f"failure-{self.failures}"), "x"):
+                pass
             msg = f"injected failure in {phase} of checkpoint {checkpoint_id}"
             raise InjectedFailure(msg)
 

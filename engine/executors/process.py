@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
 import logging
 import multiprocessing
 import os
@@ -60,10 +61,14 @@ _METRICS_EVERY = 0.5
 class WorkerError(OperatorError):
     """A task failed in a worker process (or the worker itself died)."""
 
-    def __init__(self, message: str, *, retryable: bool, usage: bool, **where: Any) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, usage: bool, cause_type: str = "", **where: Any
+    ) -> None:
         super().__init__(message, **where)
         self.retryable = retryable
         self.usage = usage
+        self.cause_type = cause_type
+        """Class name of the original exception's cause (it stayed in the worker)."""
 
 
 # -- channels across processes ----------------------------------------------------------
@@ -87,6 +92,13 @@ class _Transport:
         self._thread.start()
 
     def _receive(self) -> None:
+        try:
+            self._receive_loop()
+        except BaseException as exc:  # noqa: BLE001 - handed to the worker's main loop
+            self.commands.append(("receiver-failed", exc))
+            self.wakeup.set()
+
+    def _receive_loop(self) -> None:
         conns = [self.control, *self.peers.values()]
         while conns:
             for conn in wait(conns):
@@ -206,6 +218,8 @@ class _Worker:
                 self.subtasks.append(subtask)
                 if task.is_source:
                     self.sources.append(subtask)
+        # every inbox exists now: only from here on may peer messages be dispatched
+        transport.start()
         for subtask in self.subtasks:
             open_subtask(subtask, plan, restored, subtask_settings)
         self._drained_sent: set[tuple[int, int]] = set()
@@ -276,6 +290,8 @@ class _Worker:
                     self.writer.delete_later(command[1])
                 elif kind == "stop":
                     stopping = True
+                elif kind == "receiver-failed":
+                    raise command[1]
             now = time.monotonic()
             if now - last_metrics >= _METRICS_EVERY or stopping:
                 last_metrics = now
@@ -305,8 +321,8 @@ def _worker_main(
 ) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps a hung worker
     transport = _Transport(control, peers)
-    transport.start()
     worker = None
     code = 0
     try:
@@ -348,6 +364,7 @@ def _describe(exc: BaseException) -> dict[str, Any]:
         "domain": getattr(exc, "domain", ErrorDomain.INTERNAL).value,
         "retryable": is_retryable(exc),
         "usage": usage,
+        "cause_type": type(cause).__name__ if cause is not None else "",
         "traceback": "".join(traceback.format_exception(exc)),
     }
 
@@ -488,6 +505,7 @@ class ProcessExecutor:
                 else f"worker {worker} failed: {info['type']}: {info['message']}",
                 retryable=info["retryable"],
                 usage=info["usage"],
+                cause_type=info["cause_type"],
                 operator=info["operator"],
                 uid=info["uid"],
                 subtask_index=info["subtask_index"],

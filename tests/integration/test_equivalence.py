@@ -52,10 +52,11 @@ def _wordcount_job(src, out, fail_at: dict | None = None) -> Job:
         seen["n"] += 1
         if seen["n"] % 1000 == 0:
             time.sleep(0.001)  # slow enough that timed checkpoints land mid-stream
-        if fail_at is not None:
-            fail_at["seen"] += 1
-            if fail_at["seen"] == fail_at["at"]:
-                raise RuntimeError(f"injected failure at word {fail_at['seen']}")
+        # fail once when a subtask reaches word number fail_at["at"]; the marker file
+        # makes "once" hold across restarts and worker processes
+        if fail_at is not None and seen["n"] == fail_at["at"] and not fail_at["marker"].exists():
+            fail_at["marker"].touch()
+            raise RuntimeError(f"injected failure at word {seen['n']}")
         return (word.lower(), 1)
 
     job = Job("wordcount")
@@ -71,9 +72,10 @@ def _wordcount_job(src, out, fail_at: dict | None = None) -> Job:
     return job
 
 
-def _runner(job, chk, parallelism, interval, attempts=3) -> JobRunner:
+def _runner(job, chk, parallelism, interval, attempts=3, executor="local") -> JobRunner:
     return JobRunner(
         job,
+        executor=executor,
         checkpoint_dir=str(chk),
         parallelism=parallelism,
         settings=ExecutionSettings(
@@ -94,28 +96,28 @@ def words(tmp_path_factory):
 
 @pytest.mark.parametrize("parallelism", [1, 2])
 @pytest.mark.parametrize("mode", ["uninterrupted", "checkpoints", "failure", "restore", "rescale"])
-def test_wordcount_commits_the_reference(words, tmp_path, parallelism, mode):
+def test_wordcount_commits_the_reference(words, tmp_path, parallelism, mode, executor):
     src, reference = words
     out, chk = tmp_path / "out", tmp_path / "chk"
     if mode == "uninterrupted":
-        result = _runner(_wordcount_job(src, out), chk, parallelism, 3600).run()
+        result = _runner(_wordcount_job(src, out), chk, parallelism, 3600, executor=executor).run()
         assert result.checkpoints_completed == 1  # only the final checkpoint
     elif mode == "checkpoints":
-        result = _runner(_wordcount_job(src, out), chk, parallelism, 0.05).run()
+        result = _runner(_wordcount_job(src, out), chk, parallelism, 0.05, executor=executor).run()
         assert result.checkpoints_completed > 1
     elif mode == "failure":
-        fail = {"seen": 0, "at": 60_000}
-        result = _runner(_wordcount_job(src, out, fail), chk, parallelism, 0.02).run()
+        fail = {"at": 30_000, "marker": tmp_path / "failed"}
+        result = _runner(_wordcount_job(src, out, fail), chk, parallelism, 0.02, executor=executor).run()
         assert result.restarts == 1
     else:
         # the first run dies mid-stream with no restart allowed; a second run resumes
-        fail = {"seen": 0, "at": 70_000}
+        fail = {"at": 35_000, "marker": tmp_path / "failed"}
         with pytest.raises(Exception, match="injected failure"):
-            _runner(_wordcount_job(src, out, fail), chk, parallelism, 0.02, attempts=0).run()
+            _runner(_wordcount_job(src, out, fail), chk, parallelism, 0.02, attempts=0, executor=executor).run()
         partial = read_committed_lines(str(out)) if out.exists() else []
         assert 0 < len(partial) < len(reference), "a checkpoint should have committed a prefix"
         resumed_parallelism = 3 - parallelism if mode == "rescale" else parallelism
-        result = _runner(_wordcount_job(src, out), chk, resumed_parallelism, 0.05).run()
+        result = _runner(_wordcount_job(src, out), chk, resumed_parallelism, 0.05, executor=executor).run()
         assert result.restored_from is not None
     assert result.status is RunStatus.FINISHED
     assert sorted(read_committed_lines(str(out))) == reference
@@ -175,18 +177,20 @@ def _with_sentinels(n: int, every: int, special: dict[int, object] | None = None
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
-def test_stateful_map_uninterrupted_and_with_checkpoints(parallelism):
+def test_stateful_map_uninterrupted_and_with_checkpoints(parallelism, executor):
     n = 120_000
     reference = _stateful_reference(_keyed_items(n))
     sink = TestingSink()
     run_job_for_test(
-        _stateful_job(_keyed_items(n), sink), parallelism=parallelism, checkpoint_interval=3600
+        _stateful_job(_keyed_items(n), sink), parallelism=parallelism, checkpoint_interval=3600,
+        executor=executor,
     )
     assert sorted(sink.committed) == reference
     sink = TestingSink()
     items = _with_sentinels(n, 4000)
     result = run_job_for_test(
-        _stateful_job(items, sink), parallelism=parallelism, checkpoint_interval=0.001
+        _stateful_job(items, sink), parallelism=parallelism, checkpoint_interval=0.001,
+        executor=executor,
     )
     assert result.checkpoints_completed > 5
     assert sorted(sink.committed) == reference
@@ -194,13 +198,14 @@ def test_stateful_map_uninterrupted_and_with_checkpoints(parallelism):
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
-def test_stateful_map_after_crashes_and_restores(parallelism):
+def test_stateful_map_after_crashes_and_restores(parallelism, executor):
     n = 120_000
     reference = _stateful_reference(_keyed_items(n))
     sink = TestingSink()
     items = _with_sentinels(n, 3000, {40_000: Crash(), 80_000: Crash()})
     result = run_job_for_test(
-        _stateful_job(items, sink), parallelism=parallelism, checkpoint_interval=0.001
+        _stateful_job(items, sink), parallelism=parallelism, checkpoint_interval=0.001,
+        executor=executor,
     )
     assert result.restarts == 2
     assert sorted(sink.committed) == reference
@@ -208,22 +213,22 @@ def test_stateful_map_after_crashes_and_restores(parallelism):
 
 
 @pytest.mark.parametrize(("first", "second"), [(1, 2), (2, 1), (2, 3)])
-def test_stateful_map_restored_at_another_parallelism(first, second):
+def test_stateful_map_restored_at_another_parallelism(first, second, executor, tmp_path):
     n = 120_000
     items = _with_sentinels(n, 3000, {60_000: EndOfRun()})
     reference = _stateful_reference(_keyed_items(n))
     sink = TestingSink()
-    checkpoint_dir = f"memory://equivalence-rescale-{first}-{second}"
+    checkpoint_dir = str(tmp_path / "chk")
     with pytest.raises(RunInterrupted):
         run_job_for_test(
             _stateful_job(items, sink), checkpoint_dir=checkpoint_dir, parallelism=first,
-            checkpoint_interval=0.001,
+            checkpoint_interval=0.001, executor=executor,
         )
     committed_before = len(sink.committed)
     assert 0 < committed_before < n
     result = run_job_for_test(
         _stateful_job(items, sink), checkpoint_dir=checkpoint_dir, parallelism=second,
-        checkpoint_interval=0.001,
+        checkpoint_interval=0.001, executor=executor,
     )
     assert result.restored_from is not None
     assert sorted(sink.committed) == reference

@@ -25,7 +25,7 @@ def _slow(batch: list) -> list:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("parallelism", [1, 2])
-def test_diamond_with_capacity_one_channels_completes_exactly_once(parallelism):
+def test_diamond_with_capacity_one_channels_completes_exactly_once(parallelism, executor):
     n = 20_000
     items = []
     for i in range(n):
@@ -44,7 +44,8 @@ def test_diamond_with_capacity_one_channels_completes_exactly_once(parallelism):
         .sink(sink, name="out", uid="out")
     )
     result = run_job_for_test(
-        job, parallelism=parallelism, checkpoint_interval=0.005, batch_size=64, channel_capacity=1
+        job, parallelism=parallelism, checkpoint_interval=0.005, batch_size=64, channel_capacity=1,
+        executor=executor,
     )
     assert result.checkpoints_completed > 3
     finals: dict[str, int] = {}
@@ -55,24 +56,24 @@ def test_diamond_with_capacity_one_channels_completes_exactly_once(parallelism):
     assert collections.Counter(k for k, _ in sink.committed) == {"even": n // 2, "odd": n // 2, "all": n}
 
 
-def test_fan_out_to_two_sinks_commits_both():
+def test_fan_out_to_two_sinks_commits_both(executor):
     left, right = TestingSink(), TestingSink()
     job = Job("fanout")
     stream = job.source(TestingSource(list(range(5000)), batch_size=100), uid="src")
     stream.map(lambda i: i * 2, name="double").sink(left, name="left", uid="left")
     stream.filter(lambda i: i % 3 == 0, name="thirds").sink(right, name="right", uid="right")
-    run_job_for_test(job, checkpoint_interval=0.001)
+    run_job_for_test(job, checkpoint_interval=0.001, executor=executor)
     assert sorted(left.committed) == [i * 2 for i in range(5000)]
     assert sorted(right.committed) == [i for i in range(5000) if i % 3 == 0]
 
 
-def test_broadcast_and_rebalance_deliver_every_record():
+def test_broadcast_and_rebalance_deliver_every_record(executor):
     broadcast, rebalanced = TestingSink(), TestingSink()
     job = Job("edges")
     stream = job.source(TestingSource(list(range(3000)), batch_size=50), uid="src")
     stream.broadcast().map(lambda i: i, name="b", parallelism=3).sink(broadcast, uid="bsink", parallelism=3)
     stream.rebalance().map(lambda i: i, name="r", parallelism=2).sink(rebalanced, uid="rsink", parallelism=2)
-    run_job_for_test(job, checkpoint_interval=0.001)
+    run_job_for_test(job, checkpoint_interval=0.001, executor=executor)
     assert sorted(broadcast.committed) == sorted(list(range(3000)) * 3)
     assert sorted(rebalanced.committed) == list(range(3000))
 
