@@ -113,7 +113,8 @@ def test_wordcount_commits_the_reference(words, tmp_path, parallelism, mode, exe
         # the first run dies mid-stream with no restart allowed; a second run resumes
         fail = {"at": 35_000, "marker": tmp_path / "failed"}
         with pytest.raises(Exception, match="injected failure"):
-            _runner(_wordcount_job(src, out, fail), chk, parallelism, 0.02, attempts=0, executor=executor).run()
+            failing = _wordcount_job(src, out, fail)
+            _runner(failing, chk, parallelism, 0.02, attempts=0, executor=executor).run()
         partial = read_committed_lines(str(out)) if out.exists() else []
         assert 0 < len(partial) < len(reference), "a checkpoint should have committed a prefix"
         resumed_parallelism = 3 - parallelism if mode == "rescale" else parallelism
