@@ -65,6 +65,8 @@ class OutputGate:
     """Partitions a producer's output batches over the channels of one edge."""
 
     channels: list
+    tag: str | None = None
+    """The side output this gate carries; None for the main output."""
 
     def emit(self, records: list) -> None:
         """Send a batch of records downstream."""

@@ -40,9 +40,15 @@ class Barrier:
 
 @dataclass(frozen=True, slots=True)
 class Watermark:
-    """No record with an event time below ``timestamp`` will follow on this channel."""
+    """No record with an event time below ``timestamp`` will follow on this channel.
+
+    ``idle=True`` says the producer has gone quiet: consumers leave this channel
+    out of their minimum until it sends records or a watermark again, so one
+    idle split does not stall event time for the whole job.
+    """
 
     timestamp: float
+    idle: bool = False
 
 
 @dataclass(frozen=True, slots=True)

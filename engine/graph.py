@@ -71,6 +71,8 @@ class EdgeSpec:
     partitioning: Partitioning
     key_fn: Callable[[Any], Any] | None = None
     explicit: bool = False
+    tag: str | None = None
+    """Side-output tag: the edge carries the upstream's ``ctx.output(tag, ...)`` records only."""
 
 
 class JobGraph:
@@ -164,7 +166,8 @@ class JobGraph:
         """Return a digest of the topology (uids, kinds, edges), independent of parallelism."""
         nodes = sorted((s.uid, s.kind.value) for s in self.specs())
         edges = sorted(
-            (self.spec(u).uid, self.spec(v).uid, self.edge(u, v).partitioning.value)
+            (self.spec(u).uid, self.spec(v).uid, self.edge(u, v).partitioning.value,
+             self.edge(u, v).tag or "")
             for u, v in self.dag.edges
         )
         blob = json.dumps({"nodes": nodes, "edges": edges}, sort_keys=True).encode()

@@ -21,6 +21,7 @@ class TaskEdge:
     downstream_task: int
     partitioning: Partitioning
     key_fn: Any = None
+    tag: str | None = None
 
 
 @dataclass
@@ -72,9 +73,8 @@ class PhysicalPlan:
         for t in self.tasks:
             lines.append(f"  task {t.task_id} [x{t.parallelism}]: {t.name}")
             for e in t.inputs:
-                lines.append(
-                    f"      <- task {e.upstream_task} ({e.partitioning.value})"
-                )
+                tag = f", side output {e.tag!r}" if e.tag else ""
+                lines.append(f"      <- task {e.upstream_task} ({e.partitioning.value}{tag})")
         return "\n".join(lines)
 
 
@@ -121,6 +121,7 @@ def build_plan(
             u = preds[0]
             if (
                 parts[u, n] is Partitioning.FORWARD
+                and graph.edge(u, n).tag is None
                 and par[u] == par[n]
                 and dag.out_degree(u) == 1
                 and graph.spec(u).kind is not OperatorKind.SINK
@@ -136,7 +137,8 @@ def build_plan(
         tu, tv = chain_of[u], chain_of[v]
         if tu == tv:
             continue
-        edge = TaskEdge(tu, tv, parts[u, v], graph.edge(u, v).key_fn)
+        spec = graph.edge(u, v)
+        edge = TaskEdge(tu, tv, parts[u, v], spec.key_fn, spec.tag)
         tasks[tu].outputs.append(edge)
         tasks[tv].inputs.append(edge)
     return PhysicalPlan(
@@ -158,5 +160,6 @@ def describe_graph(graph: JobGraph) -> str:
         )
         for u in sorted(graph.dag.predecessors(spec.node_id)):
             e = graph.edge(u, spec.node_id)
-            lines.append(f"        <- {graph.spec(u).name} ({e.partitioning.value})")
+            tag = f", side output {e.tag!r}" if e.tag else ""
+            lines.append(f"        <- {graph.spec(u).name} ({e.partitioning.value}{tag})")
     return "\n".join(lines)

@@ -10,12 +10,13 @@ attribute loads and one call per operator.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
 from engine.alignment import AlignmentResult, BarrierAligner
-from engine.elements import END_OF_DATA, Barrier, Batch, EndOfData
+from engine.elements import END_OF_DATA, Barrier, Batch, EndOfData, Watermark
 from engine.errors import OperatorError
 from engine.faults import CRASH_POINTS
 from engine.plan import TaskSpec
@@ -60,7 +61,12 @@ class Subtask:
         self.ops = operators
         self.specs = task.operators[1:] if reader is not None else task.operators
         self.inputs = inputs
-        self.gates = gates
+        self.gates = [g for g in gates if g.tag is None]
+        self.side_gates: dict[str, list[Any]] = {}
+        for gate in gates:
+            if gate.tag is not None:
+                self.side_gates.setdefault(gate.tag, []).append(gate)
+        self.all_gates = gates
         self.snapshot_sink = snapshot_sink
         self.batch_size = batch_size
         self.status = SubtaskStatus.CREATED
@@ -69,6 +75,19 @@ class Subtask:
         self._next_input = 0
         self._keyed_head = task.keyed_input
         self.current_checkpoint: int | None = None
+        # event time: see _on_watermark / _advance_watermark
+        self.watermark = -math.inf
+        self._input_watermarks = [-math.inf] * len(inputs)
+        self._input_idle = [False] * len(inputs)
+        self._combined = -math.inf
+        self._idle_out = False
+        self._wm_ops = [i for i, op in enumerate(operators) if getattr(op, "emits_watermarks", False)]
+        self._emitted = dict.fromkeys(self._wm_ops, -math.inf)
+        self._time_ops = [
+            i for i, op in enumerate(operators) if getattr(op, "wants_processing_time", False)
+        ]
+        self._side_ops = [i for i, op in enumerate(operators) if hasattr(op, "side_outputs")]
+        self._last_tick = 0.0
         # metrics, read by the progress display
         self.records_in = [0] * len(operators)
         self.records_out = 0
@@ -106,10 +125,30 @@ class Subtask:
 
     def has_output_room(self) -> bool:
         """Whether every downstream channel can take more (else: backpressure)."""
-        for gate in self.gates:
+        for gate in self.all_gates:
             if not gate.has_room():
                 return False
         return True
+
+    @property
+    def needs_ticks(self) -> bool:
+        """Whether an operator of the chain reacts to processing time (timers, idleness)."""
+        return bool(self._time_ops)
+
+    def tick(self, now: float) -> None:
+        """Let processing-time operators fire timers or detect idleness (at most every 10 ms)."""
+        if now - self._last_tick < 0.01 or self.status is not SubtaskStatus.RUNNING:
+            return
+        self._last_tick = now
+        for i in self._time_ops:
+            try:
+                out = self.ops[i].on_processing_time(now)
+            except Exception as exc:
+                raise self._error(self.specs[i], exc, "timer") from exc
+            if out:
+                self._push(out, None, i + 1)
+        if self._wm_ops:
+            self._forward_emitted()
 
     def step(self) -> bool:
         """Move one element through the chain; return whether anything happened."""
@@ -135,6 +174,8 @@ class Subtask:
         self.steps += 1
         self.source_records += len(records)
         self._push(records, None, 0)
+        if self._wm_ops:
+            self._forward_emitted()
         return True
 
     def _step_input(self) -> bool:
@@ -153,7 +194,13 @@ class Subtask:
             kind = type(element)
             self.steps += 1
             if kind is Batch:
+                if self._input_idle[current]:
+                    self._input_idle[current] = False
                 self._push(element.records, element.keys, 0)
+                if self._wm_ops:
+                    self._forward_emitted()
+            elif kind is Watermark:
+                self._on_watermark(current, element)
             elif kind is Barrier:
                 if self.aligner.on_barrier(current, element.checkpoint_id) is AlignmentResult.ALIGNED:
                     self._checkpoint(element)
@@ -161,6 +208,9 @@ class Subtask:
                 self._ended[current] = True
                 if all(self._ended):
                     self._drain()
+                elif not self._input_idle[current]:
+                    # an ended input no longer holds back the minimum
+                    self._on_watermark(current, Watermark(math.inf))
             return True
         return False
 
@@ -186,9 +236,92 @@ class Subtask:
             self.records_out += len(records)
             for gate in self.gates:
                 gate.emit(records)
+        if self._side_ops:
+            self._emit_side_outputs()
+
+    def _emit_side_outputs(self) -> None:
+        """Route ``ctx.output(tag, value)`` records of the chain to their side-output edges.
+
+        Only the chain's last operator can have side-output edges (an edge with
+        a tag ends a chain); tags nobody consumes are dropped here.
+        """
+        for i in self._side_ops:
+            buffers = self.ops[i].side_outputs
+            if not buffers:
+                continue
+            for tag, records in buffers.items():
+                if records:
+                    for gate in self.side_gates.get(tag, ()):
+                        gate.emit(records)
+            buffers.clear()
+
+    # -- event time ------------------------------------------------------------
+
+    def _on_watermark(self, channel: int, watermark: Watermark) -> None:
+        """Combine input watermarks: the minimum over inputs that are neither idle nor ended."""
+        if watermark.idle:
+            self._input_idle[channel] = True
+        else:
+            self._input_idle[channel] = False
+            if watermark.timestamp > self._input_watermarks[channel]:
+                self._input_watermarks[channel] = watermark.timestamp
+        active = [
+            wm for wm, idle, ended in zip(self._input_watermarks, self._input_idle, self._ended)
+            if not idle and not ended
+        ]
+        if not active:
+            if not all(self._ended) and not self._idle_out:
+                self._idle_out = True
+                for gate in self.all_gates:
+                    gate.broadcast(Watermark(self.watermark, idle=True))
+            return
+        combined = min(active)
+        if combined > self._combined:
+            self._combined = combined
+            self._advance_watermark(combined, 0)
+
+    def _advance_watermark(self, watermark: float, start: int, *, through_assigners: bool = False) -> None:
+        """Run ``on_watermark`` down the chain from ``start`` and forward the watermark.
+
+        A timestamp assigner in the chain defines event time anew, so an upstream
+        watermark stops there (except the end-of-time watermark at end of input).
+        """
+        for i in range(start, len(self.ops)):
+            if i in self._emitted and not through_assigners:
+                return
+            try:
+                out = self.ops[i].on_watermark(watermark)
+            except Exception as exc:
+                raise self._error(self.specs[i], exc, "watermark") from exc
+            if out:
+                self._push(out, None, i + 1)
+        if watermark > self.watermark or self._idle_out:
+            self.watermark = max(self.watermark, watermark)
+            self._idle_out = False
+            for gate in self.all_gates:
+                gate.broadcast(Watermark(self.watermark))
+
+    def _forward_emitted(self) -> None:
+        """Propagate watermarks (and idleness) that a timestamp assigner in the chain emitted."""
+        for i in self._wm_ops:
+            op = self.ops[i]
+            wm = op.emitted_watermark
+            if wm > self._emitted[i]:
+                self._emitted[i] = wm
+                self._advance_watermark(wm, i + 1)
+            elif getattr(op, "idle", False) and not self._idle_out:
+                self._idle_out = True
+                for gate in self.all_gates:
+                    gate.broadcast(Watermark(self.watermark, idle=True))
 
     def _drain(self) -> None:
-        """All input ended: let each operator emit what it owes, then signal end of data."""
+        """All input ended: event time jumps to the end, each operator emits what it owes.
+
+        The end-of-time watermark fires every open window and pending event-time
+        timer, so their output is covered by the final checkpoint.
+        """
+        if self.watermark < math.inf:
+            self._advance_watermark(math.inf, 0, through_assigners=True)
         for i, op in enumerate(self.ops):
             try:
                 out = op.finish()
@@ -196,7 +329,7 @@ class Subtask:
                 raise self._error(self.specs[i], exc, "finish") from exc
             if out:
                 self._push(out, None, i + 1)
-        for gate in self.gates:
+        for gate in self.all_gates:
             gate.broadcast(END_OF_DATA)
         self.status = SubtaskStatus.DRAINED
 
@@ -226,7 +359,7 @@ class Subtask:
             if snap is not None:
                 snapshots.append((spec.uid, snap))
         self.snapshot_sink(checkpoint_id, self.key, snapshots)
-        for gate in self.gates:
+        for gate in self.all_gates:
             gate.broadcast(barrier)
 
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:

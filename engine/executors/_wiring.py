@@ -97,6 +97,7 @@ def build_subtask(
                     subtask_index=index,
                 )
             )
+        gates[-1].tag = edge.tag
     created = [op.factory(index, task.parallelism) for op in task.operators]
     head_is_source = task.operators[0].kind is OperatorKind.SOURCE
     return Subtask(

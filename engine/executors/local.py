@@ -211,6 +211,7 @@ class LocalExecutor:
         coordinator = self.coordinator
         clock = time.monotonic
         idle_rounds = 0
+        ticking = [st for st in subtasks if st.needs_ticks]
         try:
             while not coordinator.finished:
                 progressed = False
@@ -221,6 +222,8 @@ class LocalExecutor:
                             break
                 self._drain_acks()
                 now = clock()
+                for subtask in ticking:
+                    subtask.tick(now)
                 if coordinator.pending is None and all(
                     st.status is SubtaskStatus.DRAINED for st in subtasks
                 ):
@@ -251,7 +254,8 @@ class LocalExecutor:
         waiting_sources = [
             st for st in self.sources if st.status is SubtaskStatus.RUNNING and st.has_output_room()
         ]
-        if waiting_sources or coordinator.pending is not None:
+        timers = any(st.needs_ticks and st.status is SubtaskStatus.RUNNING for st in self.subtasks)
+        if waiting_sources or timers or coordinator.pending is not None:
             time.sleep(0.001)
             return
         stuck = [

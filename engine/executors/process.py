@@ -56,6 +56,7 @@ from state_backends.errors import ErrorDomain
 log = logging.getLogger("onceflow")
 
 _METRICS_EVERY = 0.5
+_SYMPTOMS = {"BrokenPipeError", "ConnectionResetError", "EOFError"}
 
 
 class WorkerError(OperatorError):
@@ -254,6 +255,7 @@ class _Worker:
         commands = self.transport.commands
         stopping = False
         wakeup = self.transport.wakeup
+        ticking = [st for st in self.subtasks if st.needs_ticks]
         while True:
             # clear before looking, so a message arriving from now on wakes the wait below
             wakeup.clear()
@@ -263,6 +265,10 @@ class _Worker:
                     progressed = True
                     if subtask.reader is not None:
                         break
+            if ticking:
+                now = time.monotonic()
+                for subtask in ticking:
+                    subtask.tick(now)
             while acks.qsize():
                 ack = acks.get_nowait()
                 self.writer.outstanding -= 1
@@ -300,7 +306,7 @@ class _Worker:
             if stopping:
                 return
             if not progressed:
-                wakeup.wait(0.005 if self.writer.outstanding else 0.05)
+                wakeup.wait(0.005 if self.writer.outstanding or ticking else 0.05)
 
     def close(self) -> None:
         for subtask in self.subtasks:
@@ -469,14 +475,20 @@ class ProcessExecutor:
         self._stopped: set[int] = set()
         self._source_workers = sorted({v.index % n for v in self.sources})
 
+    def _send(self, worker: int, message: tuple) -> None:
+        # A worker that already failed has closed its pipe; its error message or
+        # its exit is picked up by the run loop, which reports the real cause.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError):
+            self.controls[worker].send(message)
+
     def _trigger_sources(self, checkpoint_id: int, final: bool) -> None:
         for w in self._source_workers:
-            self.controls[w].send(("trigger", checkpoint_id, final))
+            self._send(w, ("trigger", checkpoint_id, final))
 
     def _broadcast(self, message: tuple) -> None:
-        for w, conn in enumerate(self.controls):
+        for w in range(len(self.controls)):
             if w not in self._stopped:
-                conn.send(message)
+                self._send(w, message)
 
     def _handle(self, worker: int, message: tuple) -> None:
         kind = message[0]
@@ -520,31 +532,32 @@ class ProcessExecutor:
         stop_sent = False
         try:
             while len(self._stopped) < len(self.processes):
-                sentinels = {p.sentinel: w for w, p in enumerate(self.processes)}
+                sentinels = [p.sentinel for p in self.processes]
                 ready = wait([*self.controls, *sentinels], timeout=0.02)
-                for conn in ready:
-                    if conn in sentinels:
+                exited = {w for w, sentinel in enumerate(sentinels) if sentinel in ready}
+                errors: list[WorkerError] = []
+                for w, conn in enumerate(self.controls):
+                    if conn not in ready and w not in exited:
                         continue
-                    w = self.controls.index(conn)
                     try:
                         while conn.poll():
                             self._handle(w, conn.recv())
+                    except WorkerError as exc:
+                        errors.append(exc)
                     except (EOFError, OSError):
                         pass
-                for sentinel, w in sentinels.items():
-                    if sentinel in ready and w not in self._stopped:
-                        conn = self.controls[w]
-                        with contextlib.suppress(EOFError, OSError):
-                            while conn.poll():
-                                self._handle(w, conn.recv())
-                        if w not in self._stopped:
-                            code = self.processes[w].exitcode
-                            msg = f"worker process {w} died (exit code {code})"
-                            raise WorkerError(
-                                msg, retryable=True, usage=False, operator=f"worker {w}",
-                                uid="", subtask_index=w, checkpoint_id=None,
-                                domain=ErrorDomain.EXTERNAL,
-                            )
+                    if w in exited and w not in self._stopped and not errors:
+                        code = self.processes[w].exitcode
+                        errors.append(WorkerError(
+                            f"worker process {w} died (exit code {code})",
+                            retryable=True, usage=False, operator=f"worker {w}",
+                            uid="", subtask_index=w, checkpoint_id=None,
+                            domain=ErrorDomain.EXTERNAL,
+                        ))
+                if errors:
+                    # a peer's broken pipe is a symptom; prefer the failure that caused it
+                    errors.sort(key=lambda e: e.cause_type in _SYMPTOMS or "Broken pipe" in str(e))
+                    raise errors[0]
                 if coordinator.finished:
                     if not stop_sent:
                         self._broadcast(("stop",))
