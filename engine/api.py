@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -124,11 +125,20 @@ def _check_fn(fn: Any, method: str) -> None:
 
 
 class Stream:
-    """A stream of records flowing out of one or more operators."""
+    """A stream of records flowing out of one or more operators.
 
-    def __init__(self, job: Job, inputs: list[_Input]) -> None:
+    After ``assign_timestamps`` a stream knows each record's event time (the
+    timestamp function travels with the stream through ``filter``, ``key_by``,
+    repartitioning and unions of streams with the same function; ``map`` and
+    ``flat_map`` change records, so call ``assign_timestamps`` after them).
+    """
+
+    def __init__(
+        self, job: Job, inputs: list[_Input], timestamp_fn: Callable[[Any], float] | None = None
+    ) -> None:
         self._job = job
         self._inputs = inputs
+        self._timestamp_fn = timestamp_fn
 
     def _then(
         self,
@@ -153,13 +163,13 @@ class Stream:
 
     def _transform(
         self, method: str, make: Callable[[], Any], fn: Any, name: str | None,
-        parallelism: int | None, uid: str | None,
+        parallelism: int | None, uid: str | None, timestamp_fn: Callable[[Any], float] | None = None,
     ) -> Stream:
         _check_fn(fn, method)
         node = self._then(
             OperatorKind.TRANSFORM, method, lambda i, p: make(), fn, name, parallelism, uid
         )
-        return Stream(self._job, [(node, _FORWARD)])
+        return Stream(self._job, [(node, _FORWARD)], timestamp_fn)
 
     def map(
         self, fn: Callable[[Any], Any], *, name: str | None = None,
@@ -173,8 +183,52 @@ class Stream:
         parallelism: int | None = None, uid: str | None = None,
     ) -> Stream:
         """Keep the records for which ``fn(record)`` is truthy."""
-        return self._transform("filter", lambda: FilterOperator(fn), fn, name, parallelism, uid)
+        return self._transform(
+            "filter", lambda: FilterOperator(fn), fn, name, parallelism, uid, self._timestamp_fn
+        )
 
+    def assign_timestamps(
+        self,
+        timestamp_fn: Callable[[Any], float],
+        *,
+        max_delay: float = 0.0,
+        idle_timeout: float | None = None,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
+    ) -> Stream:
+        """Give records an event time (seconds) and emit watermarks ``max_delay`` behind the largest.
+
+        ``max_delay`` bounds how out of order records may arrive (0: in order);
+        a subtask that sees no record for ``idle_timeout`` seconds is marked
+        idle so it does not hold back event time for the others.
+        """
+        from operators.event_time import TimestampAssigner
+
+        _check_fn(timestamp_fn, "assign_timestamps")
+        if max_delay < 0 or (idle_timeout is not None and idle_timeout <= 0):
+            msg = (
+                "assign_timestamps: max_delay must be >= 0 and idle_timeout > 0, "
+                f"got {max_delay!r}, {idle_timeout!r}"
+            )
+            raise JobDefinitionError(msg)
+        return self._transform(
+            "assign_timestamps",
+            lambda: TimestampAssigner(timestamp_fn, max_delay=max_delay, idle_timeout=idle_timeout),
+            timestamp_fn, name, parallelism, uid, timestamp_fn,
+        )
+
+    def side_output(self, tag: str) -> Stream:
+        """Return the stream of values the upstream operator emitted with ``ctx.output(tag, value)``.
+
+        Window operators send records later than their allowed lateness to the
+        tag given to ``late_records``.
+        """
+        if len(self._inputs) != 1:
+            msg = "side_output() needs the stream of a single operator, not a union"
+            raise JobDefinitionError(msg)
+        node = self._inputs[0][0]
+        return Stream(self._job, [(node, EdgeSpec(Partitioning.FORWARD, tag=str(tag)))])
     def flat_map(
         self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None,
         parallelism: int | None = None, uid: str | None = None,
@@ -200,18 +254,27 @@ class Stream:
         ``1``, ``1.0`` and ``True`` are the same key (they compare equal).
         """
         _check_fn(key_fn, "key_by")
-        edge = EdgeSpec(Partitioning.HASH, key_fn=key_fn, explicit=True)
-        return KeyedStream(self._job, [(n, edge) for n, _ in self._inputs])
+        return KeyedStream(
+            self._job,
+            [(n, _repartition(e, Partitioning.HASH, key_fn)) for n, e in self._inputs],
+            self._timestamp_fn,
+        )
 
     def rebalance(self) -> Stream:
         """Spread batches round-robin over the next operator's subtasks."""
-        edge = EdgeSpec(Partitioning.REBALANCE, explicit=True)
-        return Stream(self._job, [(n, edge) for n, _ in self._inputs])
+        return Stream(
+            self._job,
+            [(n, _repartition(e, Partitioning.REBALANCE)) for n, e in self._inputs],
+            self._timestamp_fn,
+        )
 
     def broadcast(self) -> Stream:
         """Send every batch to every subtask of the next operator."""
-        edge = EdgeSpec(Partitioning.BROADCAST, explicit=True)
-        return Stream(self._job, [(n, edge) for n, _ in self._inputs])
+        return Stream(
+            self._job,
+            [(n, _repartition(e, Partitioning.BROADCAST)) for n, e in self._inputs],
+            self._timestamp_fn,
+        )
 
     def union(self, *others: Stream) -> Stream:
         """Merge this stream with others; the next operator reads all of them."""
@@ -221,7 +284,8 @@ class Stream:
                 msg = f"union() takes streams of the same job, got {other!r}"
                 raise JobDefinitionError(msg)
             inputs.extend(other._inputs)  # noqa: SLF001
-        return Stream(self._job, inputs)
+        fns = {id(s._timestamp_fn) for s in (self, *others)}  # noqa: SLF001
+        return Stream(self._job, inputs, self._timestamp_fn if len(fns) == 1 else None)
 
     def sink(
         self, sink: Sink, *, name: str | None = None,
@@ -240,12 +304,22 @@ class Stream:
         spec.config["sink"] = sink
 
 
+def _repartition(
+    edge: EdgeSpec, partitioning: Partitioning, key_fn: Callable[[Any], Any] | None = None
+) -> EdgeSpec:
+    """Return ``edge`` with a new partitioning, keeping its side-output tag."""
+    return EdgeSpec(partitioning, key_fn=key_fn, explicit=True, tag=edge.tag)
+
+
 class KeyedStream:
     """A stream partitioned by key; stateful operators keep state per key."""
 
-    def __init__(self, job: Job, inputs: list[_Input]) -> None:
+    def __init__(
+        self, job: Job, inputs: list[_Input], timestamp_fn: Callable[[Any], float] | None = None
+    ) -> None:
         self._job = job
         self._inputs = inputs
+        self._timestamp_fn = timestamp_fn
 
     def _keyed(
         self, method: str, make: Callable[[], Any], fn: Any, name: str | None,
@@ -279,3 +353,111 @@ class KeyedStream:
         return self._keyed(
             "stateful_map", lambda: StatefulMapOperator(fn), fn, name, parallelism, uid
         )
+
+    def process(
+        self, fn: Any, *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Run a keyed process function: named per-key state, timers and side outputs.
+
+        ``fn`` has ``process_element(value, ctx)`` and optionally
+        ``on_timer(timestamp, ctx)``; both return an iterable of outputs (or
+        None). See ``operators.KeyedProcessFunction``.
+        """
+        from operators.process_function import KeyedProcessOperator
+
+        if not callable(getattr(fn, "process_element", None)):
+            msg = f"process() needs an object with process_element(value, ctx), got {fn!r}"
+            raise JobDefinitionError(msg)
+        timestamp_fn = self._timestamp_fn
+        return self._keyed(
+            "process", lambda: KeyedProcessOperator(_copy(fn), timestamp_fn),
+            fn.process_element, name, parallelism, uid,
+        )
+
+    def window(self, assigner: Any) -> WindowedStream:
+        """Group each key's records into windows (tumbling, sliding, session)."""
+        if getattr(assigner, "event_time", False) and self._timestamp_fn is None:
+            msg = (
+                f"window({type(assigner).__name__}) needs event timestamps: call "
+                "assign_timestamps(...) before key_by (after any map or flat_map)"
+            )
+            raise JobDefinitionError(msg)
+        return WindowedStream(self, assigner)
+
+
+def _copy(fn: Any) -> Any:
+    """Copy a user object per subtask, so no attribute is shared between subtasks."""
+    try:
+        return copy.deepcopy(fn)
+    except Exception:  # noqa: BLE001 - objects that cannot be copied are shared as they are
+        return fn
+
+
+class WindowedStream:
+    """A keyed stream grouped into windows; end it with ``reduce``, ``aggregate`` or ``process``."""
+
+    def __init__(
+        self, keyed: KeyedStream, assigner: Any, lateness: float = 0.0, late_tag: str | None = None
+    ) -> None:
+        self._keyed = keyed
+        self._assigner = assigner
+        self._lateness = lateness
+        self._late_tag = late_tag
+
+    def allowed_lateness(self, seconds: float) -> WindowedStream:
+        """Keep windows open ``seconds`` past their end: late records update and re-fire them."""
+        if seconds < 0:
+            msg = f"allowed_lateness must be >= 0, got {seconds!r}"
+            raise JobDefinitionError(msg)
+        return WindowedStream(self._keyed, self._assigner, float(seconds), self._late_tag)
+
+    def late_records(self, tag: str) -> WindowedStream:
+        """Send records later than the allowed lateness to side output ``tag`` instead of dropping them."""
+        return WindowedStream(self._keyed, self._assigner, self._lateness, str(tag))
+
+    def _window(self, kind: str, fns: dict[str, Any], shown: Any, name: str | None,
+                parallelism: int | None, uid: str | None) -> Stream:
+        from operators.windows import WindowOperator
+
+        assigner, lateness, tag = self._assigner, self._lateness, self._late_tag
+        timestamp_fn = self._keyed._timestamp_fn  # noqa: SLF001 - one API
+        return self._keyed._keyed(  # noqa: SLF001
+            f"window_{kind}",
+            lambda: WindowOperator(
+                assigner, kind=kind, timestamp_fn=timestamp_fn, allowed_lateness=lateness,
+                late_tag=tag, **fns,
+            ),
+            shown, name, parallelism, uid,
+        )
+
+    def reduce(
+        self, fn: Callable[[Any, Any], Any], *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Fold each window's records with ``fn``; emit ``(key, window, value)`` when it fires."""
+        _check_fn(fn, "reduce")
+        return self._window("reduce", {"reduce_fn": fn}, fn, name, parallelism, uid)
+
+    def aggregate(
+        self, add: Callable[[Any, Any], Any], merge: Callable[[Any, Any], Any],
+        result: Callable[[Any], Any], init: Callable[[], Any], *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Aggregate incrementally and emit ``(key, window, result(acc))`` when a window fires.
+
+        ``acc`` starts as ``init()`` and takes ``acc = add(acc, record)``;
+        ``merge`` combines two accumulators when session windows merge.
+        """
+        for f, label in ((add, "add"), (merge, "merge"), (result, "result"), (init, "init")):
+            _check_fn(f, f"aggregate {label}")
+        fns = {"add_fn": add, "merge_fn": merge, "result_fn": result, "init_fn": init}
+        return self._window("aggregate", fns, add, name, parallelism, uid)
+
+    def process(
+        self, fn: Callable[[Any, Any, list], Any], *, name: str | None = None,
+        parallelism: int | None = None, uid: str | None = None,
+    ) -> Stream:
+        """Call ``fn(key, window, values)`` when a window fires; emit the items it returns."""
+        _check_fn(fn, "process")
+        return self._window("process", {"process_fn": fn}, fn, name, parallelism, uid)
