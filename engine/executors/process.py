@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -375,6 +376,16 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def _widen(*conns: Connection, size: int = 4 << 20) -> None:
+    """Give a socket pipe large kernel buffers so senders rarely block on a busy receiver."""
+    for conn in conns:
+        with contextlib.suppress(OSError):
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            sock.close()
+
+
 # -- the runner side --------------------------------------------------------------------
 
 
@@ -455,6 +466,7 @@ class ProcessExecutor:
         for a in range(n):
             for b in range(a + 1, n):
                 ends[a, b], ends[b, a] = ctx.Pipe(duplex=True)
+                _widen(ends[a, b], ends[b, a])
         self.controls: list[Connection] = []
         self.processes: list[Any] = []
         for w in range(n):
