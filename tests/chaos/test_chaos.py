@@ -1,0 +1,220 @@
+"""Fault-injection tests: kill -9 ``onceflow run`` at random times and at named crash points.
+
+Every test resumes by rerunning the same command until the job finishes, then
+compares the committed output with a plain-Python oracle (``oracle.py``):
+lost, duplicated, unexpected and wrong-value records must all be 0, and one
+more rerun must report "already finished" and change no file.
+
+Replay a failure with the printed seed: ``CHAOS_SEED=<seed> pytest tests/chaos -s``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from chaos_harness import ChaosRun, Workload
+
+pytestmark = pytest.mark.chaos
+
+SLOW_US = 100
+"""Spin per record: a full 100,000-record run takes about 10 s, so random kills land mid-run."""
+FAST_US = 10
+"""About 1 s per full run: still about 10 checkpoints at a 0.1 s interval."""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("executor", "parallelism"), [("local", 1), ("local", 2), ("process", 2)])
+def test_random_kills(
+    executor: str, parallelism: int, workload: Workload, chaos_dir, chaos_seed: int
+) -> None:
+    """Kill the process group at random times (process executor: every other time only the
+    runner, whose workers must die with it), then finish and compare with the oracle."""
+    run = ChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        parallelism=parallelism,
+        # workers use both cores and start slower: more work, so 6 kills land mid-run
+        delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
+        executor=executor,
+    )
+    target = int(os.environ.get("CHAOS_KILLS", "6"))
+    finished = False
+    while sum(run.kills.values()) < target:
+        runner_only = executor == "process" and len(run.runs) % 2 == 1
+        outcome = run.run(kill_after=run.rng.uniform(0.2, 2.5), runner_only=runner_only)
+        if outcome.returncode == 0:
+            finished = True
+            break
+        run.expect_killed(outcome)
+    assert sum(run.kills.values()) >= 5, (
+        f"the job finished after only {sum(run.kills.values())} kills; {run.where()}"
+    )
+    if not finished:
+        run.run_to_completion()
+    figures = run.check_final()
+    run.summary(f"test_random_kills[{executor},p={parallelism}]", figures)
+
+
+CRASH_CASES = [
+    # (label, n, crash point of an earlier run that makes this one restore)
+    ("after_task_snapshots_before_metadata", 3, None),
+    ("after_metadata_before_notify", 3, None),
+    ("mid_commit", 3, None),
+    ("after_pending_rename_before_commit_rename", 3, None),
+    ("before_snapshot", 5, None),
+    ("during_restore", 1, "after_metadata_before_notify:3"),
+    ("end_of_input_before_final_checkpoint", 1, None),
+    # restore from the same checkpoint twice: the first restore dies between re-commits
+    # (n=None: the parallelism, so with 2 sinks one re-commit is done, the other not)
+    ("during_commit_on_restore", None, "after_metadata_before_notify:3"),
+    # retention interrupted: the oldest checkpoint lost its _metadata but not its files
+    ("mid_checkpoint_delete", 2, None),
+]
+
+
+CRASH_CASES_P1 = {"after_metadata_before_notify", "mid_commit", "during_restore", "during_commit_on_restore"}
+"""Labels also run at parallelism 1 (all run at 2): those where sink ownership on restore matters."""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("label", "n", "setup", "parallelism"),
+    [(*case, p) for case in CRASH_CASES for p in (1, 2) if p == 2 or case[0] in CRASH_CASES_P1],
+    ids=[f"{case[0]}-p{p}" for case in CRASH_CASES for p in (1, 2) if p == 2 or case[0] in CRASH_CASES_P1],
+)
+def test_named_crash_points(
+    label: str,
+    n: int | None,
+    setup: str | None,
+    parallelism: int,
+    workload: Workload,
+    chaos_dir,
+    chaos_seed: int,
+) -> None:
+    # Crash points count passes per process: with the process executor a worker's
+    # crash is a task failure (restart), not a dead runner, so these run locally.
+    run = ChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        parallelism=parallelism,
+        delay_us=FAST_US,
+        executor="local",
+    )
+    n = parallelism if n is None else n
+    if setup is not None:
+        run.expect_killed(run.run(crash_at=setup))
+    outcome = run.run(crash_at=f"{label}:{n}")
+    run.expect_killed(outcome)
+    assert f"crash point {label}:{n} reached" in outcome.stderr, (
+        f"run died by SIGKILL but not at {label}:{n}: {outcome.stderr[-2000:]}; {run.where()}"
+    )
+    run.run_to_completion()
+    figures = run.check_final()
+    run.summary(f"test_named_crash_points[{label}:{n},p={parallelism}]", figures)
+
+
+FAIL_AT = 90_006
+"""The record id at which the failing UDF raises: it passes the ``id % 7 != 3`` filter and
+lies late in its file (file 6 of 8), so checkpoints have committed output before it."""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_udf_fails_once_then_recovers(executor: str, workload: Workload, chaos_dir, chaos_seed: int) -> None:
+    marker = chaos_dir / "failed-once"
+    run = ChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        parallelism=2,
+        delay_us=FAST_US,
+        executor=executor,
+        params={"fail_at": str(FAIL_AT), "fail_marker": str(marker)},
+        args=["--restart-delay", "0.05"],
+    )
+    outcome = run.run()
+    run.expect_ok(outcome)
+    assert marker.exists(), f"the UDF never failed; {run.where()}"
+    restarts = outcome.stderr.count("restarting")
+    assert restarts == 1, f"expected 1 restart, saw {restarts}: {outcome.stderr}; {run.where()}"
+    assert "1 restart(s)" in outcome.stdout, outcome.stdout
+    figures = run.check_final()
+    run.summary(f"test_udf_fails_once_then_recovers[{executor}]", figures)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("executor", ["local", "process"])
+@pytest.mark.parametrize("attempts", [2])
+def test_udf_always_fails(
+    attempts: int, executor: str, workload: Workload, chaos_dir, chaos_seed: int
+) -> None:
+    marker = chaos_dir / "keep-failing"
+    marker.write_text("the UDF raises while this file exists\n")
+    run = ChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        parallelism=2,
+        delay_us=FAST_US,
+        executor=executor,
+        params={"fail_at": str(FAIL_AT), "fail_marker": str(marker), "fail_mode": "while"},
+        args=["--restart-attempts", str(attempts), "--restart-delay", "0.05"],
+    )
+    outcome = run.run()
+    assert outcome.returncode == 1, (
+        f"exit {outcome.returncode}, expected 1: {outcome.stderr[-2000:]}; {run.where()}"
+    )
+    errors = [line for line in outcome.stderr.splitlines() if line.startswith("onceflow: error:")]
+    assert len(errors) == 1, f"expected one error line, got {errors}; {run.where()}"
+    assert "'explode'" in errors[0] and "RuntimeError" in errors[0], errors[0]
+    assert f"failed after {attempts + 1} attempts" in errors[0], errors[0]
+    restarts = outcome.stderr.count("restarting")
+    assert restarts == attempts, (
+        f"expected {attempts} restarts ({attempts + 1} attempts), saw {restarts}; {run.where()}"
+    )
+    # Committed output: only what completed checkpoints covered, each record once,
+    # every key a prefix of its sequence, and never the record that fails.
+    figures = run.check_intermediate("after the failed run")
+    assert figures["committed"] > 0, f"no checkpoint completed before the failure; {run.where()}"
+    assert str(FAIL_AT) not in run.previous
+    # The same command, with the fault gone, resumes from the failed run's checkpoints.
+    marker.unlink()
+    run.run_to_completion()
+    figures = run.check_final()
+    run.summary(f"test_udf_always_fails[{executor},attempts={attempts}]", figures)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_kills_during_resume(executor: str, workload: Workload, chaos_dir, chaos_seed: int) -> None:
+    """Kill mid-run once, then kill 4 resumes within 0.15 s of their "restoring from
+    checkpoint" log line (state loaded, operators being restored, sinks re-committing,
+    first batches), then once more mid-run, then finish (wordcount)."""
+    run = ChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        parallelism=2,
+        mode="wordcount",
+        delay_us=SLOW_US // 2,
+        executor=executor,
+    )
+    run.expect_killed(run.run(kill_after=run.rng.uniform(1.0, 2.0)))
+    for _ in range(4):
+        outcome = run.run(kill_after=run.rng.uniform(0.0, 0.15), after_text="restoring from", label="resume")
+        if outcome.returncode == 0:
+            break
+        run.expect_killed(outcome)
+    # One more mid-run kill after the resumes, so the restore chain is exercised twice.
+    outcome = run.run(kill_after=run.rng.uniform(0.8, 1.5))
+    if outcome.returncode != 0:
+        run.expect_killed(outcome)
+        run.run_to_completion()
+    figures = run.check_final()
+    resumes = [o for o in run.runs if o.killed_by_harness and "restoring from" in o.stderr]
+    print(f"chaos: {len(resumes)} kills landed after a restore had started")
+    assert len(resumes) >= 4, f"only {len(resumes)} kills hit a resume; {run.where()}"
+    run.summary(f"test_kills_during_resume[{executor}]", figures)
