@@ -565,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         result = CASES[args.case](args.variant, args.n, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["cpu_s"] = round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 3)
     result["max_rss_mb"] = round(_rss_mb(resource.RUSAGE_SELF), 1)
     result["children_max_rss_mb"] = round(_rss_mb(resource.RUSAGE_CHILDREN), 1)
     sys.stdout.write("\n" + json.dumps(result) + "\n")

@@ -194,6 +194,8 @@ def summarise(case: Case) -> dict[str, dict[str, Any]]:
             row["all_s"] = [r["seconds"] for r in good]
             row["throughput"] = variant.n / seconds if seconds > 0 else None
             row["peak_rss_mb"] = max(r["max_rss_mb"] for r in good)
+            if all("cpu_s" in r for r in good):
+                row["cpu_s"] = statistics.median(r["cpu_s"] for r in good)
             workers = max(r.get("children_max_rss_mb", 0.0) for r in good)
             if variant.name.startswith("process"):
                 row["worker_peak_rss_mb"] = workers
@@ -347,12 +349,14 @@ def _mrs(value: float | None) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
+    dirty = (", work tree had uncommitted changes under engine/, operators/ or state_backends/"
+             if m["engine_uncommitted_changes"] else "")
     lines = [
         "# onceflow benchmark results",
         "",
         f"{m['date']} · {m['cpu']}, {m['cores']} cores · Python {m['python']} · pyarrow {m['pyarrow']} · "
         f"onceflow {m['onceflow']} (git {m['git_commit']}"
-        f"{', engine with uncommitted changes' if m['engine_uncommitted_changes'] else ''}) · "
+        f"{dirty}) · "
         f"Bytewax {m['bytewax'] or 'not installed'} · load average (1/5/15 min) at start "
         f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}, at end "
         f"{', '.join(f'{x:.2f}' for x in m.get('load_average_at_end', []))}",
@@ -363,7 +367,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "suite run. Sources: a slice of a pre-built list (1,024 records per batch) unless "
         "FileSource is named; sink: a transactional counting sink (two-phase commit "
         "bookkeeping, counts records, no I/O) for onceflow, and its equivalent (a counter) for the "
-        "loop and Bytewax. Checkpoints go to the local disk.",
+        "loop and Bytewax. Checkpoints go to the local disk. CPU s: user + system time of the "
+        "measuring process and its children (workers) for the whole process, setup included; "
+        "with 2 free cores a parallel run shows CPU s above its wall time.",
         "",
         "## Targets",
         "",
@@ -374,8 +380,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         met = {True: "yes", False: "**no**", None: "—"}[t["met"]]
         lines.append(f"| {t['target']} | {t['goal']} | {t['shown']} | {met} |")
     lines += ["", "## Throughput", "",
-              "| case | variant | N | median s | M records/s | ratio | peak RSS MB | runs |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| case | variant | N | median s | M records/s | ratio | CPU s | peak RSS MB | runs |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for case in report["cases"]:
         if case["name"] in ("checkpoint_state", "timeline", "profile"):
             continue
@@ -383,15 +389,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             label = row["label"] + (" †" if row.get("baseline") == name else "")
             if "skipped" in row or "median_s" not in row:
                 why = row.get("skipped") or "; ".join(row.get("errors", ["failed"]))[:120]
-                lines.append(f"| {case['name']} | {label} | {row['n']:,} | — | — | — | — | {why} |")
+                lines.append(f"| {case['name']} | {label} | {row['n']:,} | — | — | — | — | — | {why} |")
                 continue
             rss = f"{row['peak_rss_mb']:.0f}"
             if "worker_peak_rss_mb" in row:
                 rss += f" (+ workers ≤ {row['worker_peak_rss_mb']:.0f} each)"
             ratio = f"{row['ratio']:.2f}" if "ratio" in row else "—"
+            cpu = f"{row['cpu_s']:.2f}" if "cpu_s" in row else "—"
             lines.append(
                 f"| {case['name']} | {label} | {row['n']:,} | {row['median_s']:.3f} | "
-                f"{_mrs(row['throughput'])} | {ratio} | {rss} | {row['runs']} |"
+                f"{_mrs(row['throughput'])} | {ratio} | {cpu} | {rss} | {row['runs']} |"
             )
     state = next((c for c in report["cases"] if c["name"] == "checkpoint_state"), None)
     if state:
