@@ -180,6 +180,8 @@ class HashGate(OutputGate):
 
     def emit(self, records: list) -> None:
         """Split the batch by key into one keyed batch per channel."""
+        if type(records) is not list:  # an Arrow batch from map_batches: keys need rows
+            records = records.to_pylist()
         try:
             keys = list(map(self.key_fn, records))
         except Exception as exc:
@@ -190,9 +192,13 @@ class HashGate(OutputGate):
         channels = self.channels
         try:
             if len(channels) == 1:
-                for key in keys:
-                    if get(key) is None:
-                        self._miss(key)
+                # One target: nothing to route, only keys to check. Keys of plain types
+                # are valid by their type alone (one C-level pass); floats (NaN), tuples
+                # and anything else are checked once per distinct key through the cache.
+                if not _PLAIN_KEY_TYPES.issuperset(set(map(type, keys))):
+                    for key in keys:
+                        if get(key) is None:
+                            self._miss(key)
                 channels[0].put(Batch(records, keys))
                 return
             n = len(channels)
@@ -230,6 +236,9 @@ class HashGate(OutputGate):
         for i in range(n):
             if out_records[i]:
                 channels[i].put(Batch(out_records[i], out_keys[i]))
+
+
+_PLAIN_KEY_TYPES = frozenset({str, int, bytes, bool, type(None)})
 
 
 def _hashable(value: Any) -> bool:

@@ -225,8 +225,11 @@ class Subtask:
                 i = 1
             n = len(ops)
             while i < n and len(records):
+                op = ops[i]
+                if type(records) is not list and not op.accepts_arrow:
+                    records = records.to_pylist()
                 counts[i] += len(records)
-                records = ops[i].process_batch(records)
+                records = op.process_batch(records)
                 i += 1
         except OperatorError:
             raise

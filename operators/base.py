@@ -86,6 +86,8 @@ class Operator:
     """
 
     ctx: RuntimeContext
+    accepts_arrow: bool = False
+    """True if ``process_batch`` takes an Arrow RecordBatch as is; others get a list of rows."""
 
     def open(self, ctx: RuntimeContext) -> None:
         """Prepare to run; called once per attempt before anything else."""

@@ -46,35 +46,38 @@ class FlatMapOperator(Operator):
 
 
 class MapBatchesOperator(Operator):
-    """Apply ``fn`` to a whole batch (a list, or an Arrow RecordBatch).
+    """Apply ``fn`` to a whole batch: the vectorized fast path.
 
-    ``fn`` returns a list, an Arrow RecordBatch/Table (passed on as rows of
-    dicts unless the next operator is also ``map_batches``), or None for
-    nothing. The vectorized fast path for Arrow data.
+    With ``arrow=True``, ``fn`` receives an Arrow RecordBatch (rows of dicts are
+    converted once) and may return a RecordBatch or Table, which travels on as
+    Arrow to the next ``map_batches(arrow=True)`` or Arrow-aware sink and is
+    turned into rows (dicts) only where an operator needs rows. Without it,
+    ``fn`` gets and returns a list. None means no output.
     """
 
     def __init__(self, fn: Callable[[Any], Any], *, arrow: bool = False) -> None:
         self.fn = fn
         self.arrow = arrow
+        self.accepts_arrow = arrow
 
-    def process_batch(self, records: list) -> list:
-        """Return ``fn(batch)`` as a list of records."""
+    def process_batch(self, records: Any) -> Any:
+        """Return ``fn(batch)``: a list, or an Arrow RecordBatch with ``arrow=True``."""
         if self.arrow:
-            import pyarrow as pa
-
             batch: Any = records
-            if isinstance(records, list):
-                batch = pa.RecordBatch.from_pylist(records) if records else None
-            if batch is None:
-                return []
+            if type(records) is list:
+                import pyarrow as pa
+
+                batch = pa.RecordBatch.from_pylist(records)
             out = self.fn(batch)
-        else:
-            out = self.fn(records)
+            if out is None:
+                return []
+            if hasattr(out, "to_batches"):  # a Table: one batch downstream
+                out = out.combine_chunks().to_batches()
+                return out[0] if len(out) == 1 else [r for b in out for r in b.to_pylist()]
+            if hasattr(out, "num_rows"):
+                return out
+            return list(out)
+        out = self.fn(records if type(records) is list else records.to_pylist())
         if out is None:
             return []
-        if isinstance(out, list):
-            return out
-        to_pylist = getattr(out, "to_pylist", None)
-        if to_pylist is not None:
-            return to_pylist()
-        return list(out)
+        return out if type(out) is list else list(out)
