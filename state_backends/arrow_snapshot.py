@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from state_backends.errors import CorruptStateError, IncompatibleStateError
-from state_backends.key_groups import KeyGroupRange, decode_key, encode_key
+from state_backends.key_groups import KeyGroupRange, decode_key, encode_key, stable_hash
 
 BATCH_ROWS = 64 * 1024
 """Rows per record batch: large enough to amortize per-batch overhead, small
@@ -152,7 +152,8 @@ def write_state_file(
     *,
     keyed_state: dict[str, dict[Any, Any]],
     operator_state: Any,
-    key_group_of: Callable[[Any], int],
+    key_group_of: Callable[[Any], int] | None = None,
+    max_parallelism: int | None = None,
 ) -> StateFileHandle:
     """Serialize a snapshot into one Arrow IPC file at ``path`` and describe it.
 
@@ -171,6 +172,8 @@ def write_state_file(
         operator_state: Any picklable value (may be None), stored in the schema
             metadata.
         key_group_of: Maps a key to its key group, e.g. ``KeyGroupAssigner.key_group``.
+        max_parallelism: Instead of ``key_group_of``: derive key groups from the
+            canonical encodings this function computes anyway (one encode per key).
 
     Returns:
         The handle to record in checkpoint metadata.
@@ -191,9 +194,17 @@ def write_state_file(
         names.append(name)
         keys.extend(table.keys())
         values.extend(table.values())
-    key_groups = pa.array(list(map(key_group_of, keys)), pa.int32())
-    encoded_keys = pa.array(list(map(encode_key, keys)), pa.binary())
-    del keys
+    encoded = list(map(encode_key, keys))
+    if max_parallelism is not None:
+        groups = [stable_hash(e) % max_parallelism for e in encoded]
+    elif key_group_of is not None:
+        groups = list(map(key_group_of, keys))
+    else:
+        msg = "write_state_file needs key_group_of or max_parallelism"
+        raise ValueError(msg)
+    key_groups = pa.array(groups, pa.int32())
+    encoded_keys = pa.array(encoded, pa.binary())
+    del keys, encoded, groups
 
     # Step 2
     encoding, value_array = _value_array(values)

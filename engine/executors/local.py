@@ -32,7 +32,6 @@ from engine.storage import CheckpointStore
 from engine.task import Subtask, SubtaskStatus
 from operators.base import OperatorSnapshot, RestoredState
 from state_backends.arrow_snapshot import write_state_file
-from state_backends.key_groups import KeyGroupAssigner
 
 log = logging.getLogger("onceflow")
 
@@ -65,7 +64,7 @@ class SnapshotWriter:
         self.store = store
         self.acks: queue.SimpleQueue[_Ack] = queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onceflow-writer")
-        self._assigner = KeyGroupAssigner(max_parallelism=max_parallelism)
+        self.max_parallelism = max_parallelism
         self.outstanding = 0
 
     def submit(
@@ -89,7 +88,7 @@ class SnapshotWriter:
                     path,
                     keyed_state=snap.keyed_state,
                     operator_state=snap.operator_state,
-                    key_group_of=self._assigner.key_group,
+                    max_parallelism=self.max_parallelism,
                 )
                 record = handle.to_json()
                 record["path"] = f"chk-{checkpoint_id}/{paths.state_file_name(uid, key[1])}"
