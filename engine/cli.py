@@ -196,7 +196,13 @@ def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     result = runner.run()
     elapsed = time.monotonic() - started
-    if result.status is RunStatus.ALREADY_FINISHED:
+    if result.status is RunStatus.ALREADY_FINISHED and result.recommitted:
+        print(
+            f"onceflow: job {job.name!r} already finished at checkpoint {result.checkpoint_id}; "
+            f"committed {result.recommitted} output file(s) a crash had left pending "
+            "(pass --fresh to run it again)"
+        )
+    elif result.status is RunStatus.ALREADY_FINISHED:
         print(
             f"onceflow: job {job.name!r} already finished at checkpoint {result.checkpoint_id}; "
             "its output is committed and nothing changed (pass --fresh to run it again)"

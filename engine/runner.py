@@ -79,6 +79,8 @@ class RunResult:
     checkpoints_completed: int = 0
     records_read: int = 0
     sinks: list[Any] = field(default_factory=list)
+    recommitted: int = 0
+    """Committables a finished job's rerun still had to commit (a crash hit before the commit)."""
 
 
 @dataclass
@@ -207,10 +209,13 @@ class JobRunner:
             op.config["sink"] for t in self.plan.tasks for op in t.operators if "sink" in op.config
         ]
         if finished:
+            recommitted = sum(
+                getattr(op, "recommitted", 0) for st in executor.subtasks for op in st.ops
+            )
             executor.close()
             return RunResult(
                 RunStatus.ALREADY_FINISHED, self.job.name, restored_id, 1, restored_id, 0,
-                sinks=sinks,
+                sinks=sinks, recommitted=recommitted,
             )
         executor.run()
         last = executor.coordinator.last_completed

@@ -202,6 +202,9 @@ class TwoPhaseCommitWriter(Operator):
        idempotent), then ``abort_leftovers`` removes what later attempts left.
     """
 
+    recommitted = 0
+    """Committables that ``restore_state`` made visible (output a crash left uncommitted)."""
+
     def __init__(self) -> None:
         self._pending: dict[int, Any] = {}
 
@@ -213,8 +216,12 @@ class TwoPhaseCommitWriter(Operator):
         """Make the open transaction durable and invisible; return its committable or None."""
         raise NotImplementedError
 
-    def commit(self, committable: Any) -> None:
-        """Make a committable's records visible. Idempotent: committing twice changes nothing."""
+    def commit(self, committable: Any) -> bool | None:
+        """Make a committable's records visible. Idempotent: committing twice changes nothing.
+
+        Returns True when this call made records visible, False when they
+        already were (None when the sink cannot tell).
+        """
         raise NotImplementedError
 
     def abort_leftovers(self, keep: Sequence[Any]) -> None:
@@ -254,7 +261,8 @@ class TwoPhaseCommitWriter(Operator):
         ]
         for _, committable in sorted(owed, key=lambda item: item[0]):
             self.ctx.crash_point("during_commit_on_restore")
-            self.commit(committable)
+            if self.commit(committable):
+                self.recommitted += 1
         if self.ctx.subtask_index == 0:
             self.abort_leftovers(
                 [c for _, state in restored.operator_states for _, c in (state or [])]

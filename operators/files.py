@@ -519,8 +519,8 @@ class FileSinkWriter(TwoPhaseCommitWriter):
         self.ctx.crash_point("after_pending_rename_before_commit_rename")
         return {"pending": pending, "final": final}
 
-    def commit(self, committable: dict[str, str]) -> None:
-        """Make a pending file visible under its final name; idempotent.
+    def commit(self, committable: dict[str, str]) -> bool:
+        """Make a pending file visible under its final name; idempotent; True if it did.
 
         The three cases:
             1. The pending file exists: move it to the final name (local: atomic
@@ -544,10 +544,10 @@ class FileSinkWriter(TwoPhaseCommitWriter):
                 if not fs.exists(final):
                     fs.copy(pending, final)
                 fs.rm(pending)
-            return
+            return True
         if fs.exists(final):
             # Case 2
-            return
+            return False
         # Case 3
         msg = (
             f"FileSink({self._sink.directory!r}): neither the pending file {pending!r} nor the "

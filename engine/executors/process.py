@@ -181,11 +181,17 @@ class _RemoteInput:
 # -- the worker ---------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this worker when the runner dies (Linux only)."""
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this worker when the runner dies (Linux only).
+
+    The runner may die between the fork and this call; then the worker is
+    already orphaned and exits at once instead of running unsupervised.
+    """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 class _Worker:
@@ -325,8 +331,9 @@ def _worker_main(
     store_url: str,
     control: Connection,
     peers: dict[int, Connection],
+    parent_pid: int,
 ) -> None:
-    _die_with_parent()
+    _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps a hung worker
     transport = _Transport(control, peers)
@@ -474,7 +481,10 @@ class ProcessExecutor:
             peers = {b: ends[w, b] for b in range(n) if b != w}
             proc = ctx.Process(
                 target=_worker_main,
-                args=(w, n, plan, restored, settings, subtask_settings, store.url, child_end, peers),
+                args=(
+                    w, n, plan, restored, settings, subtask_settings, store.url, child_end, peers,
+                    os.getpid(),
+                ),
                 name=f"onceflow-worker-{w}",
                 daemon=True,
             )
