@@ -1,0 +1,194 @@
+"""Event time: the timestamp assigner and the helpers every event-time operator shares.
+
+``Stream.assign_timestamps(fn, max_delay=..., idle_timeout=...)`` creates a
+:class:`TimestampAssigner`. It passes records through unchanged, remembers the
+largest timestamp it has seen and emits the watermark ``max_timestamp -
+max_delay`` ("no record older than this will follow"): bounded
+out-of-orderness, or monotonous timestamps with ``max_delay=0``. The subtask
+reads ``emitted_watermark`` and ``idle`` after every batch and tick and sends
+them downstream in-band; a downstream subtask takes the minimum over its
+non-idle inputs (``engine.task``).
+
+Event-time operators (windows, keyed process functions) keep their own copy of
+the watermark, snapshot it, and restore it: after a crash the engine's
+watermarks restart at minus infinity, and an operator ignores every watermark
+that does not move past the one it restored (FAULTS.md F23, 4.6).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from operators.base import Operator, OperatorSnapshot, RestoredState
+
+__all__ = [
+    "TimestampAssigner",
+    "check_timestamp",
+    "compute_timestamp",
+    "frozen_copy",
+    "restored_watermark",
+]
+
+_IMMUTABLE = (int, float, str, bytes, bool, type(None), frozenset, complex)
+
+
+def frozen_copy(value: Any) -> Any:
+    """Return ``value`` if it is immutable (also tuples of immutables), else a deep copy.
+
+    Snapshots are written by a background thread while processing goes on, so
+    anything an operator may still change in place must be copied at the
+    barrier; numbers and strings, by far the common case, cost nothing.
+    """
+    if isinstance(value, _IMMUTABLE):
+        return value
+    if type(value) is tuple and all(isinstance(v, _IMMUTABLE) for v in value):
+        return value
+    return copy.deepcopy(value)
+
+
+def check_timestamp(value: Any, record: Any, operator: str) -> float:
+    """Return ``value`` as a float timestamp or raise a ``TypeError``/``ValueError`` naming ``operator``.
+
+    Accepts ints and floats (seconds); refuses bools, None, strings, NaN.
+    """
+    if (type(value) is float or type(value) is int) and value == value:  # noqa: PLR0124 - NaN check
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = (
+            f"{operator}: the timestamp function returned {value!r} ({type(value).__name__}) "
+            f"for record {record!r}; it must return the event time as a number of seconds"
+        )
+        raise TypeError(msg)
+    if math.isnan(value):
+        msg = f"{operator}: the timestamp function returned NaN for record {record!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
+def compute_timestamp(fn: Callable[[Any], Any], record: Any, operator: str) -> float:
+    """Call the timestamp function on ``record``; any failure names ``operator`` and shows the record."""
+    try:
+        value = fn(record)
+    except Exception as exc:
+        msg = (
+            f"{operator}: the timestamp function raised {type(exc).__name__}: {exc} "
+            f"for record {record!r}"
+        )
+        raise ValueError(msg) from exc
+    return check_timestamp(value, record, operator)
+
+
+def restored_watermark(
+    restored: RestoredState, subtask_index: int, parallelism: int, field: str = "watermark"
+) -> float:
+    """Pick this subtask's watermark out of the restored operator states.
+
+    At the same parallelism a subtask takes back exactly its own watermark. After
+    a rescale its keys (or splits) come from several old subtasks, so it takes
+    the smallest: a lower watermark only delays firing (every window and timer
+    keeps a "fired" record of its own), a higher one could declare records late
+    that the old subtask would still have accepted.
+    """
+    found = [
+        (index, state.get(field, -math.inf))
+        for index, state in restored.operator_states
+        if isinstance(state, dict)
+    ]
+    if not found:
+        return -math.inf
+    if restored.old_parallelism == parallelism:
+        for index, wm in found:
+            if index == subtask_index:
+                return wm
+    return min(wm for _, wm in found)
+
+
+class TimestampAssigner(Operator):
+    """Compute each record's event time and emit watermarks ``max_delay`` behind the largest.
+
+    ``fn(record)`` returns the event time in seconds. A result that is not a
+    number (or an exception) fails the job with an error naming this operator
+    and showing the record. With ``idle_timeout``, a subtask that sees no record
+    for that many seconds of processing time is marked idle, so downstream
+    operators stop waiting for its watermark; the next record ends idleness.
+
+    Cost: one call of ``fn`` and two comparisons per record.
+    """
+
+    emits_watermarks = True
+
+    def __init__(
+        self,
+        fn: Callable[[Any], float],
+        *,
+        max_delay: float = 0.0,
+        idle_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "assign_timestamps",
+    ) -> None:
+        self.fn = fn
+        self.max_delay = float(max_delay)
+        self.idle_timeout = idle_timeout
+        self.clock = clock
+        self.name = name
+        self.max_timestamp = -math.inf
+        self.emitted_watermark = -math.inf
+        self.idle = False
+        self.wants_processing_time = idle_timeout is not None
+        self._last_activity: float | None = None
+
+    def open(self, ctx: Any) -> None:
+        """Start the idleness clock."""
+        super().open(ctx)
+        self._last_activity = self.clock()
+
+    def process_batch(self, records: list) -> list:
+        """Check every record's timestamp, raise the watermark, pass the records on."""
+        fn = self.fn
+        top = self.max_timestamp
+        for record in records:
+            try:
+                t = fn(record)
+            except Exception as exc:
+                msg = (
+                    f"{self.name}: the timestamp function raised {type(exc).__name__}: {exc} "
+                    f"for record {record!r}"
+                )
+                raise ValueError(msg) from exc
+            if (type(t) is not float and type(t) is not int) or t != t:  # noqa: PLR0124
+                t = check_timestamp(t, record, self.name)
+            if t > top:
+                top = t
+        if records:
+            self.max_timestamp = top
+            wm = top - self.max_delay
+            if wm > self.emitted_watermark:
+                self.emitted_watermark = wm
+            if self.idle_timeout is not None:
+                self.idle = False
+                self._last_activity = self.clock()
+        return records
+
+    def on_processing_time(self, now: float) -> list:
+        """Mark the subtask idle after ``idle_timeout`` seconds without a record."""
+        if self.idle_timeout is not None and not self.idle:
+            last = self._last_activity if self._last_activity is not None else self.clock()
+            if self.clock() - last >= self.idle_timeout:
+                self.idle = True
+        return []
+
+    def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
+        """Capture the largest timestamp seen and the watermark emitted (numbers: nothing to copy)."""
+        return OperatorSnapshot(
+            operator_state={"max_timestamp": self.max_timestamp, "watermark": self.emitted_watermark}
+        )
+
+    def restore_state(self, restored: RestoredState) -> None:
+        """Resume the watermark where this subtask left it, so it never goes backwards."""
+        index, parallelism = self.ctx.subtask_index, self.ctx.parallelism
+        self.emitted_watermark = restored_watermark(restored, index, parallelism)
+        self.max_timestamp = restored_watermark(restored, index, parallelism, "max_timestamp")

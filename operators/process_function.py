@@ -1,0 +1,478 @@
+"""Keyed process functions: per-key named state, event- and processing-time timers, side outputs.
+
+``KeyedStream.process(fn)`` runs a :class:`KeyedProcessFunction` (or any object
+with ``process_element(value, ctx)`` and optionally ``on_timer(timestamp,
+ctx)``); both return an iterable of output records or None::
+
+    class Timeout(KeyedProcessFunction):
+        def process_element(self, click, ctx):
+            ctx.value_state("last").update(ctx.timestamp)
+            ctx.timers.register_event_time(ctx.timestamp + 1800)
+
+        def on_timer(self, timestamp, ctx):
+            if ctx.value_state("last").value() + 1800 == timestamp:
+                yield f"{ctx.key} went quiet at {timestamp}"
+
+State is scoped to the key of the current record or timer. Timers are keyed
+state too: a timer is one ``(key, time)`` pair (registering it twice keeps
+one), fires once the watermark (event time) or the clock (processing time,
+``time.time`` by default) reaches it, in time order, and is snapshotted with
+its key group, so after a crash and restore it fires exactly once. Pending
+event-time timers fire at end of input (the watermark jumps to +inf);
+processing-time timers still pending then do not fire.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from operators.base import Operator, OperatorSnapshot, RestoredState
+from operators.event_time import check_timestamp, frozen_copy, restored_watermark
+from state_backends.heap import HeapKeyedState
+
+__all__ = [
+    "KeyedProcessFunction",
+    "KeyedProcessOperator",
+    "ListState",
+    "MapState",
+    "ProcessContext",
+    "TimerService",
+    "ValueState",
+]
+
+_EVENT = "timers:event"
+_PROCESSING = "timers:processing"
+
+
+class KeyedProcessFunction:
+    """Base class of keyed process functions; override ``process_element`` and maybe ``on_timer``.
+
+    One copy of the object runs per subtask; keep per-key data in ``ctx``
+    state, not in attributes (attributes are neither per key nor checkpointed).
+    """
+
+    def process_element(self, value: Any, ctx: ProcessContext) -> Iterable[Any] | None:
+        """Handle one record of key ``ctx.key``; return records to emit (or None)."""
+        raise NotImplementedError
+
+    def on_timer(self, timestamp: float, ctx: ProcessContext) -> Iterable[Any] | None:
+        """Handle a timer of key ``ctx.key`` firing at ``timestamp``; return records to emit."""
+        return None
+
+
+class ValueState:
+    """One value per key: ``value()`` (None if unset), ``update(v)``, ``clear()``.
+
+    Treat the value as immutable: ``update`` with a new one instead of changing it in place.
+    """
+
+    __slots__ = ("_op", "_table")
+
+    def __init__(self, op: KeyedProcessOperator, table: dict) -> None:
+        self._op = op
+        self._table = table
+
+    def value(self, default: Any = None) -> Any:
+        """Return the current key's value, or ``default``."""
+        return self._table.get(self._op.current_key, default)
+
+    def update(self, value: Any) -> None:
+        """Set the current key's value (None clears it)."""
+        if value is None:
+            self._table.pop(self._op.current_key, None)
+        else:
+            self._table[self._op.current_key] = value
+
+    def clear(self) -> None:
+        """Forget the current key's value."""
+        self._table.pop(self._op.current_key, None)
+
+
+class ListState:
+    """A list per key: ``get()``, ``add(v)``, ``update(values)``, ``clear()``."""
+
+    __slots__ = ("_op", "_table")
+
+    def __init__(self, op: KeyedProcessOperator, table: dict) -> None:
+        self._op = op
+        self._table = table
+
+    def get(self) -> list:
+        """Return a copy of the current key's list (empty if unset)."""
+        return list(self._table.get(self._op.current_key, ()))
+
+    def add(self, value: Any) -> None:
+        """Append to the current key's list."""
+        key = self._op.current_key
+        values = self._table.get(key)
+        if values is None:
+            self._table[key] = [value]
+        else:
+            values.append(value)
+
+    def update(self, values: Iterable[Any]) -> None:
+        """Replace the current key's list."""
+        values = list(values)
+        if values:
+            self._table[self._op.current_key] = values
+        else:
+            self._table.pop(self._op.current_key, None)
+
+    def clear(self) -> None:
+        """Empty the current key's list."""
+        self._table.pop(self._op.current_key, None)
+
+
+class MapState:
+    """A dict per key: ``get``, ``put``, ``remove``, ``contains``, ``items``, ``keys``, ``clear``..."""
+
+    __slots__ = ("_op", "_table")
+
+    def __init__(self, op: KeyedProcessOperator, table: dict) -> None:
+        self._op = op
+        self._table = table
+
+    def _map(self, create: bool = False) -> dict | None:
+        key = self._op.current_key
+        found = self._table.get(key)
+        if found is None and create:
+            found = self._table[key] = {}
+        return found
+
+    def get(self, name: Any, default: Any = None) -> Any:
+        """Return the value under ``name`` for the current key."""
+        found = self._map()
+        return default if found is None else found.get(name, default)
+
+    def put(self, name: Any, value: Any) -> None:
+        """Set ``name`` to ``value`` for the current key."""
+        self._map(create=True)[name] = value
+
+    def remove(self, name: Any) -> None:
+        """Delete ``name`` for the current key (no error if absent)."""
+        found = self._map()
+        if found is not None:
+            found.pop(name, None)
+            if not found:
+                self._table.pop(self._op.current_key, None)
+
+    def contains(self, name: Any) -> bool:
+        """Whether ``name`` is set for the current key."""
+        found = self._map()
+        return found is not None and name in found
+
+    __contains__ = contains
+
+    def items(self) -> list[tuple[Any, Any]]:
+        """Return a copy of the current key's entries."""
+        found = self._map()
+        return [] if found is None else list(found.items())
+
+    def keys(self) -> list[Any]:
+        """Return a copy of the current key's names."""
+        return [k for k, _ in self.items()]
+
+    def values(self) -> list[Any]:
+        """Return a copy of the current key's values."""
+        return [v for _, v in self.items()]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        found = self._map()
+        return 0 if found is None else len(found)
+
+    def clear(self) -> None:
+        """Forget every entry of the current key."""
+        self._table.pop(self._op.current_key, None)
+
+
+class TimerService:
+    """Timers of the current key: register or delete event-time and processing-time timers."""
+
+    __slots__ = ("_op",)
+
+    def __init__(self, op: KeyedProcessOperator) -> None:
+        self._op = op
+
+    def register_event_time(self, timestamp: float) -> None:
+        """Call ``on_timer(timestamp)`` once the watermark reaches ``timestamp``."""
+        self._op._register(_EVENT, self._check(timestamp, "register_event_time"))  # noqa: SLF001
+
+    def delete_event_time(self, timestamp: float) -> None:
+        """Cancel the current key's event-time timer at ``timestamp`` (if any)."""
+        self._op._delete(_EVENT, self._check(timestamp, "delete_event_time"))  # noqa: SLF001
+
+    def register_processing_time(self, timestamp: float) -> None:
+        """Call ``on_timer(timestamp)`` once the clock (``current_processing_time``) passes it."""
+        self._op._register(_PROCESSING, self._check(timestamp, "register_processing_time"))  # noqa: SLF001
+
+    def delete_processing_time(self, timestamp: float) -> None:
+        """Cancel the current key's processing-time timer at ``timestamp`` (if any)."""
+        self._op._delete(_PROCESSING, self._check(timestamp, "delete_processing_time"))  # noqa: SLF001
+
+    def current_processing_time(self) -> float:
+        """Return the operator's clock (``time.time`` unless a test injected another)."""
+        return self._op.clock()
+
+    def current_watermark(self) -> float:
+        """Return the operator's event time: no record below it is expected any more."""
+        return self._op.watermark
+
+    def _check(self, timestamp: Any, method: str) -> float:
+        op = self._op
+        where = f"{op.name}: timers.{method}"
+        if timestamp is None and op.timestamp_fn is None:
+            msg = (
+                f"{where}(None) while handling record {op.current_record!r}: this stream has no "
+                "event timestamps; call assign_timestamps(...) before key_by"
+            )
+            raise TypeError(msg)
+        try:
+            return check_timestamp(timestamp, op.current_record, where)
+        except TypeError as exc:
+            msg = f"{where} needs a number of seconds, got {timestamp!r} (record {op.current_record!r})"
+            raise TypeError(msg) from exc
+
+
+class ProcessContext:
+    """What ``process_element`` and ``on_timer`` see: the key, the time, state, timers, side outputs."""
+
+    __slots__ = ("_op", "timers", "_states")
+
+    def __init__(self, op: KeyedProcessOperator) -> None:
+        self._op = op
+        self.timers = TimerService(op)
+        self._states: dict[tuple[str, str], Any] = {}
+
+    @property
+    def key(self) -> Any:
+        """The key of the current record or timer."""
+        return self._op.current_key
+
+    @property
+    def timestamp(self) -> float | None:
+        """Event time of the current record, or of the firing timer (None without timestamps)."""
+        return self._op.current_timestamp
+
+    @property
+    def time_domain(self) -> str | None:
+        """In ``on_timer``: ``"event"`` or ``"processing"``; None in ``process_element``."""
+        return self._op.current_domain
+
+    @property
+    def current_watermark(self) -> float:
+        """The operator's current event time (-inf before the first watermark)."""
+        return self._op.watermark
+
+    def _state(self, kind: str, cls: type, name: str) -> Any:
+        handle = self._states.get((kind, name))
+        if handle is None:
+            if not isinstance(name, str) or not name:
+                msg = f"{self._op.name}: state names are non-empty strings, got {name!r}"
+                raise TypeError(msg)
+            table = self._op.state.table(f"{kind}:{name}")
+            handle = self._states[(kind, name)] = cls(self._op, table)
+        return handle
+
+    def value_state(self, name: str) -> ValueState:
+        """Return the named value state of the current key."""
+        return self._state("value", ValueState, name)
+
+    def list_state(self, name: str) -> ListState:
+        """Return the named list state of the current key."""
+        return self._state("list", ListState, name)
+
+    def map_state(self, name: str) -> MapState:
+        """Return the named map state of the current key."""
+        return self._state("map", MapState, name)
+
+    def output(self, tag: str, value: Any) -> None:
+        """Emit ``value`` to side output ``tag`` (read it with ``stream.side_output(tag)``)."""
+        self._op.side_outputs.setdefault(tag, []).append(value)
+
+
+class KeyedProcessOperator(Operator):
+    """Runs a keyed process function over a keyed stream.
+
+    Cost per record: the timestamp function (if the stream has one), one user
+    call, and a dict operation per state access; a timer costs a set insert
+    and a heap push.
+    """
+
+    wants_processing_time = True
+
+    def __init__(
+        self,
+        fn: Any,
+        timestamp_fn: Callable[[Any], float] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        name: str = "process",
+    ) -> None:
+        if not callable(getattr(fn, "process_element", None)):
+            msg = f"process() needs an object with process_element(value, ctx), got {fn!r}"
+            raise TypeError(msg)
+        self.fn = fn
+        self.timestamp_fn = timestamp_fn
+        self.clock = clock
+        self.name = name
+        self.state = HeapKeyedState()
+        self.side_outputs: dict[str, list] = {}
+        self.watermark = -math.inf
+        self.current_key: Any = None
+        self.current_timestamp: float | None = None
+        self.current_domain: str | None = None
+        self.current_record: Any = None
+        self._timers = {_EVENT: self.state.table(_EVENT), _PROCESSING: self.state.table(_PROCESSING)}
+        self._heaps: dict[str, list[tuple[float, int, Any]]] = {_EVENT: [], _PROCESSING: []}
+        self._seq = itertools.count()
+        self.ctx_view = ProcessContext(self)
+        on_timer = getattr(fn, "on_timer", None)
+        self._on_timer = on_timer if callable(on_timer) else None
+
+    # -- records -----------------------------------------------------------------------
+
+    def process_batch(self, records: list) -> list:
+        """Process functions need keys; the runtime calls ``process_keyed_batch`` after ``key_by``."""
+        msg = f"{self.name}: a keyed process function needs a keyed stream (key_by before process)"
+        raise TypeError(msg)
+
+    def process_keyed_batch(self, records: list, keys: list) -> list:
+        """Call ``process_element`` for every record with its key, time and state in ``ctx``."""
+        out: list = []
+        element = self.fn.process_element
+        ctx = self.ctx_view
+        ts_fn = self.timestamp_fn
+        self.current_domain = None
+        for record, key in zip(records, keys):
+            self.current_key = key
+            self.current_record = record
+            if ts_fn is not None:
+                try:
+                    t = ts_fn(record)
+                except Exception as exc:
+                    msg = (
+                        f"{self.name}: the timestamp function raised {type(exc).__name__}: {exc} "
+                        f"for record {record!r}"
+                    )
+                    raise ValueError(msg) from exc
+                if (type(t) is not float and type(t) is not int) or t != t:  # noqa: PLR0124
+                    t = check_timestamp(t, record, self.name)
+                self.current_timestamp = t
+            result = element(record, ctx)
+            if result is not None:
+                out.extend(result)
+        self.current_record = None
+        return out
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _register(self, domain: str, timestamp: float) -> None:
+        key = self.current_key
+        table = self._timers[domain]
+        pending = table.get(key)
+        if pending is None:
+            table[key] = {timestamp}
+        elif timestamp in pending:
+            return
+        else:
+            pending.add(timestamp)
+        heapq.heappush(self._heaps[domain], (timestamp, next(self._seq), key))
+
+    def _delete(self, domain: str, timestamp: float) -> None:
+        table = self._timers[domain]
+        pending = table.get(self.current_key)
+        if pending is not None:
+            pending.discard(timestamp)
+            if not pending:
+                del table[self.current_key]
+
+    def _fire(self, domain: str, now: float) -> list:
+        out: list = []
+        heap = self._heaps[domain]
+        table = self._timers[domain]
+        on_timer = self._on_timer
+        ctx = self.ctx_view
+        label = "event" if domain == _EVENT else "processing"
+        while heap and heap[0][0] <= now:
+            timestamp, _, key = heapq.heappop(heap)
+            pending = table.get(key)
+            if pending is None or timestamp not in pending:
+                continue  # deleted, or a duplicate entry of one that fired
+            pending.discard(timestamp)
+            if not pending:
+                del table[key]
+            if on_timer is None:
+                continue
+            self.current_key = key
+            self.current_timestamp = timestamp
+            self.current_domain = label
+            self.current_record = f"<{label}-time timer {timestamp!r} of key {key!r}>"
+            result = on_timer(timestamp, ctx)
+            if result is not None:
+                out.extend(result)
+        self.current_domain = None
+        self.current_record = None
+        return out
+
+    def on_watermark(self, watermark: float) -> list:
+        """Fire event-time timers the watermark reached, in time order."""
+        if watermark <= self.watermark:
+            return []
+        self.watermark = watermark
+        return self._fire(_EVENT, watermark)
+
+    def on_processing_time(self, now: float) -> list:
+        """Fire processing-time timers the clock passed (``now`` is the runtime's monotonic tick)."""
+        if not self._heaps[_PROCESSING]:
+            return []
+        return self._fire(_PROCESSING, self.clock())
+
+    @property
+    def pending_timers(self) -> int:
+        """How many timers are registered (both domains)."""
+        return sum(len(v) for table in self._timers.values() for v in table.values())
+
+    # -- state ---------------------------------------------------------------------------
+
+    def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
+        """Named state and timers as immutable copies (keyed), and the watermark."""
+        keyed: dict[str, dict[Any, Any]] = {}
+        for name, table in self.state.tables.items():
+            if not table:
+                continue
+            if name.startswith("timers:"):
+                keyed[name] = {k: tuple(sorted(v)) for k, v in table.items()}
+            elif name.startswith("list:"):
+                keyed[name] = {k: frozen_copy(tuple(v)) for k, v in table.items()}
+            elif name.startswith("map:"):
+                keyed[name] = {k: {n: frozen_copy(x) for n, x in v.items()} for k, v in table.items()}
+            else:
+                keyed[name] = {k: frozen_copy(v) for k, v in table.items()}
+        return OperatorSnapshot(operator_state={"watermark": self.watermark}, keyed_state=keyed)
+
+    def restore_state(self, restored: RestoredState) -> None:
+        """Load this subtask's keys' state and timers; resume at the restored watermark."""
+        self.watermark = restored_watermark(restored, self.ctx.subtask_index, self.ctx.parallelism)
+        converted: dict[str, dict[Any, Any]] = {}
+        for name, table in restored.keyed_state.items():
+            if name.startswith("timers:"):
+                converted[name] = {k: set(v) for k, v in table.items()}
+            elif name.startswith("list:"):
+                converted[name] = {k: list(v) for k, v in table.items()}
+            elif name.startswith("map:"):
+                converted[name] = {k: dict(v) for k, v in table.items()}
+            else:
+                converted[name] = dict(table)
+        self.state.restore(converted)
+        for domain, table in self._timers.items():
+            heap = [(t, next(self._seq), key) for key, pending in table.items() for t in sorted(pending)]
+            heapq.heapify(heap)
+            self._heaps[domain] = heap

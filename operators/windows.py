@@ -1,0 +1,495 @@
+"""Windows on keyed streams: assigners, and the operator that fills, fires and purges them.
+
+``KeyedStream.window(assigner)`` groups each key's records into windows
+``[start, end)`` of event time (or processing time):
+
+* :class:`TumblingEventTimeWindows` ``(size, offset=0)``: back-to-back windows;
+  a record at ``t`` belongs to the one with
+  ``start = floor((t - offset) / size) * size + offset``.
+* :class:`SlidingEventTimeWindows` ``(size, slide, offset=0)``: a window starts
+  every ``slide`` seconds; a record belongs to every window containing it.
+* :class:`EventTimeSessionWindows` ``(gap)``: each record opens ``[t, t + gap)``;
+  overlapping windows of one key merge into one session.
+* :class:`TumblingProcessingTimeWindows` ``(size)``: by the clock at arrival;
+  not repeatable, so use event time when results must not depend on timing.
+
+Firing rule (event time): a window fires once the watermark reaches its end
+(``watermark >= end``: no record below ``end`` is still expected). With allowed
+lateness ``L`` its state is kept until ``watermark >= end + L``; a late record
+for a window in that period updates it and fires it again at once (an updated
+result). A record whose windows are all past ``end + L`` goes to the side
+output named by ``late_records(tag)``; without a tag it is dropped and counted
+in a warning. ``watermark == +inf`` at end of input fires every open window,
+so the final checkpoint covers their results.
+
+State: every window of every key is keyed state (``{key: ((window, acc,
+emitted), ...)}``), so it moves with its key group on a rescale. Timers are not
+stored separately: a window's pending firing and purge follow from its end, the
+allowed lateness, its ``emitted`` flag and the operator's restored watermark,
+so after a restore each result is emitted exactly once (FAULTS.md F23, B6).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from operators.base import Operator, OperatorSnapshot, RestoredState
+from operators.event_time import check_timestamp, frozen_copy, restored_watermark
+
+__all__ = [
+    "EventTimeSessionWindows",
+    "SlidingEventTimeWindows",
+    "TumblingEventTimeWindows",
+    "TumblingProcessingTimeWindows",
+    "Window",
+    "WindowAssigner",
+    "WindowOperator",
+]
+
+log = logging.getLogger("onceflow")
+
+
+class Window(NamedTuple):
+    """The half-open interval ``[start, end)`` of event (or processing) time, in seconds.
+
+    Immutable, hashable and ordered by ``(start, end)``.
+    """
+
+    start: float
+    end: float
+
+    @property
+    def max_timestamp(self) -> float:
+        """The largest timestamp inside the window (just below ``end``)."""
+        return math.nextafter(self.end, -math.inf)
+
+    def intersects(self, other: Window) -> bool:
+        """Whether the two windows overlap."""
+        return self.start < other.end and other.start < self.end
+
+    def cover(self, other: Window) -> Window:
+        """Return the smallest window containing both."""
+        return Window(min(self.start, other.start), max(self.end, other.end))
+
+    def __repr__(self) -> str:
+        return f"Window({self.start!r}, {self.end!r})"
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        msg = f"{name} must be a number of seconds > 0, got {value!r}"
+        raise ValueError(msg)
+    if math.isinf(value):
+        msg = f"{name} must be finite, got {value!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
+def _slot(t: float, length: float, offset: float) -> int:
+    """Return n with ``n * length + offset <= t < (n + 1) * length + offset``, robust to rounding."""
+    n = math.floor((t - offset) / length)
+    if n * length + offset > t:
+        n -= 1
+    elif (n + 1) * length + offset <= t:
+        n += 1
+    return n
+
+
+class WindowAssigner:
+    """Decides which windows a record belongs to."""
+
+    event_time = True
+    """Whether windows are event time (needs ``assign_timestamps``) or processing time."""
+    merging = False
+    """Whether overlapping windows of one key merge (sessions)."""
+
+    def assign(self, timestamp: float) -> tuple[Window, ...]:
+        """Return the windows a record at ``timestamp`` belongs to."""
+        raise NotImplementedError
+
+
+class TumblingEventTimeWindows(WindowAssigner):
+    """Back-to-back windows of ``size`` seconds, starting at multiples of ``size`` plus ``offset``."""
+
+    def __init__(self, size: float, offset: float = 0.0) -> None:
+        self.size = _positive("TumblingEventTimeWindows size", size)
+        self.offset = float(offset) % self.size
+
+    def assign(self, timestamp: float) -> tuple[Window, ...]:
+        """Return the one window containing ``timestamp``."""
+        size, offset = self.size, self.offset
+        start = _slot(timestamp, size, offset) * size + offset
+        return (Window(start, start + size),)
+
+    def __repr__(self) -> str:
+        return f"TumblingEventTimeWindows(size={self.size!r}, offset={self.offset!r})"
+
+
+class SlidingEventTimeWindows(WindowAssigner):
+    """Windows of ``size`` seconds starting every ``slide`` seconds (plus ``offset``)."""
+
+    def __init__(self, size: float, slide: float, offset: float = 0.0) -> None:
+        self.size = _positive("SlidingEventTimeWindows size", size)
+        self.slide = _positive("SlidingEventTimeWindows slide", slide)
+        self.offset = float(offset) % self.slide
+
+    def assign(self, timestamp: float) -> tuple[Window, ...]:
+        """Every window containing ``timestamp``, latest start first."""
+        size, slide, offset = self.size, self.slide, self.offset
+        n = _slot(timestamp, slide, offset)
+        out = []
+        while True:
+            start = n * slide + offset
+            if start + size <= timestamp:
+                break
+            out.append(Window(start, start + size))
+            n -= 1
+        return tuple(out)
+
+    def __repr__(self) -> str:
+        return f"SlidingEventTimeWindows(size={self.size!r}, slide={self.slide!r}, offset={self.offset!r})"
+
+
+class EventTimeSessionWindows(WindowAssigner):
+    """Sessions: records of one key closer than ``gap`` seconds share a window."""
+
+    merging = True
+
+    def __init__(self, gap: float) -> None:
+        self.gap = _positive("EventTimeSessionWindows gap", gap)
+
+    def assign(self, timestamp: float) -> tuple[Window, ...]:
+        """Return the record's own window ``[t, t + gap)``; the operator merges overlapping ones."""
+        return (Window(timestamp, timestamp + self.gap),)
+
+    def __repr__(self) -> str:
+        return f"EventTimeSessionWindows(gap={self.gap!r})"
+
+
+class TumblingProcessingTimeWindows(WindowAssigner):
+    """Tumbling windows of the clock at arrival (``clock`` defaults to ``time.time``).
+
+    Results depend on when records arrive, so they differ between runs and
+    after a restore; windows still open at end of input fire then.
+    """
+
+    event_time = False
+
+    def __init__(self, size: float, offset: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+        self.size = _positive("TumblingProcessingTimeWindows size", size)
+        self.offset = float(offset) % self.size
+        self.clock = clock
+
+    def assign(self, timestamp: float) -> tuple[Window, ...]:
+        """Return the window containing processing time ``timestamp``."""
+        size, offset = self.size, self.offset
+        start = _slot(timestamp, size, offset) * size + offset
+        return (Window(start, start + size),)
+
+    def __repr__(self) -> str:
+        return f"TumblingProcessingTimeWindows(size={self.size!r})"
+
+
+_KINDS = ("reduce", "aggregate", "process")
+_STATE = "windows"
+
+
+class WindowOperator(Operator):
+    """Keep per-key windows, fire them as the watermark (or clock) passes their end.
+
+    ``kind="reduce"`` folds records with ``reduce_fn`` and emits ``(key, window,
+    value)``; ``"aggregate"`` keeps ``acc = add_fn(acc, record)`` from
+    ``init_fn()``, merges session accumulators with ``merge_fn`` and emits
+    ``(key, window, result_fn(acc))``; ``"process"`` keeps the records and
+    emits the items of ``process_fn(key, window, values)``.
+
+    Cost per record: the timestamp function, the assigner, one dict lookup and
+    one user call per window (sessions also scan the key's open windows);
+    firing is a heap pop per window.
+    """
+
+    def __init__(
+        self,
+        assigner: WindowAssigner,
+        *,
+        kind: str,
+        timestamp_fn: Callable[[Any], float] | None = None,
+        allowed_lateness: float = 0.0,
+        late_tag: str | None = None,
+        reduce_fn: Callable[[Any, Any], Any] | None = None,
+        add_fn: Callable[[Any, Any], Any] | None = None,
+        merge_fn: Callable[[Any, Any], Any] | None = None,
+        result_fn: Callable[[Any], Any] | None = None,
+        init_fn: Callable[[], Any] | None = None,
+        process_fn: Callable[[Any, Window, list], Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if kind not in _KINDS:
+            msg = f"window kind must be one of {_KINDS}, got {kind!r}"
+            raise ValueError(msg)
+        if getattr(assigner, "event_time", False) and timestamp_fn is None:
+            msg = f"{assigner!r} needs event timestamps: call assign_timestamps(...) before key_by"
+            raise ValueError(msg)
+        self.assigner = assigner
+        self.kind = kind
+        self.timestamp_fn = timestamp_fn
+        self.lateness = float(allowed_lateness)
+        self.late_tag = late_tag
+        self.name = name or f"window_{kind}"
+        self.event_time = bool(getattr(assigner, "event_time", True))
+        self.merging = bool(getattr(assigner, "merging", False))
+        self.wants_processing_time = not self.event_time
+        if late_tag is not None:
+            self.side_outputs: dict[str, list] = {}
+        self.late_dropped = 0
+        self.late_emitted = 0
+        self.watermark = -math.inf
+        self.windows: dict[Any, dict[Window, list]] = {}
+        """``{key: {window: [accumulator, emitted]}}``; ``emitted``: its current content was output."""
+        self._timers: list[tuple[float, int, Any, Window]] = []
+        self._seq = itertools.count()
+        self._reduce_fn = reduce_fn
+        self._add_fn = add_fn
+        self._merge_fn = merge_fn
+        self._result_fn = result_fn
+        self._init_fn = init_fn
+        self._process_fn = process_fn
+        if kind == "reduce":
+            if reduce_fn is None:
+                msg = "a reduce window needs reduce_fn"
+                raise ValueError(msg)
+            self._first: Callable[[Any], Any] = lambda record: record
+            self._add: Callable[[Any, Any], Any] = reduce_fn
+            self._combine: Callable[[Any, Any], Any] = reduce_fn
+        elif kind == "aggregate":
+            if None in (add_fn, merge_fn, result_fn, init_fn):
+                msg = "an aggregate window needs add_fn, merge_fn, result_fn and init_fn"
+                raise ValueError(msg)
+            self._first = lambda record: add_fn(init_fn(), record)
+            self._add = add_fn
+            self._combine = merge_fn
+        else:
+            if process_fn is None:
+                msg = "a process window needs process_fn"
+                raise ValueError(msg)
+            self._first = lambda record: [record]
+            self._add = _append
+            self._combine = _concat
+
+    # -- records -----------------------------------------------------------------------
+
+    def process_batch(self, records: list) -> list:
+        """Windows need keys; the runtime calls ``process_keyed_batch`` after ``key_by``."""
+        msg = f"{self.name}: a window operator needs a keyed stream (key_by before window)"
+        raise TypeError(msg)
+
+    def process_keyed_batch(self, records: list, keys: list) -> list:
+        """Add each record to its windows; fire at once windows the watermark already passed."""
+        out: list = []
+        if not self.event_time:
+            now = self.assigner.clock()
+            assigned = self.assigner.assign(now)
+            for record, key in zip(records, keys):
+                for window in assigned:
+                    self._add_to(key, window, record, out)
+            return out
+        ts_fn = self.timestamp_fn
+        assign = self.assigner.assign
+        lateness = self.lateness
+        merging = self.merging
+        for record, key in zip(records, keys):
+            try:
+                t = ts_fn(record)
+            except Exception as exc:
+                msg = (
+                    f"{self.name}: the timestamp function raised {type(exc).__name__}: {exc} "
+                    f"for record {record!r}"
+                )
+                raise ValueError(msg) from exc
+            if (type(t) is not float and type(t) is not int) or t != t:  # noqa: PLR0124 - NaN
+                t = check_timestamp(t, record, self.name)
+            if merging:
+                if not self._add_to_session(key, assign(t)[0], record, out):
+                    self._late(record)
+                continue
+            wm = self.watermark
+            added = False
+            for window in assign(t):
+                if window.end + lateness <= wm:
+                    continue
+                self._add_to(key, window, record, out)
+                added = True
+            if not added:
+                self._late(record)
+        return out
+
+    def _add_to(self, key: Any, window: Window, record: Any, out: list) -> None:
+        windows = self.windows.get(key)
+        if windows is None:
+            windows = self.windows[key] = {}
+        entry = windows.get(window)
+        if entry is None:
+            entry = windows[window] = [self._first(record), False]
+            heapq.heappush(self._timers, (window.end, next(self._seq), key, window))
+        else:
+            entry[0] = self._add(entry[0], record)
+            entry[1] = False
+        if window.end <= self.watermark:
+            self._emit(key, window, entry, out)
+
+    def _add_to_session(self, key: Any, own: Window, record: Any, out: list) -> bool:
+        """Merge ``own`` with the key's overlapping sessions; False if the record is too late."""
+        windows = self.windows.get(key)
+        if windows is None:
+            windows = self.windows[key] = {}
+        overlapping = [w for w in windows if w.start < own.end and own.start < w.end]
+        if not overlapping:
+            if own.end + self.lateness <= self.watermark:
+                if not windows:
+                    del self.windows[key]
+                return False
+            self._add_to(key, own, record, out)
+            return True
+        merged = own
+        for w in overlapping:
+            merged = merged.cover(w)
+        if len(overlapping) == 1 and overlapping[0] == merged:
+            self._add_to(key, merged, record, out)
+            return True
+        overlapping.sort()
+        acc = windows.pop(overlapping[0])[0]
+        for w in overlapping[1:]:
+            acc = self._combine(acc, windows.pop(w)[0])
+        entry = windows[merged] = [self._add(acc, record), False]
+        heapq.heappush(self._timers, (merged.end, next(self._seq), key, merged))
+        if merged.end <= self.watermark:
+            self._emit(key, merged, entry, out)
+        return True
+
+    def _late(self, record: Any) -> None:
+        if self.late_tag is not None:
+            self.side_outputs.setdefault(self.late_tag, []).append(record)
+            self.late_emitted += 1
+            return
+        if self.late_dropped == 0:
+            log.warning(
+                "%s: dropped a record later than the allowed lateness (%s s) at watermark %s: %r; "
+                "use .late_records(tag) to keep such records (the total is logged at the end)",
+                self.name, self.lateness, self.watermark, record,
+            )
+        self.late_dropped += 1
+
+    def _emit(self, key: Any, window: Window, entry: list, out: list) -> None:
+        entry[1] = True
+        kind = self.kind
+        if kind == "reduce":
+            out.append((key, window, entry[0]))
+        elif kind == "aggregate":
+            out.append((key, window, self._result_fn(entry[0])))
+        else:
+            result = self._process_fn(key, window, list(entry[0]))
+            if result is not None:
+                out.extend(result)
+
+    # -- time ----------------------------------------------------------------------------
+
+    def on_watermark(self, watermark: float) -> list:
+        """Fire windows whose end the watermark reached; purge those past end + allowed lateness."""
+        if not self.event_time:
+            # processing-time windows ignore event time, except its end at end of input
+            return self._fire(math.inf) if watermark == math.inf else []
+        if watermark <= self.watermark:
+            return []
+        self.watermark = watermark
+        return self._fire(watermark)
+
+    def on_processing_time(self, now: float) -> list:
+        """Processing-time windows: fire those the assigner's clock has passed."""
+        if self.event_time:
+            return []
+        return self._fire(self.assigner.clock())
+
+    def _fire(self, now: float) -> list:
+        out: list = []
+        timers = self._timers
+        lateness = self.lateness if self.event_time else 0.0
+        windows = self.windows
+        while timers and timers[0][0] <= now:
+            at, _, key, window = heapq.heappop(timers)
+            per_key = windows.get(key)
+            entry = per_key.get(window) if per_key is not None else None
+            if entry is None:
+                continue  # merged into a session or purged
+            if not entry[1]:
+                self._emit(key, window, entry, out)
+            cleanup = window.end + lateness
+            if cleanup <= now:
+                del per_key[window]
+                if not per_key:
+                    del windows[key]
+            elif at < cleanup:
+                heapq.heappush(timers, (cleanup, next(self._seq), key, window))
+        return out
+
+    def finish(self) -> list:
+        """Report records dropped as too late (the end-of-time watermark already fired every window)."""
+        if self.late_dropped:
+            log.warning(
+                "%s subtask %s: dropped %d records later than the allowed lateness (%s s)",
+                self.name, getattr(getattr(self, "ctx", None), "subtask_index", 0),
+                self.late_dropped, self.lateness,
+            )
+        return []
+
+    # -- state ---------------------------------------------------------------------------
+
+    def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
+        """Every key's windows as immutable tuples, and the watermark."""
+        if self.kind == "process":
+            keyed = {
+                key: tuple((w, tuple(e[0]), e[1]) for w, e in per_key.items())
+                for key, per_key in self.windows.items()
+            }
+        else:
+            keyed = {
+                key: tuple((w, frozen_copy(e[0]), e[1]) for w, e in per_key.items())
+                for key, per_key in self.windows.items()
+            }
+        return OperatorSnapshot(
+            operator_state={"watermark": self.watermark}, keyed_state={_STATE: keyed}
+        )
+
+    def restore_state(self, restored: RestoredState) -> None:
+        """Load this subtask's keys' windows and re-arm their firing and purge."""
+        self.watermark = restored_watermark(restored, self.ctx.subtask_index, self.ctx.parallelism)
+        self.windows = {}
+        self._timers = []
+        process = self.kind == "process"
+        for key, entries in restored.keyed_state.get(_STATE, {}).items():
+            per_key = self.windows[key] = {}
+            for window, acc, emitted in sorted(entries, key=lambda e: e[0]):
+                window = Window(*window)
+                per_key[window] = [list(acc) if process else acc, emitted]
+                self._timers.append((window.end, next(self._seq), key, window))
+        heapq.heapify(self._timers)
+
+    @property
+    def open_windows(self) -> int:
+        """How many windows are in state (fired ones included until they are purged)."""
+        return sum(len(per_key) for per_key in self.windows.values())
+
+
+def _append(values: list, record: Any) -> list:
+    values.append(record)
+    return values
+
+
+def _concat(a: list, b: list) -> list:
+    a.extend(b)
+    return a
