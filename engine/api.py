@@ -212,11 +212,15 @@ class Stream:
                 f"got {max_delay!r}, {idle_timeout!r}"
             )
             raise JobDefinitionError(msg)
-        return self._transform(
+        stream = self._transform(
             "assign_timestamps",
             lambda: TimestampAssigner(timestamp_fn, max_delay=max_delay, idle_timeout=idle_timeout),
             timestamp_fn, name, parallelism, uid, timestamp_fn,
         )
+        idle = f", idle after {idle_timeout} s" if idle_timeout is not None else ""
+        shown = describe_callable(timestamp_fn)
+        _describe(stream, f"TimestampAssigner(max_delay {max_delay} s{idle}): {shown}")
+        return stream
 
     def side_output(self, tag: str) -> Stream:
         """Return the stream of values the upstream operator emitted with ``ctx.output(tag, value)``.
@@ -386,6 +390,12 @@ class KeyedStream:
         return WindowedStream(self, assigner)
 
 
+def _describe(stream: Stream, description: str) -> None:
+    """Replace the description ``onceflow graph`` shows for the operator ending ``stream``."""
+    node = stream._inputs[0][0]  # noqa: SLF001 - one API
+    stream._job.graph.spec(node).description = description  # noqa: SLF001
+
+
 def _copy(fn: Any) -> Any:
     """Copy a user object per subtask, so no attribute is shared between subtasks."""
     try:
@@ -422,7 +432,7 @@ class WindowedStream:
 
         assigner, lateness, tag = self._assigner, self._lateness, self._late_tag
         timestamp_fn = self._keyed._timestamp_fn  # noqa: SLF001 - one API
-        return self._keyed._keyed(  # noqa: SLF001
+        stream = self._keyed._keyed(  # noqa: SLF001
             f"window_{kind}",
             lambda: WindowOperator(
                 assigner, kind=kind, timestamp_fn=timestamp_fn, allowed_lateness=lateness,
@@ -430,6 +440,12 @@ class WindowedStream:
             ),
             shown, name, parallelism, uid,
         )
+        late = f", late records -> {tag!r}" if tag is not None else ""
+        _describe(
+            stream,
+            f"{assigner!r} {kind}, allowed lateness {lateness} s{late}: {describe_callable(shown)}",
+        )
+        return stream
 
     def reduce(
         self, fn: Callable[[Any, Any], Any], *, name: str | None = None,
