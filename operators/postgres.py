@@ -5,15 +5,15 @@ transaction on its *data* connection. At barrier ``n`` it adds a marker row to
 the bookkeeping table and runs ``PREPARE TRANSACTION gid``: the rows are durable
 but invisible. When checkpoint ``n`` completes it runs ``COMMIT PREPARED gid`` on
 a separate autocommit *control* connection. A gid names the job, the sink uid,
-the subtask, the checkpoint and the attempt::
+the target table, the subtask, the checkpoint and the attempt::
 
-    of:<sha256(job, uid)[:16]>:<subtask>:<checkpoint>:<attempt>     (about 50 bytes, < 200)
+    of:<sha256(job, uid, schema.table)[:16]>:<subtask>:<checkpoint>:<attempt>   (about 50 bytes, < 200)
 
 so it is unique among prepared transactions of the cluster, never reused by a
 later attempt, and ``of:<hash>:`` finds every transaction this sink prepared.
 
 The marker row (``onceflow_commits``: gid, job, sink, subtask, checkpoint,
-attempt) commits atomically with the data, so recovery can tell "already
+attempt, target) commits atomically with the data, so recovery can tell "already
 committed" from "lost" (``COMMIT PREPARED`` of an unknown gid fails the same way
 in both cases). Committing a committable follows the decision table of
 FAULTS.md 3.1:
@@ -84,9 +84,13 @@ class PostgresUnavailableError(SinkError):
     domain = ErrorDomain.EXTERNAL
 
 
-def gid_prefix(job_name: str, uid: str) -> str:
-    """Return the prefix shared by every gid that the sink ``uid`` of ``job_name`` prepares."""
-    digest = hashlib.sha256(f"{job_name}\x00{uid}".encode()).hexdigest()[:16]
+def gid_prefix(job_name: str, uid: str, table: str) -> str:
+    """Return the prefix of every gid that sink ``uid`` of ``job_name`` prepares for ``table``.
+
+    ``table`` is the resolved ``schema.name``: two runs of one job file into
+    different tables never touch each other's transactions.
+    """
+    digest = hashlib.sha256(f"{job_name}\x00{uid}\x00{table}".encode()).hexdigest()[:16]
     return f"of:{digest}:"
 
 
@@ -223,6 +227,7 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
         """Upsert mode: the rows of each prepared, not yet committed transaction."""
         self._last_snapshot = -1
         self._prefix = ""
+        self._target = ""
         self._attempt = ""
         self._where = f"PostgresSink(table {sink.table!r})"
 
@@ -250,7 +255,6 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
         super().open(ctx)
         sink = self._sink
         self._where = f"PostgresSink(table {sink.table!r}, uid {ctx.uid!r}, subtask {ctx.subtask_index})"
-        self._prefix = gid_prefix(ctx.job_name, ctx.uid)
         self._attempt = _attempt_tag(ctx.attempt_id)
         self._psycopg = _import_psycopg()
         # Step 1
@@ -335,7 +339,8 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
             )
             raise PostgresSinkError(msg)
         schema, name, oid = row
-        self._schema = schema
+        self._target = f"{schema}.{name}"
+        self._prefix = gid_prefix(self.ctx.job_name, self.ctx.uid, self._target)
         self._table_ident = sql.Identifier(schema, name)
         self._marker_ident = sql.Identifier(schema, self._sink.bookkeeping_table)
         columns = [
@@ -362,7 +367,7 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
         query = psycopg.sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (gid text PRIMARY KEY, job text NOT NULL, "
             "sink text NOT NULL, subtask integer NOT NULL, checkpoint_id bigint NOT NULL, "
-            "attempt text NOT NULL, prepared_at timestamptz NOT NULL DEFAULT now())"
+            "attempt text NOT NULL, target text NOT NULL, prepared_at timestamptz NOT NULL DEFAULT now())"
         ).format(self._marker_ident)
         try:
             self._control.execute(query)
@@ -395,9 +400,10 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
         ctx = self.ctx
         earlier = self._control.execute(
             self._psycopg.sql.SQL(
-                "SELECT count(*), max(prepared_at) FROM {} WHERE job = %s AND sink = %s AND attempt <> %s"
+                "SELECT count(*), max(prepared_at) FROM {} WHERE job = %s AND sink = %s AND target = %s "
+                "AND attempt <> %s"
             ).format(self._marker_ident),
-            (ctx.job_name, ctx.uid, self._attempt),
+            (ctx.job_name, ctx.uid, self._target, self._attempt),
         ).fetchone()
         if earlier[0]:
             if not ctx.overwrite_output:
@@ -416,9 +422,10 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
                 )
                 self._control.execute(
                     self._psycopg.sql.SQL(
-                        "DELETE FROM {} WHERE job = %s AND sink = %s AND attempt <> %s"
+                        "DELETE FROM {} WHERE job = %s AND sink = %s AND target = %s "
+                        "AND attempt <> %s"
                     ).format(self._marker_ident),
-                    (ctx.job_name, ctx.uid, self._attempt),
+                    (ctx.job_name, ctx.uid, self._target, self._attempt),
                 )
         if ctx.subtask_index == 0:
             self.abort_leftovers([])
@@ -647,10 +654,11 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
         try:
             self._data.execute(
                 sql.SQL(
-                    "INSERT INTO {} (gid, job, sink, subtask, checkpoint_id, attempt) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)"
+                    "INSERT INTO {} (gid, job, sink, subtask, checkpoint_id, attempt, target) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)"
                 ).format(self._marker_ident),
-                (gid, ctx.job_name, ctx.uid, ctx.subtask_index, checkpoint_id, self._attempt),
+                (gid, ctx.job_name, ctx.uid, ctx.subtask_index, checkpoint_id, self._attempt,
+                 self._target),
             )
             self._data.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
         except self._psycopg.OperationalError as exc:

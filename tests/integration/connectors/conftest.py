@@ -99,23 +99,23 @@ class PgHelper:
         self.jobs.append(name)
         return name
 
-    def prepared(self, job: str, uid: str) -> list[str]:
+    def prefixes(self, job: str, uid: str) -> tuple[str, ...]:
+        """The gid prefixes of sink ``uid`` of ``job`` into any table this test created."""
         from operators.postgres import gid_prefix
 
-        return [
-            r[0]
-            for r in self.q(
-                "SELECT gid FROM pg_prepared_xacts WHERE starts_with(gid, %s) ORDER BY gid",
-                (gid_prefix(job, uid),),
-            )
-        ]
+        return tuple(gid_prefix(job, uid, f"public.{table}") for table in self.tables)
+
+    def prepared(self, job: str, uid: str) -> list[str]:
+        """This sink's prepared transactions, sorted."""
+        prefixes = self.prefixes(job, uid)
+        return sorted(
+            gid for (gid,) in self.q("SELECT gid FROM pg_prepared_xacts") if gid.startswith(prefixes)
+        )
 
     def close(self) -> None:
-        from operators.postgres import gid_prefix
-
         # Prepared transactions hold locks: roll back every one of this test's jobs
         # before dropping tables (sinks in these tests use the uids below).
-        prefixes = tuple(gid_prefix(job, uid) for job in self.jobs for uid in SINK_UIDS)
+        prefixes = tuple(p for job in self.jobs for uid in SINK_UIDS for p in self.prefixes(job, uid))
         for (gid,) in self.q("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"):
             if gid.startswith(prefixes):
                 self.q(f"ROLLBACK PREPARED '{gid}'")
