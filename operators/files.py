@@ -30,6 +30,7 @@ from typing import IO, Any
 import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractBufferedFile
 
 from operators.base import (
     RestoredState,
@@ -292,6 +293,17 @@ class FileSourceReader(SourceReader):
         # Seek on every batch: cheap within the read buffer, and memory:// hands
         # every opener the same file object, so the position may have moved.
         handle.seek(start)
+        if isinstance(handle, AbstractBufferedFile):
+            # fsspec's remote files (s3://...) take no size hint in readlines()
+            lines: list[bytes] = []
+            size = 0
+            while size < self._source.read_size:
+                line = handle.readline()
+                if not line:
+                    break
+                lines.append(line)
+                size += len(line)
+            return lines
         return handle.readlines(self._source.read_size)
 
     def _decode(self, path: str, start: int, chunk: bytes) -> list[str]:
@@ -620,7 +632,11 @@ class FileSinkWriter(TwoPhaseCommitWriter):
 
     def _list_names(self) -> list[str]:
         self._fs.invalidate_cache(self._root)
-        return [posixpath.basename(p.rstrip("/")) for p in self._fs.ls(self._root, detail=False)]
+        try:
+            paths = self._fs.ls(self._root, detail=False)
+        except FileNotFoundError:
+            return []  # object stores have no empty directories: an empty prefix "does not exist"
+        return [posixpath.basename(p.rstrip("/")) for p in paths]
 
     def _write_atomically(self, name: str, data: bytes) -> None:
         """Write a small file so that readers see all of it or nothing."""
