@@ -147,6 +147,8 @@ class Subtask:
                 raise self._error(self.specs[i], exc, "timer") from exc
             if out:
                 self._push(out, None, i + 1)
+            elif self._side_ops:
+                self._emit_side_outputs()
         if self._wm_ops:
             self._forward_emitted()
 
@@ -298,6 +300,8 @@ class Subtask:
                 raise self._error(self.specs[i], exc, "watermark") from exc
             if out:
                 self._push(out, None, i + 1)
+            elif self._side_ops:
+                self._emit_side_outputs()
         if watermark > self.watermark or self._idle_out:
             self.watermark = max(self.watermark, watermark)
             self._idle_out = False
@@ -332,6 +336,8 @@ class Subtask:
                 raise self._error(self.specs[i], exc, "finish") from exc
             if out:
                 self._push(out, None, i + 1)
+            elif self._side_ops:
+                self._emit_side_outputs()
         for gate in self.all_gates:
             gate.broadcast(END_OF_DATA)
         self.status = SubtaskStatus.DRAINED
