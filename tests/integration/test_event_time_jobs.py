@@ -186,3 +186,29 @@ def test_processing_time_windows_count_every_record_once_across_a_crash(executor
     windows = sink.committed
     assert sorted(i for _, _, ids in windows for i in ids) == list(range(n))
     assert len({w for _, w, _ in windows}) > 3  # the clock, not the data, cut the windows
+
+
+class _TimerSideOnly(KeyedProcessFunction):
+    """Timers that emit only to a side output (no main output at all)."""
+
+    def process_element(self, value, ctx):
+        ctx.timers.register_event_time(ctx.timestamp + 1.0)
+
+    def on_timer(self, timestamp, ctx):
+        ctx.output("fired", (ctx.key, timestamp))
+
+
+def test_side_outputs_of_timers_without_main_output_are_emitted(executor):
+    events = [(f"k{i % 5}", float(i)) for i in range(200)]
+    fired = TestingSink()
+    job = Job("timer-side-only")
+    out = (
+        job.source(TestingSource(events, batch_size=10), name="src")
+        .assign_timestamps(lambda e: e[1], name="stamp")
+        .key_by(lambda e: e[0])
+        .process(_TimerSideOnly(), name="timers")
+    )
+    out.sink(TestingSink(), name="main")
+    out.side_output("fired").sink(fired, name="fired")
+    run_job_for_test(job, executor=executor, checkpoint_interval=0.01)
+    assert sorted(fired.committed) == sorted((k, t + 1.0) for k, t in events)
