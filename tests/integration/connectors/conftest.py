@@ -201,8 +201,11 @@ def s3_endpoint() -> Iterator[str]:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
         unavailable(f"S3 tests need s3fs and moto[server] (pip install -e '.[test]'): {exc}")
+    import logging
+
     import fsspec
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
