@@ -146,7 +146,7 @@ class PostgresSink(Sink):
             exactly these columns).
         columns: the columns tuple records fill, in order.
         application_name: shown in ``pg_stat_activity``; default
-            ``onceflow:<job>:<uid>:<subtask>`` (cut to 63 bytes).
+            ``onceflow:<job>:<uid>:<subtask>:<table>`` (cut to 63 bytes).
         connect_timeout: seconds to wait for a connection.
         lock_timeout: seconds a write waits for a row lock before the attempt
             fails and restarts (0: wait forever).
@@ -278,7 +278,9 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
     def _connect(self, *, autocommit: bool) -> Any:
         psycopg = self._psycopg
         ctx = self.ctx
-        name = self._sink.application_name or f"onceflow:{ctx.job_name}:{ctx.uid}:{ctx.subtask_index}"
+        name = self._sink.application_name or (
+            f"onceflow:{ctx.job_name}:{ctx.uid}:{ctx.subtask_index}:{self._sink.table}"
+        )
         name = name.encode()[:63].decode("utf-8", "ignore")
         options = {"application_name": name, "connect_timeout": max(1, int(self._sink.connect_timeout))}
         if not autocommit and self._sink.lock_timeout > 0:

@@ -14,7 +14,6 @@ plain-Python reference, with no prepared transaction left behind.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 
@@ -26,7 +25,12 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
 N_EVENTS = 100_000
 N_USERS = 1_000
-LABELS = ["after_prepare_before_ack", "after_metadata_before_notify", "mid_commit"]
+LABELS = [
+    "after_prepare_before_ack",
+    "after_metadata_before_notify",
+    "mid_commit",
+    "after_commit_prepared_before_bookkeeping",
+]
 RANDOM_KILLS = 5
 
 
@@ -122,7 +126,8 @@ def test_redis_to_postgres_is_exactly_once_under_kills(pg, rds, redis_url, chaos
                 if ours(conn) - leftovers:  # this run prepared a checkpoint, not yet committed
                     rows = conn.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name LIKE 'onceflow:redis_to_postgres:upsert:%'"
+                        "WHERE application_name LIKE %s",
+                        (f"onceflow:redis_to_postgres:upsert:%:{table}",),
                     ).fetchall()
                     terminated.append(len(rows))
                     if len(terminated) >= 2:
@@ -152,4 +157,3 @@ def test_redis_to_postgres_is_exactly_once_under_kills(pg, rds, redis_url, chaos
         leftover_prepared=len(pg.prepared("redis_to_postgres", "upsert")),
         terminated_backends=terminated, restarts_after_terminate=restarts,
     )
-    _ = threading  # the terminate helper runs in the harness's thread
