@@ -58,6 +58,8 @@ BOOKKEEPING_TABLE = "onceflow_commits"
 """Default name of the marker table, created in the target table's schema."""
 
 _MODES = ("insert", "upsert")
+COPY_ROWS = 65536
+"""Insert mode: rows per ``COPY`` statement at most (they are kept to name a record that fails)."""
 _SAFE_ATTEMPT = re.compile(r"^[0-9A-Za-z]{1,32}$")
 _USER_CONNECT_ERRORS = (
     "does not exist",
@@ -221,6 +223,8 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
         self._columns: list[str] = []
         self._column_set: frozenset[str] = frozenset()
         self._rows_in_txn = 0
+        self._stream: tuple | None = None
+        """Insert mode: the open ``COPY`` as (columns, cursor, (manager, copy), rows sent)."""
         self._buffer: dict[Any, dict[str, Any]] = {}
         """Upsert mode: the merged row of every key written since the last barrier."""
         self._prepared_upserts: dict[int, dict[Any, dict[str, Any]]] = {}
@@ -538,17 +542,62 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
                 raise PostgresSinkError(msg)
 
     def _copy(self, columns: tuple[str, ...], rows: list[Any]) -> None:
-        sql = self._psycopg.sql
-        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            self._table_ident, sql.SQL(", ").join(map(sql.Identifier, columns))
-        )
+        """Stream rows into the open ``COPY`` (one per column list, up to COPY_ROWS rows).
+
+        Keeping one ``COPY`` open across batches lets the server insert while
+        the client sends, instead of waiting for the server after every batch.
+        """
+        stream = self._stream
+        if stream is not None and (stream[0] != columns or len(stream[3]) >= COPY_ROWS):
+            self._finish_copy()
+            stream = None
+        if stream is None:
+            sql = self._psycopg.sql
+            statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                self._table_ident, sql.SQL(", ").join(map(sql.Identifier, columns))
+            )
+            cursor = self._data.cursor()
+            manager = cursor.copy(statement)
+            try:
+                copy = manager.__enter__()
+            except Exception as exc:
+                cursor.close()
+                raise self._write_error(columns, rows, exc) from exc
+            stream = self._stream = (columns, cursor, (manager, copy), [])
+        sent = stream[3]
+        write_row = stream[2][1].write_row
         try:
-            with self._data.cursor() as cursor, cursor.copy(statement) as copy:
-                write_row = copy.write_row
-                for row in rows:
-                    write_row(row)
+            for row in rows:
+                write_row(row)
         except Exception as exc:
-            raise self._write_error(columns, rows, exc) from exc
+            self._stream = None
+            sent.extend(rows)
+            self._abort_copy(stream, exc)
+            raise self._write_error(columns, sent, exc) from exc
+        sent.extend(rows)
+
+    def _finish_copy(self) -> None:
+        """End the open ``COPY``; the server reports a record that does not fit here at the latest."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        columns, cursor, (manager, _), sent = stream
+        try:
+            manager.__exit__(None, None, None)
+        except Exception as exc:
+            raise self._write_error(columns, sent, exc) from exc
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _abort_copy(stream: tuple, exc: BaseException) -> None:
+        manager = stream[2][0]
+        try:
+            manager.__exit__(type(exc), exc, exc.__traceback__)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.debug("aborting COPY failed", exc_info=True)
+        finally:
+            stream[1].close()
 
     def _upsert_sql(self, columns: Sequence[str]) -> Any:
         sql = self._psycopg.sql
@@ -647,6 +696,7 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
             PostgresUnavailableError: the connection broke; the attempt restarts
                 and a later one rolls back whatever this one prepared.
         """
+        self._finish_copy()
         flushed = self._flush_upserts() if self._buffer else {}
         if self._rows_in_txn == 0:
             return None
@@ -818,6 +868,7 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
 
     def close(self) -> None:
         """Close both connections; the open (unprepared) transaction is rolled back by the server."""
+        self._stream = None
         data, self._data = self._data, None
         control, self._control = self._control, None
         self._close_quietly(data)
