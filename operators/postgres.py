@@ -640,7 +640,9 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
         psycopg = self._psycopg
         if isinstance(exc, psycopg.OperationalError | psycopg.errors.LockNotAvailable):
             return self._unavailable("while writing", exc)
-        bad = self._find_bad_record(columns, rows)
+        bad = _copy_line_record(exc, rows) if self._sink.mode == "insert" else None
+        if bad is None:
+            bad = self._find_bad_record(columns, rows)
         shown = _shorten(dict(zip(columns, bad))) if bad is not None else "(not identified)"
         msg = (
             f"{self._where}: a record does not fit the table: {_one_line(exc)}; record "
@@ -873,6 +875,18 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
         control, self._control = self._control, None
         self._close_quietly(data)
         self._close_quietly(control)
+
+
+_COPY_LINE = re.compile(r"\bCOPY\b.*?, line (\d+)")
+
+
+def _copy_line_record(exc: BaseException, rows: list[Any]) -> Any:
+    """Return the row that a ``COPY`` error names by line number (1-based), if any."""
+    context = getattr(getattr(exc, "diag", None), "context", None) or ""
+    match = _COPY_LINE.search(context)
+    if match and 0 < int(match.group(1)) <= len(rows):
+        return rows[int(match.group(1)) - 1]
+    return None
 
 
 def _is_arrow(value: Any) -> bool:

@@ -113,6 +113,15 @@ def test_a_record_that_does_not_fit_names_the_sink_and_the_record_and_commits_no
     assert pg.prepared(job_name, "pg") == []
 
 
+def test_a_bad_record_deep_in_a_large_copy_is_found_by_its_line(pg) -> None:
+    table = pg.table("id bigint, name text")
+    items = [(i, "ok") for i in range(30_000)] + [("thirty thousand", "bad")] + [(1, "ok")] * 10
+    err = _fails(_pg_job(pg.job(), PostgresSink(pg.dsn, table), items), checkpoint_interval=30.0)
+
+    assert "{'id': 'thirty thousand', 'name': 'bad'}" in str(err)
+    assert pg.q(f"SELECT count(*) FROM {table}") == [(0,)]
+
+
 def test_a_not_null_violation_in_upsert_mode_shows_the_record(pg) -> None:
     table = pg.table("id bigint PRIMARY KEY, name text NOT NULL")
     sink = PostgresSink(pg.dsn, table, mode="upsert", key_columns=["id"])
