@@ -416,9 +416,8 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
                 msg = (
                     f"{self._where}: an earlier run of job {ctx.job_name!r} committed "
                     f"{earlier[0]} transactions into this table (last at {earlier[1]}) and there "
-                    f"is no checkpoint to resume from; rerun with --fresh to start over (its rows "
-                    f"stay in the table: delete them first in insert mode), or use another "
-                    f"checkpoint directory only if that is what you meant"
+                    f"is no checkpoint to resume from; rerun with --fresh to start over (the rows it "
+                    f"wrote stay in the table; in insert mode delete them first)"
                 )
                 raise SinkOutputExistsError(msg)
             if ctx.subtask_index == 0:
