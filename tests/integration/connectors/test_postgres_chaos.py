@@ -69,7 +69,7 @@ def test_redis_to_postgres_is_exactly_once_under_kills(pg, rds, redis_url, chaos
     runs = CliRuns(
         job_file=REPO / "jobs" / "redis_to_postgres.py",
         params={"redis": redis_url, "streams": ",".join(streams), "dsn": pg.dsn, "table": table,
-                "delay_us": "25"},
+                "delay_us": "60"},
         args=["--checkpoint-dir", str(tmp_path / "chk"), "--checkpoint-interval", "0.1",
               "--parallelism", "2", "--restart-delay", "0.1"],
         logs=tmp_path / "logs",
@@ -99,7 +99,7 @@ def test_redis_to_postgres_is_exactly_once_under_kills(pg, rds, redis_url, chaos
     # 1. random kills and named crash points, in a seeded order
     for kind, arg in runs.fault_plan(RANDOM_KILLS, LABELS, max_n=2):
         if kind == "random":
-            outcome = runs.run(kill_after=runs.rng.uniform(0.6, 2.0))
+            outcome = runs.run(kill_after=runs.rng.uniform(0.5, 1.6))
         else:
             outcome = runs.run(crash_at=str(arg))
         assert outcome.killed, (

@@ -24,7 +24,7 @@ from operators import FileSink, FileSource, SinkCommitError, read_committed_line
 from state_backends.key_groups import KeyGroupRange
 
 JOB_FILE = Path(__file__).resolve().parent / "jobs" / "s3_counts.py"
-N_FILES, LINES_PER_FILE, N_KEYS = 4, 8_000, 300
+N_FILES, LINES_PER_FILE, N_KEYS = 4, 12_000, 300
 
 
 def write_input(url: str, seed: int) -> Counter:
@@ -126,7 +126,7 @@ def test_s3_chaos_kills_resume_to_the_reference_output(s3_bucket, chaos_seed, tm
     out = f"{s3_bucket}/out"
     runs = CliRuns(
         job_file=JOB_FILE,
-        params={"input": f"{s3_bucket}/in", "output": out, "delay_us": "70"},
+        params={"input": f"{s3_bucket}/in", "output": out, "delay_us": "100"},
         args=["--checkpoint-dir", f"{s3_bucket}/chk", "--checkpoint-interval", "0.15",
               "--parallelism", "2", "--restart-delay", "0.1"],
         logs=tmp_path / "logs",
@@ -137,7 +137,7 @@ def test_s3_chaos_kills_resume_to_the_reference_output(s3_bucket, chaos_seed, tm
     labels = ["after_pending_rename_before_commit_rename", "after_metadata_before_notify", "mid_commit"]
     for kind, arg in runs.fault_plan(5, labels, max_n=2):
         if kind == "random":
-            outcome = runs.run(kill_after=runs.rng.uniform(0.8, 2.5))
+            outcome = runs.run(kill_after=runs.rng.uniform(0.6, 2.0))
         else:
             outcome = runs.run(crash_at=str(arg))
         assert outcome.killed, (
