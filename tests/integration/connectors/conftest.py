@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -23,8 +22,9 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[2]
 sys.path.insert(0, str(HERE))
+
+from connector_chaos import free_port  # noqa: E402
 
 PG_DSN = os.environ.get("ONCEFLOW_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("ONCEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -38,12 +38,6 @@ def unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: .ci/run must start this service)", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unique(prefix: str) -> str:

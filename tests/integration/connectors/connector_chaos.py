@@ -1,4 +1,4 @@
-"""A small subprocess chaos harness for the connector tests.
+"""A small subprocess chaos harness (and shared helpers) for the connector tests.
 
 Every run is ``python -m engine.cli run JOBFILE ...`` in its own session (so
 its whole process group can be killed) with a random ``PYTHONHASHSEED``. A
@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,9 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import REPO
-
+REPO = Path(__file__).resolve().parents[3]
 RUN_TIMEOUT = 90.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass

@@ -14,7 +14,7 @@ import sys
 import uuid
 
 import pytest
-from conftest import REPO, free_port
+from connector_chaos import REPO, free_port
 
 from engine import Job, OperatorError
 from engine.context import SubtaskContext

@@ -18,8 +18,7 @@ import time
 from collections import defaultdict
 
 import pytest
-from conftest import REPO
-from connector_chaos import CliRuns
+from connector_chaos import REPO, CliRuns
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
