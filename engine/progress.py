@@ -40,7 +40,8 @@ class ProgressDisplay:
             self.stream.write("\n".join(lines) + "\n")
             self._drawn = len(lines)
         else:
-            self.stream.write("onceflow: " + " | ".join(lines[1:]) + "\n")
+            ops = (" ".join(line.split()) for line in lines[1:])
+            self.stream.write("onceflow: " + " | ".join([lines[0], *ops]) + "\n")
         self.stream.flush()
 
     def render(self, executor: Any, elapsed: float) -> list[str]:
