@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from itertools import compress
+from operator import not_
 from typing import Any, Protocol
 
 from engine.elements import Batch
@@ -202,15 +204,25 @@ class HashGate(OutputGate):
                 channels[0].put(Batch(records, keys))
                 return
             n = len(channels)
-            out_records: list[list] = [[] for _ in range(n)]
-            out_keys: list[list] = [[] for _ in range(n)]
-            miss = self._miss
-            for record, key in zip(records, keys):
-                target = get(key)
-                if target is None:
-                    target = miss(key)
-                out_records[target].append(record)
-                out_keys[target].append(key)
+            if n == 2:
+                # Two targets (the common case): C-level passes only. The targets are
+                # 0/1, so they select target 1 themselves and their negation target 0.
+                targets = list(map(get, keys))
+                if None in targets:
+                    targets = [t if t is not None else self._miss(k) for t, k in zip(targets, keys)]
+                others = list(map(not_, targets))
+                out_records = [list(compress(records, others)), list(compress(records, targets))]
+                out_keys = [list(compress(keys, others)), list(compress(keys, targets))]
+            else:
+                out_records = [[] for _ in range(n)]
+                out_keys = [[] for _ in range(n)]
+                miss = self._miss
+                for record, key in zip(records, keys):
+                    target = get(key)
+                    if target is None:
+                        target = miss(key)
+                    out_records[target].append(record)
+                    out_keys[target].append(key)
         except TypeError as exc:
             if isinstance(exc, KeyEncodingError) or isinstance(exc, OperatorError):
                 raise
