@@ -335,7 +335,10 @@ def _worker_main(
 ) -> None:
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps a hung worker
+    # `kill -USR1` dumps a hung worker; not possible when stderr has no file descriptor (a
+    # captured or notebook stream), and that must not kill the worker before it can report
+    with contextlib.suppress(OSError, ValueError, RuntimeError, AttributeError):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     transport = _Transport(control, peers)
     worker = None
     code = 0
