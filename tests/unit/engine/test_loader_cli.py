@@ -55,11 +55,12 @@ EXPECTED = ["a,1", "b,1", "a,2", "c,1", "a,3"]
 
 
 class Workspace:
-    """An input folder, an output folder, a checkpoint folder and a job file."""
+    """An input folder, an output folder, a checkpoint folder, a job file and an executor."""
 
-    def __init__(self, root: Path, job_file: Path) -> None:
+    def __init__(self, root: Path, job_file: Path, executor: str = "local") -> None:
         self.root = root
         self.job_file = job_file
+        self.executor = executor
         self.input = root / "in"
         self.out = root / "out"
         self.chk = root / "chk"
@@ -76,23 +77,28 @@ class Workspace:
             str(self.chk),
             "--progress",
             "off",
+            "--executor",
+            self.executor,
             *extra,
         ]
 
 
 @pytest.fixture
 def ws(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     input_factory: Callable[..., Path],
     job_file_factory: Callable[[str, str], Path],
 ) -> Workspace:
+    """A workspace whose runs use the test's ``executor`` if it takes one (else ``local``)."""
     input_factory({"words.txt": "a b\na c a\n"})
-    return Workspace(tmp_path, job_file_factory(COUNT_JOB, "count_job.py"))
+    executor = request.getfixturevalue("executor") if "executor" in request.fixturenames else "local"
+    return Workspace(tmp_path, job_file_factory(COUNT_JOB, "count_job.py"), executor)
 
 
 @pytest.fixture
-def finished(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> Workspace:
-    """The workspace after one successful run: committed output and a final checkpoint."""
+def finished(ws: Workspace, executor: str, capsys: pytest.CaptureFixture[str]) -> Workspace:
+    """The workspace after one successful run under ``executor``: output and a final checkpoint."""
     assert main(ws.run_args()) == 0
     capsys.readouterr()
     assert read_committed_lines(str(ws.out)) == EXPECTED
@@ -114,7 +120,9 @@ def unchanged_tree(snapshot: TreeSnapshot, root: Path) -> dict[str, tuple[int, b
 # --------------------------------------------------------------------------- success
 
 
-def test_run_prints_where_the_output_is(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_prints_where_the_output_is(
+    ws: Workspace, executor: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(ws.run_args())
 
     out = capsys.readouterr().out
@@ -274,7 +282,9 @@ def test_unknown_parameter_is_a_usage_error_listing_the_accepted_names(
 def test_process_executor_on_memory_storage_is_a_usage_error_without_restarts(
     ws: Workspace, capsys: pytest.CaptureFixture[str], memory_dir: str
 ) -> None:
-    code = main(ws.run_args("--executor", "process", "--checkpoint-dir", memory_dir))
+    ws.executor = "process"  # the point of the test: memory:// is refused by this executor only
+
+    code = main(ws.run_args("--checkpoint-dir", memory_dir))
 
     err = capsys.readouterr().err
     line = one_error_line(err)
@@ -316,7 +326,7 @@ def test_unwritable_checkpoint_dir_is_a_usage_error(
 
 
 def test_output_directory_of_another_job_is_a_usage_error_and_left_alone(
-    ws: Workspace, capsys: pytest.CaptureFixture[str], tree_snapshot: TreeSnapshot
+    ws: Workspace, executor: str, capsys: pytest.CaptureFixture[str], tree_snapshot: TreeSnapshot
 ) -> None:
     ws.out.mkdir()
     (ws.out / MARKER_NAME).write_text(json.dumps({"job": "payroll", "sink": "write"}))
@@ -346,7 +356,7 @@ def test_other_parameters_on_the_same_checkpoints_are_a_usage_error(
 
 
 def test_parameter_without_equals_sign_is_a_usage_error(
-    ws: Workspace, capsys: pytest.CaptureFixture[str]
+    ws: Workspace, executor: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(ws.run_args("-p", "verbose"))
 
@@ -356,7 +366,7 @@ def test_parameter_without_equals_sign_is_a_usage_error(
 
 
 def test_bad_argument_value_exits_with_usage_code(
-    ws: Workspace, capsys: pytest.CaptureFixture[str]
+    ws: Workspace, executor: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as info:
         main(ws.run_args("--parallelism", "0"))
@@ -370,6 +380,7 @@ def test_bad_argument_value_exits_with_usage_code(
 
 def test_unsupported_key_type_fails_with_exit_1_naming_operator_and_type(
     ws: Workspace,
+    executor: str,
     capsys: pytest.CaptureFixture[str],
     job_file_factory: Callable[[str, str], Path],
 ) -> None:
@@ -388,6 +399,7 @@ def test_unsupported_key_type_fails_with_exit_1_naming_operator_and_type(
 
 def test_verbose_failure_prints_the_traceback(
     ws: Workspace,
+    executor: str,
     capsys: pytest.CaptureFixture[str],
     job_file_factory: Callable[[str, str], Path],
 ) -> None:
