@@ -572,6 +572,8 @@ class ProcessExecutor:
                     except (EOFError, OSError):
                         pass
                     if w in exited and w not in self._stopped and not errors:
+                        # its sentinel fires as it exits, maybe before it can be reaped
+                        self.processes[w].join(timeout=1.0)
                         code = self.processes[w].exitcode
                         errors.append(WorkerError(
                             f"worker process {w} died (exit code {code})",
