@@ -1,4 +1,5 @@
-"""Fault-injection tests: kill -9 ``onceflow run`` at random times and at named crash points.
+"""Fault-injection tests: kill -9 ``onceflow run`` at random times and at named crash points
+(under the process executor a crash point in an operator kills one worker, not the run).
 
 Every test resumes by rerunning the same command until the job finishes, then
 compares the committed output with a plain-Python oracle (``oracle.py``):
@@ -77,43 +78,71 @@ CRASH_CASES = [
 CRASH_CASES_P1 = {"after_metadata_before_notify", "mid_commit", "during_restore", "during_commit_on_restore"}
 """Labels also run at parallelism 1 (all run at 2): those where sink ownership on restore matters."""
 
+RUNNER_LABELS = {
+    "after_task_snapshots_before_metadata",
+    "after_metadata_before_notify",
+    "end_of_input_before_final_checkpoint",
+    "mid_checkpoint_delete",
+}
+"""Crash points of the checkpoint coordinator: passed in the runner process under both executors.
+The others are passed by operators, so under the process executor in a worker."""
+
+CRASH_PARAMS = [
+    pytest.param(label, n, setup, p, executor, id=f"{executor}-{label}-p{p}")
+    for executor in ("local", "process")
+    for label, n, setup in CRASH_CASES
+    for p in (1, 2)
+    # process executor at parallelism 2 only (two workers, a sink in each): p=1 adds little, and time
+    if p == 2 or (executor == "local" and label in CRASH_CASES_P1)
+]
+
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize(
-    ("label", "n", "setup", "parallelism"),
-    [(*case, p) for case in CRASH_CASES for p in (1, 2) if p == 2 or case[0] in CRASH_CASES_P1],
-    ids=[f"{case[0]}-p{p}" for case in CRASH_CASES for p in (1, 2) if p == 2 or case[0] in CRASH_CASES_P1],
-)
+@pytest.mark.parametrize(("label", "n", "setup", "parallelism", "executor"), CRASH_PARAMS)
 def test_named_crash_points(
     label: str,
     n: int | None,
     setup: str | None,
     parallelism: int,
+    executor: str,
     workload: Workload,
     chaos_dir,
     chaos_seed: int,
 ) -> None:
-    # Crash points count passes per process: with the process executor a worker's
-    # crash is a task failure (restart), not a dead runner, so these run locally.
+    """Crash at ``label:n`` (n-th pass in the run), then finish and compare with the oracle.
+
+    A crash point in the runner kills the run (-9); one in a worker (process
+    executor) kills that worker only, and the runner restarts the attempt from
+    the latest checkpoint in-process, so the same run ends exactly-once (exit 0)."""
     run = ChaosRun(
         chaos_dir,
         workload,
         chaos_seed,
         parallelism=parallelism,
         delay_us=FAST_US,
-        executor="local",
+        executor=executor,
+        args=["--restart-delay", "0.05"],
     )
     n = parallelism if n is None else n
     if setup is not None:
         run.expect_killed(run.run(crash_at=setup))
     outcome = run.run(crash_at=f"{label}:{n}")
-    run.expect_killed(outcome)
     assert f"crash point {label}:{n} reached" in outcome.stderr, (
-        f"run died by SIGKILL but not at {label}:{n}: {outcome.stderr[-2000:]}; {run.where()}"
+        f"run exited {outcome.returncode} but never reached {label}:{n}: "
+        f"{outcome.stderr[-2000:]}; {run.where()}"
     )
-    run.run_to_completion()
+    if executor == "process" and label not in RUNNER_LABELS:
+        run.expect_ok(outcome)
+        restarts = [line for line in outcome.stderr.splitlines() if "restarting" in line]
+        assert len(restarts) == 1 and "died (exit code -9)" in restarts[0], (
+            f"expected one restart after a worker died: {restarts}; {run.where()}"
+        )
+        assert "1 restart(s)" in outcome.stdout, outcome.stdout
+    else:
+        run.expect_killed(outcome)
+        run.run_to_completion()
     figures = run.check_final()
-    run.summary(f"test_named_crash_points[{label}:{n},p={parallelism}]", figures)
+    run.summary(f"test_named_crash_points[{executor},{label}:{n},p={parallelism}]", figures)
 
 
 FAIL_AT = 90_006
