@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for table in tables:
                 admin.execute(f"DROP TABLE IF EXISTS {table}")
+            if admin.execute("SELECT to_regclass('onceflow_commits')").fetchone()[0]:
+                admin.execute("DELETE FROM onceflow_commits WHERE target = ANY(%s)",
+                              ([f"public.{t}" for t in tables],))
     base = {"insert": results[0]["rows_per_s"], "upsert": results[2]["rows_per_s"]}
     print(f"PostgresSink throughput, {args.rows:,} rows (id bigint, name text, value double), "
           f"batches of {args.batch}, a checkpoint every {args.checkpoint_rows:,} rows\n")
