@@ -16,7 +16,8 @@ Labels used by the engine and the shipped connectors:
 ``during_commit_on_restore`` (before each committable a restored sink
 re-commits), ``end_of_input_before_final_checkpoint``, ``mid_checkpoint_delete``
 (a checkpoint's ``_metadata`` is gone, its files not yet: retention, abort or
-``--fresh`` interrupted).
+``--fresh`` interrupted). The PostgreSQL sink adds ``after_prepare_before_ack``
+and ``after_commit_prepared_before_bookkeeping``.
 """
 
 from __future__ import annotations
