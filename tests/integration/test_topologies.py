@@ -79,13 +79,17 @@ def test_broadcast_and_rebalance_deliver_every_record(executor):
 
 
 @pytest.mark.timeout(300)
-def test_memory_stays_bounded_with_a_slow_sink(tmp_path):
-    n = 5_000_000
-    src = tmp_path / "in.txt"
-    with src.open("w") as f:
+def _write_records(path: Path, n: int) -> None:
+    with path.open("w") as f:
         chunk = "".join(f"record-{i:08d}\n" for i in range(100_000))
         for _ in range(n // 100_000):
             f.write(chunk)
+
+
+def test_memory_stays_bounded_with_a_slow_sink(tmp_path):
+    n = 5_000_000
+    src = tmp_path / "in.txt"
+    _write_records(src, n)
     out = tmp_path / "out"
     # VmHWM is the peak RSS of this process image only (a fork's copy of pytest's
     # memory before exec does not count, unlike RUSAGE_CHILDREN)
@@ -107,3 +111,38 @@ def test_memory_stays_bounded_with_a_slow_sink(tmp_path):
     lines = read_committed_lines(str(out))
     assert len(lines) == n
     assert lines[0].startswith("RECORD-")
+
+
+@pytest.mark.timeout(300)
+def test_memory_stays_bounded_with_a_slow_sink_in_worker_processes(tmp_path):
+    """The process executor: runner plus workers, summed as PSS (forked pages shared once)."""
+    psutil = pytest.importorskip("psutil")
+    n = 5_000_000
+    src = tmp_path / "in.txt"
+    _write_records(src, n)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "run", str(ROOT / "tests/integration/jobs/slow_sink.py"),
+         "-p", f"input={src}", "-p", f"output={out}", "-p", "sleep_ms=1",
+         "--checkpoint-dir", str(tmp_path / "chk"), "--progress", "off", "--channel-capacity", "4",
+         "--executor", "process", "--parallelism", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    runner = psutil.Process(proc.pid)
+    peak = 0
+    deadline = time.monotonic() + 280
+    while proc.poll() is None and time.monotonic() < deadline:
+        total = 0
+        try:
+            for p in [runner, *runner.children(recursive=True)]:
+                total += p.memory_full_info().pss
+        except psutil.Error:
+            pass  # a process ended between listing and reading
+        peak = max(peak, total)
+        time.sleep(0.2)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    peak_mb = peak / 2**20
+    print(f"peak PSS of runner + 2 workers with {n:,} records and a slow sink: {peak_mb:.0f} MB")
+    assert 0 < peak_mb < 300
+    assert len(read_committed_lines(str(out))) == n
