@@ -1,0 +1,103 @@
+"""Names, hidden-file rules and path helpers shared by ``FileSource`` and ``FileSink``.
+
+Names in a sink directory (``<n>`` is a checkpoint id)::
+
+    part-<subtask:05d>-<n:010d><suffix>               committed output, the only visible files
+    .<uid>-<subtask>-<attempt>-<seq>.inprogress       open transaction, since the last barrier
+    .part-<subtask:05d>-<n:010d>.<attempt>.pending    pre-committed at barrier <n>, not yet visible
+    _onceflow_sink.json                               which job and sink own the directory
+
+Readers skip names that start with ``.`` or ``_``, so only committed output is
+ever read.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+from operators.errors import (
+    SourceNotFoundError,
+)
+
+FILE_DONE = -1
+"""Offset recorded for a file read to its end, so a restore never reopens it."""
+
+MARKER_NAME = "_onceflow_sink.json"
+"""The file naming the job and sink that own a :class:`FileSink` directory."""
+
+HIDDEN_PREFIXES = (".", "_")
+GLOB_CHARS = frozenset("*?[")
+UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+PENDING_NAME = re.compile(
+    r"^\.part-(?P<subtask>\d+)-(?P<checkpoint>\d+)\.(?P<attempt>.+)\.pending$"
+)
+COMMITTED_NAME = re.compile(r"^part-(?P<subtask>\d+)-(?P<checkpoint>\d+)")
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(HIDDEN_PREFIXES)
+
+
+def safe_name(text: str) -> str:
+    """Make a uid or attempt id usable inside a file name on every filesystem."""
+    return UNSAFE_NAME_CHARS.sub("_", text)
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable: POSIX persists renames only with the directory."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- source
+
+
+def visible_files_below(fs: AbstractFileSystem, root: str) -> list[str]:
+    """List files under ``root`` recursively, skipping any hidden name on the way down."""
+    prefix = root.rstrip("/") + "/"
+    found = []
+    for path in fs.find(root):
+        relative = path[len(prefix) :] if path.startswith(prefix) else posixpath.basename(path)
+        if not any(is_hidden(part) for part in relative.split("/")):
+            found.append(path)
+    return found
+
+
+def resolve_input(path: str) -> tuple[AbstractFileSystem, list[str]]:
+    """Expand a file, directory or glob into its readable files, sorted.
+
+    Raises:
+        SourceNotFoundError: nothing exists at ``path`` or it matches no readable file.
+    """
+    fs, root = fsspec.core.url_to_fs(path)
+    if fs.isfile(root):
+        files = [root]
+    elif fs.isdir(root):
+        files = visible_files_below(fs, root)
+    elif GLOB_CHARS.intersection(root):
+        files = []
+        for match, info in fs.glob(root, detail=True).items():
+            if is_hidden(posixpath.basename(match.rstrip("/"))):
+                continue
+            if info.get("type") == "directory":
+                files.extend(visible_files_below(fs, match))
+            else:
+                files.append(match)
+    else:
+        msg = f"FileSource input {path!r} does not exist; check the path (or the -p parameter)"
+        raise SourceNotFoundError(msg)
+    if not files:
+        msg = (
+            f"FileSource input {path!r} matches no readable file (names starting with "
+            f"'.' or '_' are skipped); check the path or glob"
+        )
+        raise SourceNotFoundError(msg)
+    return fs, sorted(set(files))
