@@ -125,12 +125,19 @@ class CheckpointCoordinator:
         self._last_trigger = now
         self._last_end = now
 
-    def tick(self, now: float) -> None:
-        """Abort an expired checkpoint, or trigger the next one when it is due."""
+    def tick(self, now: float, *, drained: bool = False) -> None:
+        """Abort an expired checkpoint, or trigger the next one when it is due.
+
+        ``drained`` says every subtask has ended its input: then the final
+        checkpoint is triggered as soon as none is pending, whatever the interval.
+        """
         pending = self.pending
         if pending is not None:
             if now - pending.started > self.settings.timeout:
                 self.abort(CheckpointFailureReason.TIMEOUT)
+            return
+        if drained:
+            self.trigger(final=True)
             return
         if (
             now - self._last_trigger >= self.settings.interval

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -30,7 +30,8 @@ from engine.errors import (
     OnceflowError,
     OperatorError,
 )
-from engine.executors.local import ExecutionSettings, LocalExecutor
+from engine.executors._wiring import Attempt, ExecutionSettings
+from engine.executors.local import LocalExecutor
 from engine.executors.process import ProcessExecutor
 from engine.plan import PhysicalPlan, build_plan
 from engine.storage import CheckpointStore
@@ -188,23 +189,18 @@ class JobRunner:
             log.info("restoring from checkpoint %d", restored_id)
         finished = restore is not None and restore.meta.get("final")
         executor_class = LocalExecutor if finished else EXECUTORS[self.executor]
-        executor = executor_class(
+        attempt = Attempt(
             plan=self.plan,
             store=self.store,
-            settings=ExecutionSettings(
-                batch_size=self.settings.batch_size,
-                channel_capacity=self.settings.channel_capacity,
-                checkpoint=self.settings.checkpoint,
-                overwrite_output=self.fresh and restore is None,
-            ),
+            settings=replace(self.settings, overwrite_output=self.fresh and restore is None),
             attempt_id=uuid.uuid4().hex[:12],
             restored_checkpoint_id=restored_id,
             restored=restore.states if restore else {},
             first_checkpoint_id=next_id,
             completed=completed,
-            on_tick=self.on_tick,
             params=self.params,
         )
+        executor = executor_class(attempt, on_tick=self.on_tick)
         sinks = [
             op.config["sink"] for t in self.plan.tasks for op in t.operators if "sink" in op.config
         ]

@@ -13,8 +13,10 @@ from typing import Any
 
 from engine.channels import BroadcastGate, ForwardGate, HashGate, OutputGate, RebalanceGate
 from engine.context import SubtaskContext
+from engine.coordinator import CheckpointCoordinator, CoordinatorSettings
 from engine.graph import OperatorKind, Partitioning
 from engine.plan import PhysicalPlan, TaskSpec
+from engine.storage import CheckpointStore
 from engine.task import SnapshotSink, Subtask
 from operators.base import RestoredState
 from state_backends.key_groups import key_group_range_for_subtask
@@ -48,6 +50,16 @@ def channel_ids(plan: PhysicalPlan) -> list[ChannelId]:
 
 
 @dataclass(frozen=True)
+class ExecutionSettings:
+    """Knobs of one run that executors share."""
+
+    batch_size: int = 1024
+    channel_capacity: int = 8
+    checkpoint: CoordinatorSettings = CoordinatorSettings()
+    overwrite_output: bool = False
+
+
+@dataclass(frozen=True)
 class SubtaskSettings:
     """What every subtask of an attempt shares."""
 
@@ -55,6 +67,51 @@ class SubtaskSettings:
     attempt_id: str
     restored_checkpoint_id: int | None
     overwrite_output: bool
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Everything one attempt of a run starts from: the runner builds it, an executor runs it."""
+
+    plan: PhysicalPlan
+    store: CheckpointStore
+    settings: ExecutionSettings
+    attempt_id: str
+    restored_checkpoint_id: int | None
+    restored: dict[tuple[str, int], RestoredState]
+    first_checkpoint_id: int
+    completed: dict[int, dict[str, Any]]
+    params: dict[str, str]
+
+    def subtask_settings(self) -> SubtaskSettings:
+        """Return what every subtask of this attempt shares."""
+        return SubtaskSettings(
+            batch_size=self.settings.batch_size,
+            attempt_id=self.attempt_id,
+            restored_checkpoint_id=self.restored_checkpoint_id,
+            overwrite_output=self.settings.overwrite_output,
+        )
+
+    def coordinator(
+        self,
+        subtasks: list[tuple[int, int]],
+        *,
+        trigger_sources: Callable[[int, bool], None],
+        notify_complete: Callable[[int], None],
+        notify_abort: Callable[[int], None],
+    ) -> CheckpointCoordinator:
+        """Return this attempt's checkpoint coordinator, wired to the executor's callbacks."""
+        return CheckpointCoordinator(
+            store=self.store,
+            job_info=job_info(self.plan, self.params),
+            subtasks=subtasks,
+            settings=self.settings.checkpoint,
+            first_checkpoint_id=self.first_checkpoint_id,
+            completed=self.completed,
+            trigger_sources=trigger_sources,
+            notify_complete=notify_complete,
+            notify_abort=notify_abort,
+        )
 
 
 def build_subtask(

@@ -18,32 +18,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.channels import LocalChannel
-from engine.coordinator import CheckpointCoordinator, CoordinatorSettings
+from engine.coordinator import CheckpointCoordinator
 from engine.errors import CheckpointFailureReason, OnceflowError
 from engine.executors._wiring import (
-    SubtaskSettings,
+    Attempt,
+    ExecutionSettings,
     build_subtask,
     channel_ids,
-    job_info,
     open_subtask,
 )
-from engine.plan import PhysicalPlan
 from engine.storage import CheckpointStore
 from engine.task import Subtask, SubtaskStatus
-from operators.base import OperatorSnapshot, RestoredState
+from operators.base import OperatorSnapshot
 from state_backends.arrow_snapshot import write_state_file
 
+__all__ = ["ExecutionSettings", "LocalExecutor", "SnapshotWriter"]
+
 log = logging.getLogger("onceflow")
-
-
-@dataclass(frozen=True)
-class ExecutionSettings:
-    """Knobs of one run that executors share."""
-
-    batch_size: int = 1024
-    channel_capacity: int = 8
-    checkpoint: CoordinatorSettings = CoordinatorSettings()
-    overwrite_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,37 +103,17 @@ class LocalExecutor:
     """Builds channels and subtasks from a plan and runs them to the final checkpoint."""
 
     def __init__(
-        self,
-        *,
-        plan: PhysicalPlan,
-        store: CheckpointStore,
-        settings: ExecutionSettings,
-        attempt_id: str,
-        restored_checkpoint_id: int | None,
-        restored: dict[tuple[str, int], RestoredState],
-        first_checkpoint_id: int,
-        completed: dict[int, dict[str, Any]],
-        on_tick: Callable[[LocalExecutor, float], None] | None = None,
-        params: dict[str, str] | None = None,
+        self, attempt: Attempt, *, on_tick: Callable[[LocalExecutor, float], None] | None = None
     ) -> None:
-        self.plan = plan
-        self.params = dict(params or {})
-        self.store = store
-        self.settings = settings
-        self.attempt_id = attempt_id
-        self.restored_checkpoint_id = restored_checkpoint_id
-        self.writer = SnapshotWriter(store, plan.max_parallelism)
+        self.plan = attempt.plan
+        self.settings = attempt.settings
+        self.writer = SnapshotWriter(attempt.store, attempt.plan.max_parallelism)
         self.subtasks: list[Subtask] = []
         self.sources: list[Subtask] = []
         self._on_tick = on_tick
-        self._build(restored)
-        self.coordinator = CheckpointCoordinator(
-            store=store,
-            job_info=job_info(self.plan, self.params),
-            subtasks=[st.key for st in self.subtasks],
-            settings=settings.checkpoint,
-            first_checkpoint_id=first_checkpoint_id,
-            completed=completed,
+        self._build(attempt)
+        self.coordinator = attempt.coordinator(
+            [st.key for st in self.subtasks],
             trigger_sources=self._trigger_sources,
             notify_complete=self._notify_complete,
             notify_abort=self._notify_abort,
@@ -150,15 +121,10 @@ class LocalExecutor:
 
     # -- building ------------------------------------------------------------
 
-    def _build(self, restored: dict[tuple[str, int], RestoredState]) -> None:
+    def _build(self, attempt: Attempt) -> None:
         cap = self.settings.channel_capacity
         channels = {cid: LocalChannel(cap, str(cid)) for cid in channel_ids(self.plan)}
-        settings = SubtaskSettings(
-            batch_size=self.settings.batch_size,
-            attempt_id=self.attempt_id,
-            restored_checkpoint_id=self.restored_checkpoint_id,
-            overwrite_output=self.settings.overwrite_output,
-        )
+        settings = attempt.subtask_settings()
         for task in self.plan.tasks:
             for i in range(task.parallelism):
                 subtask = build_subtask(
@@ -167,7 +133,7 @@ class LocalExecutor:
                 self.subtasks.append(subtask)
                 if task.is_source:
                     self.sources.append(subtask)
-                open_subtask(subtask, self.plan, restored, settings)
+                open_subtask(subtask, self.plan, attempt.restored, settings)
 
     # -- coordinator callbacks -------------------------------------------------
 
@@ -223,12 +189,9 @@ class LocalExecutor:
                 now = clock()
                 for subtask in ticking:
                     subtask.tick(now)
-                if coordinator.pending is None and all(
-                    st.status is SubtaskStatus.DRAINED for st in subtasks
-                ):
-                    coordinator.trigger(final=True)
-                    continue
-                coordinator.tick(now)
+                coordinator.tick(
+                    now, drained=all(st.status is SubtaskStatus.DRAINED for st in subtasks)
+                )
                 if self._on_tick is not None:
                     self._on_tick(self, now)
                 if progressed:

@@ -37,17 +37,17 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from engine.channels import LocalChannel
-from engine.coordinator import CheckpointCoordinator
 from engine.errors import CheckpointFailureReason, CheckpointStorageError, OnceflowError, OperatorError
 from engine.executors._wiring import (
+    Attempt,
     ChannelId,
+    ExecutionSettings,
     SubtaskSettings,
     build_subtask,
-    job_info,
     open_subtask,
     plan_edges,
 )
-from engine.executors.local import ExecutionSettings, SnapshotWriter
+from engine.executors.local import SnapshotWriter
 from engine.plan import PhysicalPlan
 from engine.storage import CheckpointStore
 from engine.task import Subtask, SubtaskStatus
@@ -420,19 +420,9 @@ class ProcessExecutor:
     """Runs a plan in worker processes; same interface as ``LocalExecutor``."""
 
     def __init__(
-        self,
-        *,
-        plan: PhysicalPlan,
-        store: CheckpointStore,
-        settings: ExecutionSettings,
-        attempt_id: str,
-        restored_checkpoint_id: int | None,
-        restored: dict[tuple[str, int], RestoredState],
-        first_checkpoint_id: int,
-        completed: dict[int, dict[str, Any]],
-        on_tick: Callable[[Any, float], None] | None = None,
-        params: dict[str, str] | None = None,
+        self, attempt: Attempt, *, on_tick: Callable[[Any, float], None] | None = None
     ) -> None:
+        plan, store, settings = attempt.plan, attempt.store, attempt.settings
         if "memory" in store.fs.protocol:
             msg = (
                 "the process executor needs checkpoint storage that worker processes share "
@@ -453,23 +443,13 @@ class ProcessExecutor:
         ]
         self.sources = [v for v in self.subtasks if v.reader]
         self._views = {v.key: v for v in self.subtasks}
-        self.coordinator = CheckpointCoordinator(
-            store=store,
-            job_info=job_info(plan, params or {}),
-            subtasks=[v.key for v in self.subtasks],
-            settings=settings.checkpoint,
-            first_checkpoint_id=first_checkpoint_id,
-            completed=completed,
+        self.coordinator = attempt.coordinator(
+            [v.key for v in self.subtasks],
             trigger_sources=self._trigger_sources,
             notify_complete=lambda n: self._broadcast(("complete", n)),
             notify_abort=lambda n: self._broadcast(("abort", n)),
         )
-        subtask_settings = SubtaskSettings(
-            batch_size=settings.batch_size,
-            attempt_id=attempt_id,
-            restored_checkpoint_id=restored_checkpoint_id,
-            overwrite_output=settings.overwrite_output,
-        )
+        subtask_settings = attempt.subtask_settings()
         ctx = multiprocessing.get_context("fork")
         n = self.workers_count
         ends: dict[tuple[int, int], Connection] = {}
@@ -485,7 +465,8 @@ class ProcessExecutor:
             proc = ctx.Process(
                 target=_worker_main,
                 args=(
-                    w, n, plan, restored, settings, subtask_settings, store.url, child_end, peers,
+                    w, n, plan, attempt.restored, settings, subtask_settings, store.url,
+                    child_end, peers,
                     os.getpid(),
                 ),
                 name=f"onceflow-worker-{w}",
@@ -591,12 +572,9 @@ class ProcessExecutor:
                         stop_sent = True
                     continue
                 now = clock()
-                if coordinator.pending is None and all(
-                    v.status is SubtaskStatus.DRAINED for v in self.subtasks
-                ):
-                    coordinator.trigger(final=True)
-                else:
-                    coordinator.tick(now)
+                coordinator.tick(
+                    now, drained=all(v.status is SubtaskStatus.DRAINED for v in self.subtasks)
+                )
                 if self._on_tick is not None:
                     self._on_tick(self, now)
         finally:
