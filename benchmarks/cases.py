@@ -48,7 +48,7 @@ CHECKPOINTS_OFF = 1e9
 
 
 def _settings(interval: float, batch_size: int = 1024) -> Any:
-    from engine import CoordinatorSettings, ExecutionSettings
+    from onceflow import CoordinatorSettings, ExecutionSettings
 
     return ExecutionSettings(
         batch_size=batch_size, checkpoint=CoordinatorSettings(interval=interval, timeout=120.0)
@@ -57,7 +57,7 @@ def _settings(interval: float, batch_size: int = 1024) -> Any:
 
 def _run_engine(job: Any, tmp: str, interval: float, **kwargs: Any) -> tuple[float, Any, Any]:
     """Run ``job`` with checkpoints under ``tmp``; return (seconds, result, runner)."""
-    from engine import JobRunner
+    from onceflow import JobRunner
 
     checkpoint_dir = tempfile.mkdtemp(prefix="chk-", dir=tmp)
     runner = JobRunner(job, checkpoint_dir=checkpoint_dir, settings=_settings(interval), **kwargs)
@@ -68,25 +68,29 @@ def _run_engine(job: Any, tmp: str, interval: float, **kwargs: Any) -> tuple[flo
 
 
 def _keyed_count_job(source: Any, sink: CountingSink) -> Any:
-    from engine import Job
+    from onceflow import Job
 
     job = Job("bench-keyed-count")
-    (job.source(source, name="words", uid="words")
+    (
+        job.source(source, name="words", uid="words")
         .map(to_pair, name="pair")
         .key_by(key_of)
         .reduce(add, name="count", uid="count")
-        .sink(sink, name="count-sink", uid="count-sink"))
+        .sink(sink, name="count-sink", uid="count-sink")
+    )
     return job
 
 
 def _stateless_job(source: Any, sink: CountingSink) -> Any:
-    from engine import Job
+    from onceflow import Job
 
     job = Job("bench-stateless")
-    (job.source(source, name="words", uid="words")
+    (
+        job.source(source, name="words", uid="words")
         .map(to_pair, name="pair")
         .filter(is_short, name="short")
-        .sink(sink, name="count-sink", uid="count-sink"))
+        .sink(sink, name="count-sink", uid="count-sink")
+    )
     return job
 
 
@@ -129,7 +133,7 @@ def case_keyed_count(variant: str, n: int, tmp: str) -> dict[str, Any]:
     if variant == "engine_filesource_ckpt_1s":
         path = os.path.join(tmp, "words.txt")
         write_words_file(path, words)
-        from operators import FileSource
+        from onceflow import FileSource
 
         source: Any = FileSource(path)
     else:
@@ -213,7 +217,9 @@ def case_stateless(variant: str, n: int, tmp: str) -> dict[str, Any]:
     seconds, result, _ = _run_engine(_stateless_job(SliceSource(words), sink), tmp, interval)
     _check(stateless_loop(words), sink.committed, variant)
     return {
-        "seconds": seconds, "records": n, "emitted": sink.committed,
+        "seconds": seconds,
+        "records": n,
+        "emitted": sink.committed,
         "checkpoints": result.checkpoints_completed,
     }
 
@@ -229,18 +235,27 @@ def process_executor_support() -> tuple[Callable[..., Any] | None, str]:
     """
     import inspect
 
-    from engine import JobRunner
+    from onceflow import JobRunner
 
     params = inspect.signature(JobRunner.__init__).parameters
     if "executor" not in params:
         return None, "skipped: process executor not available (JobRunner has no executor=)"
     job_file_arg = next((p for p in ("job_file", "jobfile", "job_path") if p in params), None)
 
-    def make_runner(job: Any, job_file: str, run_params: dict[str, str], checkpoint_dir: str,
-                    parallelism: int, settings: Any) -> Any:
+    def make_runner(
+        job: Any,
+        job_file: str,
+        run_params: dict[str, str],
+        checkpoint_dir: str,
+        parallelism: int,
+        settings: Any,
+    ) -> Any:
         kwargs: dict[str, Any] = {
-            "checkpoint_dir": checkpoint_dir, "parallelism": parallelism,
-            "settings": settings, "params": run_params, "executor": "process",
+            "checkpoint_dir": checkpoint_dir,
+            "parallelism": parallelism,
+            "settings": settings,
+            "params": run_params,
+            "executor": "process",
         }
         if job_file_arg:
             kwargs[job_file_arg] = job_file
@@ -271,7 +286,7 @@ def _plain_processes(n: int, processes: int) -> float:
 def case_scaling(variant: str, n: int, tmp: str) -> dict[str, Any]:
     if variant.startswith("plain_"):
         return {"seconds": _plain_processes(n, 2 if variant.endswith("p2") else 1), "records": n}
-    from engine.loader import load_job
+    from onceflow.engine.loader import load_job
 
     job_file = str(JOBS_DIR / "scaling.py")
     params = {"n": str(n), "shuffle": "0" if variant.endswith("_noshuffle") else "1"}
@@ -280,10 +295,13 @@ def case_scaling(variant: str, n: int, tmp: str) -> dict[str, Any]:
     settings = _settings(1.0)
     parallelism = 2 if "_p2" in variant else 1
     if variant.startswith("local"):
-        from engine import JobRunner
+        from onceflow import JobRunner
 
         runner = JobRunner(
-            job, checkpoint_dir=checkpoint_dir, parallelism=parallelism, settings=settings,
+            job,
+            checkpoint_dir=checkpoint_dir,
+            parallelism=parallelism,
+            settings=settings,
             params=params,
         )
     else:
@@ -329,7 +347,7 @@ def _amount_as_one_record(batch: Any) -> list:
 
 
 def case_map_batches(variant: str, n: int, tmp: str) -> dict[str, Any]:
-    from engine import Job
+    from onceflow import Job
 
     data = _arrow_input(n)
     if variant == "pyarrow_compute":
@@ -342,9 +360,11 @@ def case_map_batches(variant: str, n: int, tmp: str) -> dict[str, Any]:
     as_rows = variant == "engine_map_batches_to_rows"
     sink = CountingSink(arrow=not as_rows)
     job = Job("bench-map-batches")
-    (job.source(SliceSource(data, batch_size=ARROW_BATCH_ROWS), name="arrow", uid="arrow")
+    (
+        job.source(SliceSource(data, batch_size=ARROW_BATCH_ROWS), name="arrow", uid="arrow")
         .map_batches(amount_over_250 if as_rows else _amount_as_one_record, arrow=True, name="amount")
-        .sink(sink, name="count-sink", uid="count-sink"))
+        .sink(sink, name="count-sink", uid="count-sink")
+    )
     seconds, _, _ = _run_engine(job, tmp, 1.0)
     return {"seconds": seconds, "records": n, "rows_out": sink.committed}
 
@@ -354,19 +374,18 @@ def case_map_batches(variant: str, n: int, tmp: str) -> dict[str, Any]:
 
 def case_checkpoint_state(variant: str, n: int, tmp: str) -> dict[str, Any]:
     """Fill keyed state with ``n`` keys, take the final checkpoint, then restore it."""
-    from engine import JobRunner
+    from onceflow import JobRunner
 
     keys = vocabulary(n)
     checkpoint_dir = tempfile.mkdtemp(prefix="chk-", dir=tmp)
     runner = JobRunner(
         _keyed_count_job(SliceSource(keys), CountingSink()),
-        checkpoint_dir=checkpoint_dir, settings=_settings(CHECKPOINTS_OFF),
+        checkpoint_dir=checkpoint_dir,
+        settings=_settings(CHECKPOINTS_OFF),
     )
     result = runner.run()
     meta = runner.store.read_metadata(result.checkpoint_id)
-    restorer = JobRunner(
-        _keyed_count_job(SliceSource(keys), CountingSink()), checkpoint_dir=checkpoint_dir
-    )
+    restorer = JobRunner(_keyed_count_job(SliceSource(keys), CountingSink()), checkpoint_dir=checkpoint_dir)
     start = time.perf_counter()
     restored = restorer.run()  # loads, verifies and restores every state file, then stops
     restore_seconds = time.perf_counter() - start
@@ -392,15 +411,17 @@ def _mod_pair(i: int) -> tuple[int, int]:
 
 def case_backpressure(variant: str, n: int, tmp: str) -> dict[str, Any]:
     """``n`` generated records through a keyed count into a sink that sleeps 0.5 ms per batch."""
-    from engine import Job
+    from onceflow import Job
 
     sink = CountingSink(delay=0.0005)
     job = Job("bench-backpressure")
-    (job.source(RangeSource(n), name="numbers", uid="numbers")
+    (
+        job.source(RangeSource(n), name="numbers", uid="numbers")
         .map(_mod_pair, name="pair")
         .key_by(key_of)
         .reduce(add, name="count", uid="count")
-        .sink(sink, name="slow-sink", uid="slow-sink"))
+        .sink(sink, name="slow-sink", uid="slow-sink")
+    )
     seconds, result, _ = _run_engine(job, tmp, 1.0)
     _check(n, sink.committed, variant)
     return {"seconds": seconds, "records": n, "checkpoints": result.checkpoints_completed}
@@ -501,7 +522,7 @@ def case_profile(variant: str, n: int, tmp: str) -> dict[str, Any]:
     if variant == "state_write_1m":
         import fsspec
 
-        from state_backends import KeyGroupAssigner, write_state_file
+        from onceflow.state_backends import KeyGroupAssigner, write_state_file
 
         table = {k: (k, 1) for k in vocabulary(n)}
         fs = fsspec.filesystem("file")
@@ -509,8 +530,11 @@ def case_profile(variant: str, n: int, tmp: str) -> dict[str, Any]:
         profiler.enable()
         start = time.perf_counter()
         write_state_file(
-            fs, os.path.join(tmp, "state.arrow"), keyed_state={"value": table},
-            operator_state=None, key_group_of=assigner.key_group,
+            fs,
+            os.path.join(tmp, "state.arrow"),
+            keyed_state={"value": table},
+            operator_state=None,
+            key_group_of=assigner.key_group,
         )
         seconds = time.perf_counter() - start
         profiler.disable()

@@ -10,7 +10,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from operators.base import RestoredState, Sink, Source, SourceReader, TwoPhaseCommitWriter
+from onceflow.operators.base import RestoredState, Sink, Source, SourceReader, TwoPhaseCommitWriter
 
 VOCABULARY = 10_000
 SEED = 20240603
@@ -104,9 +104,7 @@ class _SliceReader(SourceReader):
         n = len(source.items)
         p = source.partitions
         bounds = [n * s // p for s in range(p + 1)]
-        self.ranges = {
-            s: (bounds[s], bounds[s + 1]) for s in range(p) if s % parallelism == subtask_index
-        }
+        self.ranges = {s: (bounds[s], bounds[s + 1]) for s in range(p) if s % parallelism == subtask_index}
         self.offsets = {s: lo for s, (lo, _) in self.ranges.items()}
 
     def restore_state(self, restored: RestoredState) -> None:

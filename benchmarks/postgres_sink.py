@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
 
-from engine.context import SubtaskContext  # noqa: E402
-from operators import PostgresSink  # noqa: E402
-from state_backends.key_groups import KeyGroupRange  # noqa: E402
+from onceflow import PostgresSink  # noqa: E402
+from onceflow.engine.context import SubtaskContext  # noqa: E402
+from onceflow.state_backends.key_groups import KeyGroupRange  # noqa: E402
 
 COLUMNS = "id bigint PRIMARY KEY, name text, value double precision"
 
@@ -71,9 +71,16 @@ def plain_upsert(dsn: str, table: str, rows: list, batch: int) -> float:
 
 def through_sink(sink: PostgresSink, rows: list, batch: int, checkpoint_rows: int) -> tuple[float, int]:
     ctx = SubtaskContext(
-        job_name=f"bench-{uuid.uuid4().hex[:6]}", operator_name="sink", uid="sink", subtask_index=0,
-        parallelism=1, max_parallelism=128, key_group_range=KeyGroupRange(0, 128),
-        attempt_id=uuid.uuid4().hex[:12], restored_checkpoint_id=None, overwrite_output=False,
+        job_name=f"bench-{uuid.uuid4().hex[:6]}",
+        operator_name="sink",
+        uid="sink",
+        subtask_index=0,
+        parallelism=1,
+        max_parallelism=128,
+        key_group_range=KeyGroupRange(0, 128),
+        attempt_id=uuid.uuid4().hex[:12],
+        restored_checkpoint_id=None,
+        overwrite_output=False,
     )
     writer = sink.create_writer(0, 1)
     writer.open(ctx)
@@ -109,39 +116,62 @@ def main(argv: list[str] | None = None) -> int:
     with psycopg.connect(args.dsn, autocommit=True) as admin:
         tables = []
         try:
+
             def measure(name: str, run) -> None:
                 table = fresh_table(admin)
                 tables.append(table)
                 seconds, checkpoints = run(table)
                 count = admin.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                 assert count == len(rows), f"{name}: {count} rows in the table, expected {len(rows)}"
-                results.append({"case": name, "rows": len(rows), "seconds": round(seconds, 3),
-                                "rows_per_s": round(len(rows) / seconds), "checkpoints": checkpoints})
+                results.append(
+                    {
+                        "case": name,
+                        "rows": len(rows),
+                        "seconds": round(seconds, 3),
+                        "rows_per_s": round(len(rows) / seconds),
+                        "checkpoints": checkpoints,
+                    }
+                )
 
             measure("copy (plain psycopg)", lambda t: (plain_copy(args.dsn, t, rows), 0))
-            measure("PostgresSink insert", lambda t: through_sink(
-                PostgresSink(args.dsn, t), rows, args.batch, args.checkpoint_rows))
-            measure("upsert (plain psycopg executemany)",
-                    lambda t: (plain_upsert(args.dsn, t, rows, args.batch), 0))
-            measure("PostgresSink upsert", lambda t: through_sink(
-                PostgresSink(args.dsn, t, mode="upsert", key_columns=["id"]), rows, args.batch,
-                args.checkpoint_rows))
+            measure(
+                "PostgresSink insert",
+                lambda t: through_sink(PostgresSink(args.dsn, t), rows, args.batch, args.checkpoint_rows),
+            )
+            measure(
+                "upsert (plain psycopg executemany)",
+                lambda t: (plain_upsert(args.dsn, t, rows, args.batch), 0),
+            )
+            measure(
+                "PostgresSink upsert",
+                lambda t: through_sink(
+                    PostgresSink(args.dsn, t, mode="upsert", key_columns=["id"]),
+                    rows,
+                    args.batch,
+                    args.checkpoint_rows,
+                ),
+            )
         finally:
             for table in tables:
                 admin.execute(f"DROP TABLE IF EXISTS {table}")
             if admin.execute("SELECT to_regclass('onceflow_commits')").fetchone()[0]:
-                admin.execute("DELETE FROM onceflow_commits WHERE target = ANY(%s)",
-                              ([f"public.{t}" for t in tables],))
+                admin.execute(
+                    "DELETE FROM onceflow_commits WHERE target = ANY(%s)", ([f"public.{t}" for t in tables],)
+                )
     base = {"insert": results[0]["rows_per_s"], "upsert": results[2]["rows_per_s"]}
-    print(f"PostgresSink throughput, {args.rows:,} rows (id bigint, name text, value double), "
-          f"batches of {args.batch}, a checkpoint every {args.checkpoint_rows:,} rows\n")
+    print(
+        f"PostgresSink throughput, {args.rows:,} rows (id bigint, name text, value double), "
+        f"batches of {args.batch}, a checkpoint every {args.checkpoint_rows:,} rows\n"
+    )
     print("| case | seconds | rows/s | vs plain | checkpoints |")
     print("|---|---:|---:|---:|---:|")
     for r in results:
         ref = base["upsert" if "upsert" in r["case"] else "insert"]
         r["vs_plain"] = round(r["rows_per_s"] / ref, 2)
-        print(f"| {r['case']} | {r['seconds']:.2f} | {r['rows_per_s']:,} | {r['vs_plain']:.2f} | "
-              f"{r['checkpoints']} |")
+        print(
+            f"| {r['case']} | {r['seconds']:.2f} | {r['rows_per_s']:,} | {r['vs_plain']:.2f} | "
+            f"{r['checkpoints']} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -51,8 +51,18 @@ class Case:
 def _sizes(quick: bool) -> dict[str, int]:
     if quick:
         return dict.fromkeys(
-            ("keyed", "bytewax", "stateless", "scaling", "arrow", "arrow_rows", "backpressure",
-             "timeline", "profile"), 20_000,
+            (
+                "keyed",
+                "bytewax",
+                "stateless",
+                "scaling",
+                "arrow",
+                "arrow_rows",
+                "backpressure",
+                "timeline",
+                "profile",
+            ),
+            20_000,
         ) | {"state_small": 1_000, "state_mid": 2_000, "state_big": 5_000, "state_write": 5_000}
     return {
         "keyed": 6_000_000,
@@ -75,59 +85,113 @@ def build_cases(quick: bool) -> list[Case]:
     s = _sizes(quick)
     reps = 1 if quick else 3
     return [
-        Case("keyed_count", "Keyed count (map → key_by → running count → sink), 10,000-word vocabulary", [
-            Variant("loop", "plain Python loop, same user functions", s["keyed"], baseline=True),
-            Variant("engine_ckpt_off", "onceflow p=1, checkpoints off (final only)", s["keyed"]),
-            Variant("engine_ckpt_1s", "onceflow p=1, checkpoints every 1 s", s["keyed"]),
-            Variant("engine_filesource_ckpt_1s", "onceflow p=1, checkpoints 1 s, FileSource", s["keyed"]),
-            Variant("bytewax_recovery_1s", "Bytewax run_main, recovery on, snapshot every 1 s",
-                    s["bytewax"], needs="bytewax"),
-        ], reps),
-        Case("stateless", "Stateless (map → filter → sink)", [
-            Variant("loop", "plain Python loop, same user functions", s["stateless"], baseline=True),
-            Variant("engine_ckpt_off", "onceflow p=1, checkpoints off (final only)", s["stateless"]),
-            Variant("engine_ckpt_1s", "onceflow p=1, checkpoints every 1 s", s["stateless"]),
-        ], reps),
-        Case("scaling", "Scaling: ~3 µs of Python per record (map), checkpoints 1 s", [
-            Variant("process_p1", "process executor p=1: spin → key_by → count", s["scaling"],
-                    baseline=True),
-            Variant("process_p2", "process executor p=2: spin → key_by → count (shuffle)",
-                    s["scaling"]),
-            Variant("process_p1_noshuffle", "process executor p=1: spin only", s["scaling"]),
-            Variant("process_p2_noshuffle", "process executor p=2: spin only (no shuffle)",
-                    s["scaling"]),
-            Variant("local_p1", "local executor p=1: spin → key_by → count (reference)",
-                    s["scaling"]),
-            Variant("plain_p1", "no engine: spin in 1 forked process (machine ceiling)", s["scaling"]),
-            Variant("plain_p2", "no engine: spin in 2 forked processes (machine ceiling)",
-                    s["scaling"]),
-        ], reps),
-        Case("map_batches", "map_batches over Arrow (amount = price × qty, keep > 250)", [
-            Variant("pyarrow_compute", "bare pyarrow.compute loop over the same batches",
-                    s["arrow"], baseline=True),
-            Variant("engine_map_batches", "onceflow map_batches(arrow=True), batch passed on whole",
-                    s["arrow"]),
-            Variant("engine_map_batches_to_rows",
+        Case(
+            "keyed_count",
+            "Keyed count (map → key_by → running count → sink), 10,000-word vocabulary",
+            [
+                Variant("loop", "plain Python loop, same user functions", s["keyed"], baseline=True),
+                Variant("engine_ckpt_off", "onceflow p=1, checkpoints off (final only)", s["keyed"]),
+                Variant("engine_ckpt_1s", "onceflow p=1, checkpoints every 1 s", s["keyed"]),
+                Variant("engine_filesource_ckpt_1s", "onceflow p=1, checkpoints 1 s, FileSource", s["keyed"]),
+                Variant(
+                    "bytewax_recovery_1s",
+                    "Bytewax run_main, recovery on, snapshot every 1 s",
+                    s["bytewax"],
+                    needs="bytewax",
+                ),
+            ],
+            reps,
+        ),
+        Case(
+            "stateless",
+            "Stateless (map → filter → sink)",
+            [
+                Variant("loop", "plain Python loop, same user functions", s["stateless"], baseline=True),
+                Variant("engine_ckpt_off", "onceflow p=1, checkpoints off (final only)", s["stateless"]),
+                Variant("engine_ckpt_1s", "onceflow p=1, checkpoints every 1 s", s["stateless"]),
+            ],
+            reps,
+        ),
+        Case(
+            "scaling",
+            "Scaling: ~3 µs of Python per record (map), checkpoints 1 s",
+            [
+                Variant(
+                    "process_p1", "process executor p=1: spin → key_by → count", s["scaling"], baseline=True
+                ),
+                Variant("process_p2", "process executor p=2: spin → key_by → count (shuffle)", s["scaling"]),
+                Variant("process_p1_noshuffle", "process executor p=1: spin only", s["scaling"]),
+                Variant("process_p2_noshuffle", "process executor p=2: spin only (no shuffle)", s["scaling"]),
+                Variant("local_p1", "local executor p=1: spin → key_by → count (reference)", s["scaling"]),
+                Variant("plain_p1", "no engine: spin in 1 forked process (machine ceiling)", s["scaling"]),
+                Variant("plain_p2", "no engine: spin in 2 forked processes (machine ceiling)", s["scaling"]),
+            ],
+            reps,
+        ),
+        Case(
+            "map_batches",
+            "map_batches over Arrow (amount = price × qty, keep > 250)",
+            [
+                Variant(
+                    "pyarrow_compute",
+                    "bare pyarrow.compute loop over the same batches",
+                    s["arrow"],
+                    baseline=True,
+                ),
+                Variant(
+                    "engine_map_batches",
+                    "onceflow map_batches(arrow=True), batch passed on whole",
+                    s["arrow"],
+                ),
+                Variant(
+                    "engine_map_batches_to_rows",
                     "onceflow map_batches(arrow=True) returning a RecordBatch (engine emits rows)",
-                    s["arrow_rows"]),
-        ], reps),
-        Case("checkpoint_state", "Checkpoint of keyed state (values are (word, count) tuples)", [
-            Variant("keys_10k", "10,000 keys", s["state_small"]),
-            Variant("keys_100k", "100,000 keys", s["state_mid"]),
-            Variant("keys_1m", "1,000,000 keys", s["state_big"]),
-        ], reps, unit="keys"),
-        Case("backpressure", "Backpressure: generated records, keyed count, sink sleeping 0.5 ms/batch", [
-            Variant("slow_sink", "onceflow p=1, checkpoints every 1 s", s["backpressure"]),
-        ], 1),
-        Case("timeline", "Throughput over time, keyed count, checkpoints every 1 s", [
-            Variant("keys_10k", "10,000-word vocabulary", s["timeline"]),
-            Variant("keys_1m", "1,000,000 distinct words first, then the 10,000-word vocabulary",
-                    s["timeline"]),
-        ], 1),
-        Case("profile", "cProfile", [
-            Variant("keyed_count", "keyed count, checkpoints every 1 s", s["profile"]),
-            Variant("state_write_1m", "write_state_file of 1M keys", s["state_write"]),
-        ], 1),
+                    s["arrow_rows"],
+                ),
+            ],
+            reps,
+        ),
+        Case(
+            "checkpoint_state",
+            "Checkpoint of keyed state (values are (word, count) tuples)",
+            [
+                Variant("keys_10k", "10,000 keys", s["state_small"]),
+                Variant("keys_100k", "100,000 keys", s["state_mid"]),
+                Variant("keys_1m", "1,000,000 keys", s["state_big"]),
+            ],
+            reps,
+            unit="keys",
+        ),
+        Case(
+            "backpressure",
+            "Backpressure: generated records, keyed count, sink sleeping 0.5 ms/batch",
+            [
+                Variant("slow_sink", "onceflow p=1, checkpoints every 1 s", s["backpressure"]),
+            ],
+            1,
+        ),
+        Case(
+            "timeline",
+            "Throughput over time, keyed count, checkpoints every 1 s",
+            [
+                Variant("keys_10k", "10,000-word vocabulary", s["timeline"]),
+                Variant(
+                    "keys_1m",
+                    "1,000,000 distinct words first, then the 10,000-word vocabulary",
+                    s["timeline"],
+                ),
+            ],
+            1,
+        ),
+        Case(
+            "profile",
+            "cProfile",
+            [
+                Variant("keyed_count", "keyed count, checkpoints every 1 s", s["profile"]),
+                Variant("state_write_1m", "write_state_file of 1M keys", s["state_write"]),
+            ],
+            1,
+        ),
     ]
 
 
@@ -139,8 +203,7 @@ def run_one(case: str, variant: Variant, tmp: str, timeout: float) -> dict[str, 
         return {"skipped": f"{variant.needs} not installed"}
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "benchmarks.cases", case, variant.name, "--n", str(variant.n),
-           "--tmp", tmp]
+    cmd = [sys.executable, "-m", "benchmarks.cases", case, variant.name, "--n", str(variant.n), "--tmp", tmp]
     try:
         proc = subprocess.run(
             cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
@@ -168,8 +231,10 @@ def run_cases(cases: list[Case], tmp: str, timeout: float, log: Any) -> None:
                 status = result.get("skipped") or result.get("error")
                 if status is None:
                     status = f"{result['seconds']:.3f} s, peak RSS {result['max_rss_mb']:.0f} MB"
-                log(f"  {case.name}/{variant.name} [{rep + 1}/{case.reps}] {status} "
-                    f"({time.perf_counter() - started:.1f} s wall)")
+                log(
+                    f"  {case.name}/{variant.name} [{rep + 1}/{case.reps}] {status} "
+                    f"({time.perf_counter() - started:.1f} s wall)"
+                )
 
 
 # -- summarising ---------------------------------------------------------------
@@ -227,36 +292,64 @@ def targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any
     rows: list[dict[str, Any]] = []
 
     def add(what: str, value: float | None, goal: str, met: bool | None, fmt: str, why: str = "") -> None:
-        rows.append({
-            "target": what, "goal": goal, "measured": value,
-            "shown": (fmt.format(value) if value is not None else why or "not measured"),
-            "met": met if value is not None else None,
-        })
+        rows.append(
+            {
+                "target": what,
+                "goal": goal,
+                "measured": value,
+                "shown": (fmt.format(value) if value is not None else why or "not measured"),
+                "met": met if value is not None else None,
+            }
+        )
 
     kc = _tp(summary, "keyed_count", "engine_ckpt_1s")
     r = _ratio(kc, _tp(summary, "keyed_count", "loop"))
     add("keyed count p=1, ckpt 1 s ÷ plain loop", r, ">= 0.60", r is not None and r >= 0.60, "{:.2f}")
     bw_row = summary.get("keyed_count", {}).get("bytewax_recovery_1s", {})
     r = _ratio(kc, bw_row.get("throughput"))
-    add("keyed count p=1, ckpt 1 s ÷ Bytewax (recovery on)", r, ">= 4.0",
-        r is not None and r >= 4.0, "{:.1f}x", bw_row.get("skipped", ""))
+    add(
+        "keyed count p=1, ckpt 1 s ÷ Bytewax (recovery on)",
+        r,
+        ">= 4.0",
+        r is not None and r >= 4.0,
+        "{:.1f}x",
+        bw_row.get("skipped", ""),
+    )
     r = _ratio(kc, _tp(summary, "keyed_count", "engine_ckpt_off"))
     add("keyed count: ckpt 1 s ÷ ckpt off", r, ">= 0.95", r is not None and r >= 0.95, "{:.2f}")
     r = _ratio(_tp(summary, "stateless", "engine_ckpt_1s"), _tp(summary, "stateless", "engine_ckpt_off"))
     add("stateless: ckpt 1 s ÷ ckpt off", r, ">= 0.95", r is not None and r >= 0.95, "{:.2f}")
     p2_row = summary.get("scaling", {}).get("process_p2", {})
     r = _ratio(p2_row.get("throughput"), _tp(summary, "scaling", "process_p1"))
-    add("scaling, keyed (shuffle): process p=2 ÷ p=1", r, ">= 1.6", r is not None and r >= 1.6,
-        "{:.2f}x", p2_row.get("skipped", ""))
+    add(
+        "scaling, keyed (shuffle): process p=2 ÷ p=1",
+        r,
+        ">= 1.6",
+        r is not None and r >= 1.6,
+        "{:.2f}x",
+        p2_row.get("skipped", ""),
+    )
     p2_row = summary.get("scaling", {}).get("process_p2_noshuffle", {})
     r = _ratio(p2_row.get("throughput"), _tp(summary, "scaling", "process_p1_noshuffle"))
-    add("scaling, map only (no shuffle): process p=2 ÷ p=1", r, ">= 1.6",
-        r is not None and r >= 1.6, "{:.2f}x", p2_row.get("skipped", ""))
+    add(
+        "scaling, map only (no shuffle): process p=2 ÷ p=1",
+        r,
+        ">= 1.6",
+        r is not None and r >= 1.6,
+        "{:.2f}x",
+        p2_row.get("skipped", ""),
+    )
     r = _ratio(_tp(summary, "scaling", "plain_p2"), _tp(summary, "scaling", "plain_p1"))
-    add("(reference) the machine's own ceiling: plain processes 2 ÷ 1", r, "≈ 2 on an idle machine",
-        None, "{:.2f}x")
-    r = _ratio(_tp(summary, "map_batches", "engine_map_batches"),
-               _tp(summary, "map_batches", "pyarrow_compute"))
+    add(
+        "(reference) the machine's own ceiling: plain processes 2 ÷ 1",
+        r,
+        "≈ 2 on an idle machine",
+        None,
+        "{:.2f}x",
+    )
+    r = _ratio(
+        _tp(summary, "map_batches", "engine_map_batches"), _tp(summary, "map_batches", "pyarrow_compute")
+    )
     add("map_batches ÷ bare pyarrow.compute", r, ">= 0.50", r is not None and r >= 0.50, "{:.2f}")
     big = summary.get("checkpoint_state", {}).get("keys_1m", {})
     value = big.get("checkpoint_seconds")
@@ -264,8 +357,13 @@ def targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any
     value = big.get("restore_seconds")
     add("restore of 1M keys (s)", value, "< 3 s", value is not None and value < 3, "{:.2f} s")
     value = summary.get("backpressure", {}).get("slow_sink", {}).get("peak_rss_mb")
-    add("peak RSS, 5M records, slow sink (MB)", value, "< 300 MB",
-        value is not None and value < 300, "{:.0f} MB")
+    add(
+        "peak RSS, 5M records, slow sink (MB)",
+        value,
+        "< 300 MB",
+        value is not None and value < 300,
+        "{:.0f} MB",
+    )
     return rows
 
 
@@ -296,9 +394,7 @@ def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
-            )
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
 
@@ -319,8 +415,9 @@ def machine_info() -> dict[str, Any]:
     onceflow = version("onceflow")
     if onceflow is None:
         text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-        onceflow = next((line.split('"')[1] for line in text.splitlines()
-                         if line.startswith("version")), "unknown")
+        onceflow = next(
+            (line.split('"')[1] for line in text.splitlines() if line.startswith("version")), "unknown"
+        )
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu,
@@ -330,8 +427,9 @@ def machine_info() -> dict[str, Any]:
         "pyarrow": version("pyarrow"),
         "onceflow": onceflow,
         "git_commit": git("rev-parse", "--short", "HEAD"),
-        "engine_uncommitted_changes": bool(git("status", "--porcelain", "engine", "operators",
-                                                "state_backends")),
+        "engine_uncommitted_changes": bool(
+            git("status", "--porcelain", "engine", "operators", "state_backends")
+        ),
         "bytewax": version("bytewax"),
         "matplotlib": version("matplotlib"),
         "load_average_at_start": list(os.getloadavg()),
@@ -349,8 +447,11 @@ def _mrs(value: float | None) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
-    dirty = (", work tree had uncommitted changes under engine/, operators/ or state_backends/"
-             if m["engine_uncommitted_changes"] else "")
+    dirty = (
+        ", work tree had uncommitted changes under engine/, operators/ or state_backends/"
+        if m["engine_uncommitted_changes"]
+        else ""
+    )
     lines = [
         "# onceflow benchmark results",
         "",
@@ -379,9 +480,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     for t in report["targets"]:
         met = {True: "yes", False: "**no**", None: "—"}[t["met"]]
         lines.append(f"| {t['target']} | {t['goal']} | {t['shown']} | {met} |")
-    lines += ["", "## Throughput", "",
-              "| case | variant | N | median s | M records/s | ratio | CPU s | peak RSS MB | runs |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "## Throughput",
+        "",
+        "| case | variant | N | median s | M records/s | ratio | CPU s | peak RSS MB | runs |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for case in report["cases"]:
         if case["name"] in ("checkpoint_state", "timeline", "profile"):
             continue
@@ -402,12 +507,17 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
     state = next((c for c in report["cases"] if c["name"] == "checkpoint_state"), None)
     if state:
-        lines += ["", "## Checkpoint and restore of keyed state", "",
-                  "Final checkpoint of a job whose reduce holds the keys (barrier to `_metadata` "
-                  "written), and the time of a `JobRunner.run()` that restores it (read, verify, "
-                  "decode, load into the operator). One state file, local disk.", "",
-                  "| keys | checkpoint s | size MB | restore s | peak RSS MB | runs |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "## Checkpoint and restore of keyed state",
+            "",
+            "Final checkpoint of a job whose reduce holds the keys (barrier to `_metadata` "
+            "written), and the time of a `JobRunner.run()` that restores it (read, verify, "
+            "decode, load into the operator). One state file, local disk.",
+            "",
+            "| keys | checkpoint s | size MB | restore s | peak RSS MB | runs |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for row in state["variants"].values():
             if "checkpoint_seconds" not in row:
                 lines.append(f"| {row['n']:,} | — | — | — | — | {row.get('errors', row.get('skipped'))} |")
@@ -419,11 +529,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
     timeline = report.get("timeline", {})
     if timeline:
-        lines += ["", "## Throughput while checkpointing", "",
-                  "From the on_tick samples (every ~50 ms) of the keyed count with checkpoints every "
-                  "1 s: records/s while a checkpoint is in flight versus otherwise.", "",
-                  "| vocabulary | M rec/s during checkpoints | M rec/s otherwise | checkpoint durations s |",
-                  "| --- | ---: | ---: | --- |"]
+        lines += [
+            "",
+            "## Throughput while checkpointing",
+            "",
+            "From the on_tick samples (every ~50 ms) of the keyed count with checkpoints every "
+            "1 s: records/s while a checkpoint is in flight versus otherwise.",
+            "",
+            "| vocabulary | M rec/s during checkpoints | M rec/s otherwise | checkpoint durations s |",
+            "| --- | ---: | ---: | --- |",
+        ]
         for name, stats in timeline.items():
             lines.append(
                 f"| {name} | {_mrs(stats['records_per_s_during_checkpoints'])} | "
@@ -438,12 +553,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     if profiles:
         lines += ["", "## Profiles (cProfile, by own time)", ""]
         for name, prof in profiles.items():
-            lines += [f"**{name}** ({prof['seconds']:.2f} s under the profiler; full text in "
-                      f"`profile_{name}.txt`)", "",
-                      "| function | calls | own s | share |", "| --- | ---: | ---: | ---: |"]
+            lines += [
+                f"**{name}** ({prof['seconds']:.2f} s under the profiler; full text in `profile_{name}.txt`)",
+                "",
+                "| function | calls | own s | share |",
+                "| --- | ---: | ---: | ---: |",
+            ]
             for row in prof["top"][:10]:
-                lines.append(f"| `{row['function']}` | {row['calls']:,} | {row['tottime']:.3f} | "
-                             f"{row['share']:.0%} |")
+                lines.append(
+                    f"| `{row['function']}` | {row['calls']:,} | {row['tottime']:.3f} | {row['share']:.0%} |"
+                )
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -472,13 +591,19 @@ def draw_plot(timeline_runs: dict[str, dict[str, Any]], path: Path) -> str | Non
         first = True
         for c in run["checkpoints"]:
             end = c["end"] if c["end"] is not None else c["start"]
-            ax.axvspan(c["start"], max(end, c["start"] + 0.005), color="tab:orange", alpha=0.25,
-                       label="checkpoint in flight (start → end)" if first else None)
+            ax.axvspan(
+                c["start"],
+                max(end, c["start"] + 0.005),
+                color="tab:orange",
+                alpha=0.25,
+                label="checkpoint in flight (start → end)" if first else None,
+            )
             ax.axvline(c["start"], color="tab:orange", lw=0.8)
             ax.axvline(end, color="tab:red", lw=0.8, ls="--")
             first = False
-        ax.set_title(f"keyed count, checkpoints every 1 s: {run['title']} "
-                     f"({run['seconds']:.1f} s)", fontsize=10)
+        ax.set_title(
+            f"keyed count, checkpoints every 1 s: {run['title']} ({run['seconds']:.1f} s)", fontsize=10
+        )
         ax.set_ylabel("M records/s")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
@@ -540,14 +665,15 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": wall,
         "targets": targets(summary),
         "cases": [
-            {"name": c.name, "title": c.title, "reps": c.reps, "variants": summary[c.name]}
-            for c in cases
+            {"name": c.name, "title": c.title, "reps": c.reps, "variants": summary[c.name]} for c in cases
         ],
     }
     timeline_runs = {
         name: runs[0]
-        for c in cases if c.name == "timeline"
-        for name, runs in c.runs.items() if runs and "samples" in runs[0]
+        for c in cases
+        if c.name == "timeline"
+        for name, runs in c.runs.items()
+        if runs and "samples" in runs[0]
     }
     report["timeline"] = {name: timeline_stats(run) for name, run in timeline_runs.items()}
     report["timeline_runs"] = timeline_runs

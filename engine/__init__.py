@@ -1,8 +1,8 @@
 """onceflow's runtime: the job API, planning, checkpoints, executors, runner and CLI."""
 
-from engine.api import Job, KeyedStream, Stream
-from engine.coordinator import CoordinatorSettings
-from engine.errors import (
+from onceflow.engine.api import Job, KeyedStream, Stream
+from onceflow.engine.coordinator import CoordinatorSettings
+from onceflow.engine.errors import (
     CheckpointError,
     CheckpointStorageError,
     ConcurrentRunError,
@@ -12,9 +12,9 @@ from engine.errors import (
     OnceflowError,
     OperatorError,
 )
-from engine.executors.local import ExecutionSettings
-from engine.graph import Partitioning
-from engine.runner import JobRunner, RestartStrategy, RunResult, RunStatus
+from onceflow.engine.executors.local import ExecutionSettings
+from onceflow.engine.graph import Partitioning
+from onceflow.engine.runner import JobRunner, RestartStrategy, RunResult, RunStatus
 
 __all__ = [
     "CheckpointError",

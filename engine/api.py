@@ -22,11 +22,11 @@ import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from engine.errors import JobDefinitionError
-from engine.graph import EdgeSpec, JobGraph, OperatorKind, OperatorSpec, Partitioning
-from operators.base import Sink, Source, describe_callable
-from operators.keyed import ReduceOperator, StatefulMapOperator
-from operators.transforms import FilterOperator, FlatMapOperator, MapBatchesOperator, MapOperator
+from onceflow.engine.errors import JobDefinitionError
+from onceflow.engine.graph import EdgeSpec, JobGraph, OperatorKind, OperatorSpec, Partitioning
+from onceflow.operators.base import Sink, Source, describe_callable
+from onceflow.operators.keyed import ReduceOperator, StatefulMapOperator
+from onceflow.operators.transforms import FilterOperator, FlatMapOperator, MapBatchesOperator, MapOperator
 
 _FORWARD = EdgeSpec(Partitioning.FORWARD)
 
@@ -54,9 +54,7 @@ class Job:
     ) -> Stream:
         """Add a source and return the stream of its records."""
         if not isinstance(source, Source):
-            msg = (
-                f"job.source() needs an operators.Source (e.g. FileSource), got {source!r}"
-            )
+            msg = f"job.source() needs an operators.Source (e.g. FileSource), got {source!r}"
             raise JobDefinitionError(msg)
         node = self._add(
             OperatorKind.SOURCE,
@@ -162,25 +160,37 @@ class Stream:
         )
 
     def _transform(
-        self, method: str, make: Callable[[], Any], fn: Any, name: str | None,
-        parallelism: int | None, uid: str | None, timestamp_fn: Callable[[Any], float] | None = None,
+        self,
+        method: str,
+        make: Callable[[], Any],
+        fn: Any,
+        name: str | None,
+        parallelism: int | None,
+        uid: str | None,
+        timestamp_fn: Callable[[Any], float] | None = None,
     ) -> Stream:
         _check_fn(fn, method)
-        node = self._then(
-            OperatorKind.TRANSFORM, method, lambda i, p: make(), fn, name, parallelism, uid
-        )
+        node = self._then(OperatorKind.TRANSFORM, method, lambda i, p: make(), fn, name, parallelism, uid)
         return Stream(self._job, [(node, _FORWARD)], timestamp_fn)
 
     def map(
-        self, fn: Callable[[Any], Any], *, name: str | None = None,
-        parallelism: int | None = None, uid: str | None = None,
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
     ) -> Stream:
         """Replace every record by ``fn(record)``."""
         return self._transform("map", lambda: MapOperator(fn), fn, name, parallelism, uid)
 
     def filter(
-        self, fn: Callable[[Any], Any], *, name: str | None = None,
-        parallelism: int | None = None, uid: str | None = None,
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
     ) -> Stream:
         """Keep the records for which ``fn(record)`` is truthy."""
         return self._transform(
@@ -203,7 +213,7 @@ class Stream:
         a subtask that sees no record for ``idle_timeout`` seconds is marked
         idle so it does not hold back event time for the others.
         """
-        from operators.event_time import TimestampAssigner
+        from onceflow.operators.event_time import TimestampAssigner
 
         _check_fn(timestamp_fn, "assign_timestamps")
         if max_delay < 0 or (idle_timeout is not None and idle_timeout <= 0):
@@ -215,7 +225,11 @@ class Stream:
         stream = self._transform(
             "assign_timestamps",
             lambda: TimestampAssigner(timestamp_fn, max_delay=max_delay, idle_timeout=idle_timeout),
-            timestamp_fn, name, parallelism, uid, timestamp_fn,
+            timestamp_fn,
+            name,
+            parallelism,
+            uid,
+            timestamp_fn,
         )
         idle = f", idle after {idle_timeout} s" if idle_timeout is not None else ""
         shown = describe_callable(timestamp_fn)
@@ -233,18 +247,26 @@ class Stream:
             raise JobDefinitionError(msg)
         node = self._inputs[0][0]
         return Stream(self._job, [(node, EdgeSpec(Partitioning.FORWARD, tag=str(tag)))])
+
     def flat_map(
-        self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None,
-        parallelism: int | None = None, uid: str | None = None,
+        self,
+        fn: Callable[[Any], Iterable[Any]],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
     ) -> Stream:
         """Replace every record by the items of ``fn(record)``."""
-        return self._transform(
-            "flat_map", lambda: FlatMapOperator(fn), fn, name, parallelism, uid
-        )
+        return self._transform("flat_map", lambda: FlatMapOperator(fn), fn, name, parallelism, uid)
 
     def map_batches(
-        self, fn: Callable[[Any], Any], *, arrow: bool = False, name: str | None = None,
-        parallelism: int | None = None, uid: str | None = None,
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        arrow: bool = False,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
     ) -> Stream:
         """Apply ``fn`` to a whole batch: a list, or with ``arrow=True`` an Arrow RecordBatch."""
         return self._transform(
@@ -292,16 +314,25 @@ class Stream:
         return Stream(self._job, inputs, self._timestamp_fn if len(fns) == 1 else None)
 
     def sink(
-        self, sink: Sink, *, name: str | None = None,
-        parallelism: int | None = None, uid: str | None = None,
+        self,
+        sink: Sink,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
     ) -> None:
         """Write the stream to ``sink``; output becomes visible when checkpoints complete."""
         if not isinstance(sink, Sink):
             msg = f"sink() needs an operators.Sink (e.g. FileSink), got {sink!r}"
             raise JobDefinitionError(msg)
         node = self._then(
-            OperatorKind.SINK, "sink", lambda i, p: sink.create_writer(i, p), None,
-            name, parallelism, uid,
+            OperatorKind.SINK,
+            "sink",
+            lambda i, p: sink.create_writer(i, p),
+            None,
+            name,
+            parallelism,
+            uid,
         )
         spec = self._job.graph.spec(node)
         spec.description = type(sink).__name__
@@ -326,8 +357,13 @@ class KeyedStream:
         self._timestamp_fn = timestamp_fn
 
     def _keyed(
-        self, method: str, make: Callable[[], Any], fn: Any, name: str | None,
-        parallelism: int | None, uid: str | None,
+        self,
+        method: str,
+        make: Callable[[], Any],
+        fn: Any,
+        name: str | None,
+        parallelism: int | None,
+        uid: str | None,
     ) -> Stream:
         _check_fn(fn, method)
         node = self._job._add(  # noqa: SLF001 - KeyedStream and Job are one API
@@ -343,40 +379,54 @@ class KeyedStream:
         return Stream(self._job, [(node, _FORWARD)])
 
     def reduce(
-        self, fn: Callable[[Any, Any], Any], *, name: str | None = None,
-        parallelism: int | None = None, uid: str | None = None,
+        self,
+        fn: Callable[[Any, Any], Any],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
     ) -> Stream:
         """Fold each key's records with ``fn(acc, record)``, emitting the running value."""
         return self._keyed("reduce", lambda: ReduceOperator(fn), fn, name, parallelism, uid)
 
     def stateful_map(
-        self, fn: Callable[[Any, Any], tuple[Any, Any]], *, name: str | None = None,
-        parallelism: int | None = None, uid: str | None = None,
+        self,
+        fn: Callable[[Any, Any], tuple[Any, Any]],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
     ) -> Stream:
         """Call ``fn(state_or_None, record) -> (new_state_or_None, output_or_None)`` per record."""
-        return self._keyed(
-            "stateful_map", lambda: StatefulMapOperator(fn), fn, name, parallelism, uid
-        )
+        return self._keyed("stateful_map", lambda: StatefulMapOperator(fn), fn, name, parallelism, uid)
 
     def process(
-        self, fn: Any, *, name: str | None = None,
-        parallelism: int | None = None, uid: str | None = None,
+        self,
+        fn: Any,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
     ) -> Stream:
         """Run a keyed process function: named per-key state, timers and side outputs.
 
         ``fn`` has ``process_element(value, ctx)`` and optionally
         ``on_timer(timestamp, ctx)``; both return an iterable of outputs (or
-        None). See ``operators.KeyedProcessFunction``.
+        None). See ``onceflow.operators.KeyedProcessFunction``.
         """
-        from operators.process_function import KeyedProcessOperator
+        from onceflow.operators.process_function import KeyedProcessOperator
 
         if not callable(getattr(fn, "process_element", None)):
             msg = f"process() needs an object with process_element(value, ctx), got {fn!r}"
             raise JobDefinitionError(msg)
         timestamp_fn = self._timestamp_fn
         return self._keyed(
-            "process", lambda: KeyedProcessOperator(_copy(fn), timestamp_fn),
-            fn.process_element, name, parallelism, uid,
+            "process",
+            lambda: KeyedProcessOperator(_copy(fn), timestamp_fn),
+            fn.process_element,
+            name,
+            parallelism,
+            uid,
         )
 
     def window(self, assigner: Any) -> WindowedStream:
@@ -426,19 +476,33 @@ class WindowedStream:
         """Send records later than the allowed lateness to side output ``tag`` instead of dropping them."""
         return WindowedStream(self._keyed, self._assigner, self._lateness, str(tag))
 
-    def _window(self, kind: str, fns: dict[str, Any], shown: Any, name: str | None,
-                parallelism: int | None, uid: str | None) -> Stream:
-        from operators.windows import WindowOperator
+    def _window(
+        self,
+        kind: str,
+        fns: dict[str, Any],
+        shown: Any,
+        name: str | None,
+        parallelism: int | None,
+        uid: str | None,
+    ) -> Stream:
+        from onceflow.operators.windows import WindowOperator
 
         assigner, lateness, tag = self._assigner, self._lateness, self._late_tag
         timestamp_fn = self._keyed._timestamp_fn  # noqa: SLF001 - one API
         stream = self._keyed._keyed(  # noqa: SLF001
             f"window_{kind}",
             lambda: WindowOperator(
-                assigner, kind=kind, timestamp_fn=timestamp_fn, allowed_lateness=lateness,
-                late_tag=tag, **fns,
+                assigner,
+                kind=kind,
+                timestamp_fn=timestamp_fn,
+                allowed_lateness=lateness,
+                late_tag=tag,
+                **fns,
             ),
-            shown, name, parallelism, uid,
+            shown,
+            name,
+            parallelism,
+            uid,
         )
         late = f", late records -> {tag!r}" if tag is not None else ""
         _describe(
@@ -448,17 +512,27 @@ class WindowedStream:
         return stream
 
     def reduce(
-        self, fn: Callable[[Any, Any], Any], *, name: str | None = None,
-        parallelism: int | None = None, uid: str | None = None,
+        self,
+        fn: Callable[[Any, Any], Any],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
     ) -> Stream:
         """Fold each window's records with ``fn``; emit ``(key, window, value)`` when it fires."""
         _check_fn(fn, "reduce")
         return self._window("reduce", {"reduce_fn": fn}, fn, name, parallelism, uid)
 
     def aggregate(
-        self, add: Callable[[Any, Any], Any], merge: Callable[[Any, Any], Any],
-        result: Callable[[Any], Any], init: Callable[[], Any], *, name: str | None = None,
-        parallelism: int | None = None, uid: str | None = None,
+        self,
+        add: Callable[[Any, Any], Any],
+        merge: Callable[[Any, Any], Any],
+        result: Callable[[Any], Any],
+        init: Callable[[], Any],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
     ) -> Stream:
         """Aggregate incrementally and emit ``(key, window, result(acc))`` when a window fires.
 
@@ -471,8 +545,12 @@ class WindowedStream:
         return self._window("aggregate", fns, add, name, parallelism, uid)
 
     def process(
-        self, fn: Callable[[Any, Any, list], Any], *, name: str | None = None,
-        parallelism: int | None = None, uid: str | None = None,
+        self,
+        fn: Callable[[Any, Any, list], Any],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
     ) -> Stream:
         """Call ``fn(key, window, values)`` when a window fires; emit the items it returns."""
         _check_fn(fn, "process")

@@ -14,10 +14,10 @@ from itertools import compress
 from operator import not_
 from typing import Any, Protocol
 
-from engine.elements import Batch
-from engine.errors import KeyEncodingError, OperatorError
-from state_backends.errors import ErrorDomain
-from state_backends.key_groups import key_group_for, subtask_for_key_group
+from onceflow.engine.elements import Batch
+from onceflow.engine.errors import KeyEncodingError, OperatorError
+from onceflow.state_backends.errors import ErrorDomain
+from onceflow.state_backends.key_groups import key_group_for, subtask_for_key_group
 
 
 class Channel(Protocol):

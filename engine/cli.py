@@ -16,8 +16,8 @@ import time
 import traceback
 from collections.abc import Sequence
 
-from engine.coordinator import CoordinatorSettings
-from engine.errors import (
+from onceflow.engine.coordinator import CoordinatorSettings
+from onceflow.engine.errors import (
     CheckpointStorageError,
     ConcurrentRunError,
     IncompatibleCheckpointError,
@@ -25,13 +25,13 @@ from engine.errors import (
     OnceflowError,
     OperatorError,
 )
-from engine.executors.local import ExecutionSettings
-from engine.loader import load_job, parse_params
-from engine.plan import build_plan, describe_graph
-from engine.progress import ProgressDisplay
-from engine.runner import DEFAULT_CHECKPOINT_DIR, JobRunner, RestartStrategy, RunStatus
-from engine.storage import CheckpointStore
-from state_backends.errors import ErrorDomain
+from onceflow.engine.executors.local import ExecutionSettings
+from onceflow.engine.loader import load_job, parse_params
+from onceflow.engine.plan import build_plan, describe_graph
+from onceflow.engine.progress import ProgressDisplay
+from onceflow.engine.runner import DEFAULT_CHECKPOINT_DIR, JobRunner, RestartStrategy, RunStatus
+from onceflow.engine.storage import CheckpointStore
+from onceflow.state_backends.errors import ErrorDomain
 
 log = logging.getLogger("onceflow")
 
@@ -68,34 +68,73 @@ def build_parser() -> argparse.ArgumentParser:
 
     def job_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("jobfile", help="a Python file defining build(**params) -> Job")
-        p.add_argument("-p", dest="params", action="append", default=[], metavar="NAME=VALUE",
-                       help="a parameter passed to build() as a string (repeatable)")
-        p.add_argument("--parallelism", type=_positive_int, default=1,
-                       help="parallelism of every operator that sets none (default 1)")
-        p.add_argument("--max-parallelism", type=_positive_int, default=128,
-                       help="number of key groups; fixed for the life of the job (default 128)")
+        p.add_argument(
+            "-p",
+            dest="params",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="a parameter passed to build() as a string (repeatable)",
+        )
+        p.add_argument(
+            "--parallelism",
+            type=_positive_int,
+            default=1,
+            help="parallelism of every operator that sets none (default 1)",
+        )
+        p.add_argument(
+            "--max-parallelism",
+            type=_positive_int,
+            default=128,
+            help="number of key groups; fixed for the life of the job (default 128)",
+        )
         p.add_argument("--verbose", "-v", action="store_true", help="debug logs and tracebacks")
 
     run = sub.add_parser("run", help="run a job (a rerun resumes from the latest checkpoint)")
     job_args(run)
     run.add_argument("--executor", choices=["local", "process"], default="local")
-    run.add_argument("--checkpoint-dir", default=DEFAULT_CHECKPOINT_DIR,
-                     help=f"fsspec URL or path for checkpoints (default {DEFAULT_CHECKPOINT_DIR})")
-    run.add_argument("--checkpoint-interval", type=_positive_float, default=2.0,
-                     help="seconds between checkpoints (default 2)")
-    run.add_argument("--checkpoint-timeout", type=_positive_float, default=60.0,
-                     help="abort a checkpoint not complete after this many seconds (default 60)")
-    run.add_argument("--retain", type=_positive_int, default=3,
-                     help="completed checkpoints to keep (default 3)")
-    run.add_argument("--fresh", action="store_true",
-                     help="discard this job's checkpoints and output, and start over")
-    run.add_argument("--restart-attempts", type=int, default=3,
-                     help="restarts after a task failure before giving up (default 3)")
-    run.add_argument("--restart-delay", type=float, default=0.5,
-                     help="first restart delay in seconds, doubled each time (default 0.5)")
+    run.add_argument(
+        "--checkpoint-dir",
+        default=DEFAULT_CHECKPOINT_DIR,
+        help=f"fsspec URL or path for checkpoints (default {DEFAULT_CHECKPOINT_DIR})",
+    )
+    run.add_argument(
+        "--checkpoint-interval",
+        type=_positive_float,
+        default=2.0,
+        help="seconds between checkpoints (default 2)",
+    )
+    run.add_argument(
+        "--checkpoint-timeout",
+        type=_positive_float,
+        default=60.0,
+        help="abort a checkpoint not complete after this many seconds (default 60)",
+    )
+    run.add_argument(
+        "--retain", type=_positive_int, default=3, help="completed checkpoints to keep (default 3)"
+    )
+    run.add_argument(
+        "--fresh", action="store_true", help="discard this job's checkpoints and output, and start over"
+    )
+    run.add_argument(
+        "--restart-attempts",
+        type=int,
+        default=3,
+        help="restarts after a task failure before giving up (default 3)",
+    )
+    run.add_argument(
+        "--restart-delay",
+        type=float,
+        default=0.5,
+        help="first restart delay in seconds, doubled each time (default 0.5)",
+    )
     run.add_argument("--batch-size", type=_positive_int, default=1024)
-    run.add_argument("--channel-capacity", type=_positive_int, default=8,
-                     help="batches a channel holds before its producer waits (default 8)")
+    run.add_argument(
+        "--channel-capacity",
+        type=_positive_int,
+        default=8,
+        help="batches a channel holds before its producer waits (default 8)",
+    )
     run.add_argument("--progress", choices=["auto", "tty", "log", "off"], default="auto")
 
     graph = sub.add_parser("graph", help="print the logical graph and the physical plan")
@@ -103,8 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("checkpoints", help="list, inspect or delete checkpoints")
     chk.add_argument("action", choices=["list", "inspect", "delete"])
-    chk.add_argument("url", nargs="?", default=DEFAULT_CHECKPOINT_DIR,
-                     help=f"checkpoint directory (default {DEFAULT_CHECKPOINT_DIR})")
+    chk.add_argument(
+        "url",
+        nargs="?",
+        default=DEFAULT_CHECKPOINT_DIR,
+        help=f"checkpoint directory (default {DEFAULT_CHECKPOINT_DIR})",
+    )
     chk.add_argument("--job", help="job name (default: the only job in the directory)")
     chk.add_argument("--id", type=int, help="checkpoint id (default: the latest)")
     chk.add_argument("--verbose", "-v", action="store_true")
@@ -208,9 +251,7 @@ def _run(args: argparse.Namespace) -> int:
             "its output is committed and nothing changed (pass --fresh to run it again)"
         )
     else:
-        resumed = (
-            f", resumed from checkpoint {result.restored_from}" if result.restored_from else ""
-        )
+        resumed = f", resumed from checkpoint {result.restored_from}" if result.restored_from else ""
         restarts = f", {result.restarts} restart(s)" if result.restarts else ""
         print(
             f"onceflow: job {job.name!r} finished in {elapsed:.1f} s{resumed}{restarts}: "
@@ -226,9 +267,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _graph(args: argparse.Namespace) -> int:
     job = load_job(args.jobfile, parse_params(args.params))
-    plan = build_plan(
-        job.graph, default_parallelism=args.parallelism, max_parallelism=args.max_parallelism
-    )
+    plan = build_plan(job.graph, default_parallelism=args.parallelism, max_parallelism=args.max_parallelism)
     print(describe_graph(job.graph))
     print()
     print(plan.describe())
@@ -239,9 +278,7 @@ def _checkpoints(args: argparse.Namespace) -> int:
     probe = CheckpointStore(args.url, "_")
     root = probe.paths.root
     try:
-        jobs = sorted(
-            p.rsplit("/", 1)[-1] for p in probe.fs.ls(root, detail=False) if probe.fs.isdir(p)
-        )
+        jobs = sorted(p.rsplit("/", 1)[-1] for p in probe.fs.ls(root, detail=False) if probe.fs.isdir(p))
     except FileNotFoundError:
         jobs = []
     if args.job:
@@ -256,8 +293,7 @@ def _checkpoints(args: argparse.Namespace) -> int:
                 if meta:
                     final = " final" if meta.get("final") else ""
                     extra = (
-                        f" {meta.get('size_bytes', 0):>10,} bytes  "
-                        f"{meta['timings']['triggered_at']}{final}"
+                        f" {meta.get('size_bytes', 0):>10,} bytes  {meta['timings']['triggered_at']}{final}"
                     )
                 print(f"{name}  chk-{cid:<6} {state:10}{extra}")
         return EXIT_OK
@@ -267,8 +303,10 @@ def _checkpoints(args: argparse.Namespace) -> int:
     store = CheckpointStore(args.url, jobs[0])
     ids = store.checkpoint_ids()
     if args.action == "inspect":
-        cid = args.id if args.id is not None else next(
-            (i for i in reversed(ids) if store.read_metadata(i)), None
+        cid = (
+            args.id
+            if args.id is not None
+            else next((i for i in reversed(ids) if store.read_metadata(i)), None)
         )
         meta = store.read_metadata(cid) if cid is not None else None
         if meta is None:

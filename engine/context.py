@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.faults import CRASH_POINTS
-from state_backends.key_groups import KeyGroupRange
+from onceflow.engine.faults import CRASH_POINTS
+from onceflow.state_backends.key_groups import KeyGroupRange
 
 
 @dataclass
 class SubtaskContext:
-    """Implements ``operators.base.RuntimeContext`` for one operator of one subtask."""
+    """Implements ``onceflow.operators.base.RuntimeContext`` for one operator of one subtask."""
 
     job_name: str
     operator_name: str

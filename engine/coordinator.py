@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from engine.errors import CheckpointError, CheckpointFailureReason
-from engine.faults import CRASH_POINTS
-from engine.storage import METADATA_FORMAT, CheckpointStore
-from state_backends.key_groups import HASH_FUNCTION_ID
+from onceflow.engine.errors import CheckpointError, CheckpointFailureReason
+from onceflow.engine.faults import CRASH_POINTS
+from onceflow.engine.storage import METADATA_FORMAT, CheckpointStore
+from onceflow.state_backends.key_groups import HASH_FUNCTION_ID
 
 log = logging.getLogger("onceflow")
 
@@ -166,9 +166,7 @@ class CheckpointCoordinator:
         self._trigger_sources(checkpoint_id, final)
         return checkpoint_id
 
-    def acknowledge(
-        self, checkpoint_id: int, key: SubtaskKey, handles: list[dict[str, Any]]
-    ) -> AckResult:
+    def acknowledge(self, checkpoint_id: int, key: SubtaskKey, handles: list[dict[str, Any]]) -> AckResult:
         """Take one subtask's acknowledgement; complete the checkpoint on the last one."""
         pending = self.pending
         if pending is None or pending.checkpoint_id != checkpoint_id:

@@ -2,11 +2,11 @@
 
 ::
 
-    OnceflowError                       (state_backends.errors; carries a domain)
+    OnceflowError                       (onceflow.state_backends.errors; carries a domain)
     ├── CorruptStateError               a state file is torn or fails its checksum
     ├── KeyEncodingError (TypeError)    a key of an unsupported type
     ├── IncompatibleStateError          state written by an incompatible Python
-    ├── SourceError / SinkError         (operators.errors) bad connector setup
+    ├── SourceError / SinkError         (onceflow.operators.errors) bad connector setup
     │   └── SinkCommitError             a committed checkpoint's output is gone
     ├── JobDefinitionError              the job is invalid; raised before running
     │   └── JobLoadError                the job file cannot be loaded or built
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-from operators.errors import SinkCommitError, SinkError, SourceError
-from state_backends.errors import (
+from onceflow.operators.errors import SinkCommitError, SinkError, SourceError
+from onceflow.state_backends.errors import (
     CorruptStateError,
     ErrorDomain,
     IncompatibleStateError,

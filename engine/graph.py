@@ -15,7 +15,7 @@ from typing import Any
 
 import networkx as nx
 
-from engine.errors import JobDefinitionError
+from onceflow.engine.errors import JobDefinitionError
 
 
 class Partitioning(str, Enum):
@@ -166,8 +166,12 @@ class JobGraph:
         """Return a digest of the topology (uids, kinds, edges), independent of parallelism."""
         nodes = sorted((s.uid, s.kind.value) for s in self.specs())
         edges = sorted(
-            (self.spec(u).uid, self.spec(v).uid, self.edge(u, v).partitioning.value,
-             self.edge(u, v).tag or "")
+            (
+                self.spec(u).uid,
+                self.spec(v).uid,
+                self.edge(u, v).partitioning.value,
+                self.edge(u, v).tag or "",
+            )
             for u, v in self.dag.edges
         )
         blob = json.dumps({"nodes": nodes, "edges": edges}, sort_keys=True).encode()

@@ -9,8 +9,8 @@ import sys
 import traceback
 from typing import Any
 
-from engine.api import Job
-from engine.errors import JobLoadError
+from onceflow.engine.api import Job
+from onceflow.engine.errors import JobLoadError
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -74,20 +74,18 @@ def _check_params(path: str, build: Any, params: dict[str, str]) -> None:
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return
     accepted = [
-        name for name, p in sig.parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        name for name, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     ]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        msg = (
-            f"unknown parameter {unknown[0]!r} for {path!r}; build() accepts: "
-            + (", ".join(accepted) or "no parameters")
+        msg = f"unknown parameter {unknown[0]!r} for {path!r}; build() accepts: " + (
+            ", ".join(accepted) or "no parameters"
         )
         raise JobLoadError(msg)
     missing = [
-        name for name, p in sig.parameters.items()
-        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and name not in params
+        name
+        for name, p in sig.parameters.items()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in params
     ]
     if missing:
         msg = f"job file {path!r} needs parameter {missing[0]!r}: pass -p {missing[0]}=VALUE"

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import JobDefinitionError
-from engine.graph import JobGraph, OperatorKind, OperatorSpec, Partitioning
+from onceflow.engine.errors import JobDefinitionError
+from onceflow.engine.graph import JobGraph, OperatorKind, OperatorSpec, Partitioning
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,7 @@ class PhysicalPlan:
         return "\n".join(lines)
 
 
-def build_plan(
-    graph: JobGraph, *, default_parallelism: int = 1, max_parallelism: int = 128
-) -> PhysicalPlan:
+def build_plan(graph: JobGraph, *, default_parallelism: int = 1, max_parallelism: int = 128) -> PhysicalPlan:
     """Validate ``graph`` and chain it into tasks.
 
     Steps:

@@ -16,7 +16,10 @@ class ProgressDisplay:
     """Called by the executor on every scheduler round; renders at most every ``interval``."""
 
     def __init__(
-        self, stream: IO[str] | None = None, *, interactive: bool | None = None,
+        self,
+        stream: IO[str] | None = None,
+        *,
+        interactive: bool | None = None,
         interval: float | None = None,
     ) -> None:
         self.stream = stream or sys.stderr
@@ -49,8 +52,9 @@ class ProgressDisplay:
         coordinator = executor.coordinator
         chk = coordinator.last_completed
         chk_text = (
-            f"checkpoint {chk.checkpoint_id} ({chk.duration_s * 1000:.0f} ms, "
-            f"{_size(chk.size_bytes)})" if chk else "no checkpoint yet"
+            f"checkpoint {chk.checkpoint_id} ({chk.duration_s * 1000:.0f} ms, {_size(chk.size_bytes)})"
+            if chk
+            else "no checkpoint yet"
         )
         lines = [f"[{time.monotonic() - self._start:6.1f}s] {executor.plan.job_name}: {chk_text}"]
         counts: dict[str, tuple[int, float]] = {}

@@ -22,23 +22,23 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from engine.api import Job
-from engine.errors import (
+from onceflow.engine.api import Job
+from onceflow.engine.errors import (
     CheckpointStorageError,
     CorruptStateError,
     IncompatibleCheckpointError,
     OnceflowError,
     OperatorError,
 )
-from engine.executors._wiring import Attempt, ExecutionSettings
-from engine.executors.local import LocalExecutor
-from engine.executors.process import ProcessExecutor
-from engine.plan import PhysicalPlan, build_plan
-from engine.storage import CheckpointStore
-from operators.base import RestoredState
-from state_backends.arrow_snapshot import StateFileHandle, read_state_file
-from state_backends.errors import ErrorDomain
-from state_backends.key_groups import HASH_FUNCTION_ID, key_group_range_for_subtask
+from onceflow.engine.executors._wiring import Attempt, ExecutionSettings
+from onceflow.engine.executors.local import LocalExecutor
+from onceflow.engine.executors.process import ProcessExecutor
+from onceflow.engine.plan import PhysicalPlan, build_plan
+from onceflow.engine.storage import CheckpointStore
+from onceflow.operators.base import RestoredState
+from onceflow.state_backends.arrow_snapshot import StateFileHandle, read_state_file
+from onceflow.state_backends.errors import ErrorDomain
+from onceflow.state_backends.key_groups import HASH_FUNCTION_ID, key_group_range_for_subtask
 
 log = logging.getLogger("onceflow")
 
@@ -178,7 +178,11 @@ class JobRunner:
                 log.warning(
                     "attempt %d failed: %s; restarting from the latest checkpoint in %.1f s "
                     "(restart %d of %d)",
-                    failures, exc, delay, failures, self.restart.attempts,
+                    failures,
+                    exc,
+                    delay,
+                    failures,
+                    self.restart.attempts,
                 )
                 time.sleep(delay)
 
@@ -201,17 +205,19 @@ class JobRunner:
             params=self.params,
         )
         executor = executor_class(attempt, on_tick=self.on_tick)
-        sinks = [
-            op.config["sink"] for t in self.plan.tasks for op in t.operators if "sink" in op.config
-        ]
+        sinks = [op.config["sink"] for t in self.plan.tasks for op in t.operators if "sink" in op.config]
         if finished:
-            recommitted = sum(
-                getattr(op, "recommitted", 0) for st in executor.subtasks for op in st.ops
-            )
+            recommitted = sum(getattr(op, "recommitted", 0) for st in executor.subtasks for op in st.ops)
             executor.close()
             return RunResult(
-                RunStatus.ALREADY_FINISHED, self.job.name, restored_id, 1, restored_id, 0,
-                sinks=sinks, recommitted=recommitted,
+                RunStatus.ALREADY_FINISHED,
+                self.job.name,
+                restored_id,
+                1,
+                restored_id,
+                0,
+                sinks=sinks,
+                recommitted=recommitted,
             )
         executor.run()
         last = executor.coordinator.last_completed
@@ -273,9 +279,7 @@ class JobRunner:
             try:
                 states = self._load_states(meta)
             except (CorruptStateError, FileNotFoundError) as exc:
-                log.warning(
-                    "checkpoint %d is corrupt (%s); falling back to an older checkpoint", cid, exc
-                )
+                log.warning("checkpoint %d is corrupt (%s); falling back to an older checkpoint", cid, exc)
                 doomed.append(cid)
                 continue
             chosen = _RestorePoint(cid, meta, states)
@@ -350,4 +354,3 @@ class JobRunner:
                             keyed.setdefault(name, {}).update(table)
                     states[op.uid, i] = RestoredState(cid, old_parallelism, op_states, keyed)
         return states
-

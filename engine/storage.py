@@ -24,9 +24,8 @@ from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-
-from engine.errors import CheckpointStorageError, ConcurrentRunError
-from engine.faults import CRASH_POINTS
+from onceflow.engine.errors import CheckpointStorageError, ConcurrentRunError
+from onceflow.engine.faults import CRASH_POINTS
 
 log = logging.getLogger("onceflow")
 

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from engine.alignment import AlignmentResult, BarrierAligner
-from engine.elements import END_OF_DATA, Barrier, Batch, EndOfData, Watermark
-from engine.errors import OperatorError
-from engine.faults import CRASH_POINTS
-from engine.plan import TaskSpec
-from operators.base import Operator, OperatorSnapshot, RestoredState, SourceReader
-from state_backends.errors import ErrorDomain, OnceflowError
+from onceflow.engine.alignment import AlignmentResult, BarrierAligner
+from onceflow.engine.elements import END_OF_DATA, Barrier, Batch, EndOfData, Watermark
+from onceflow.engine.errors import OperatorError
+from onceflow.engine.faults import CRASH_POINTS
+from onceflow.engine.plan import TaskSpec
+from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState, SourceReader
+from onceflow.state_backends.errors import ErrorDomain, OnceflowError
 
 log = logging.getLogger("onceflow")
 
@@ -83,9 +83,7 @@ class Subtask:
         self._idle_out = False
         self._wm_ops = [i for i, op in enumerate(operators) if getattr(op, "emits_watermarks", False)]
         self._emitted = dict.fromkeys(self._wm_ops, -math.inf)
-        self._time_ops = [
-            i for i, op in enumerate(operators) if getattr(op, "wants_processing_time", False)
-        ]
+        self._time_ops = [i for i, op in enumerate(operators) if getattr(op, "wants_processing_time", False)]
         self._side_ops = [i for i, op in enumerate(operators) if hasattr(op, "side_outputs")]
         self._last_tick = 0.0
         # metrics, read by the progress display
@@ -271,7 +269,8 @@ class Subtask:
             if watermark.timestamp > self._input_watermarks[channel]:
                 self._input_watermarks[channel] = watermark.timestamp
         active = [
-            wm for wm, idle, ended in zip(self._input_watermarks, self._input_idle, self._ended)
+            wm
+            for wm, idle, ended in zip(self._input_watermarks, self._input_idle, self._ended)
             if not idle and not ended
         ]
         if not active:

@@ -1,6 +1,6 @@
 """Run a job in-process for a test, with fast checkpoints and quick restarts.
 
-Lives in ``engine`` (not ``operators.testing``) because it drives the runner,
+Lives in ``engine`` (not ``onceflow.operators.testing``) because it drives the runner,
 and operators never import the engine.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 import tempfile
 import uuid
 
-from engine.api import Job
-from engine.coordinator import CoordinatorSettings
-from engine.errors import OperatorError
-from engine.executors.local import ExecutionSettings
-from engine.runner import JobRunner, RestartStrategy, RunResult
-from operators.testing import RunInterrupted
+from onceflow.engine.api import Job
+from onceflow.engine.coordinator import CoordinatorSettings
+from onceflow.engine.errors import OperatorError
+from onceflow.engine.executors.local import ExecutionSettings
+from onceflow.engine.runner import JobRunner, RestartStrategy, RunResult
+from onceflow.operators.testing import RunInterrupted
 
 
 def run_job_for_test(

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import time
 
-from engine import Job
-from operators import PostgresSink, RedisStreamSource
+from onceflow import Job, PostgresSink, RedisStreamSource
 
 
 def build(

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from engine import Job
-from operators import EventTimeSessionWindows, FileSink, FileSource, Window
+from onceflow import EventTimeSessionWindows, FileSink, FileSource, Job, Window
 
 
 def parse(line: str) -> tuple[float, str, str]:
@@ -67,8 +66,12 @@ def build(
         .filter(lambda line: bool(line) and not line.startswith("ts,"), name="skip-header", parallelism=1)
         .map(parse, name="parse", parallelism=1)
         .assign_timestamps(
-            lambda click: click[0], max_delay=float(max_delay), idle_timeout=float(idle_timeout),
-            name="timestamps", uid="timestamps", parallelism=1,
+            lambda click: click[0],
+            max_delay=float(max_delay),
+            idle_timeout=float(idle_timeout),
+            name="timestamps",
+            uid="timestamps",
+            parallelism=1,
         )
     )
     sessions = (

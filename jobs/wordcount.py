@@ -8,8 +8,7 @@ so a word's last line holds its total.
 
 from __future__ import annotations
 
-from engine import Job
-from operators import FileSink, FileSource
+from onceflow import FileSink, FileSource, Job
 
 
 def build(input: str = "data/words", output: str = "out/wordcount") -> Job:

@@ -1,6 +1,6 @@
 """What jobs are built from: sources, transforms, keyed operators and sinks."""
 
-from operators.base import (
+from onceflow.operators.base import (
     Operator,
     OperatorSnapshot,
     RestoredState,
@@ -10,13 +10,13 @@ from operators.base import (
     SourceReader,
     TwoPhaseCommitWriter,
 )
-from operators.errors import SinkCommitError, SinkError, SourceError
-from operators.event_time import TimestampAssigner
-from operators.files import FileSink, FileSource, read_committed_lines
-from operators.postgres import PostgresSink
-from operators.process_function import KeyedProcessFunction
-from operators.redis_streams import RedisStreamSink, RedisStreamSource
-from operators.windows import (
+from onceflow.operators.errors import SinkCommitError, SinkError, SourceError
+from onceflow.operators.event_time import TimestampAssigner
+from onceflow.operators.files import FileSink, FileSource, read_committed_lines
+from onceflow.operators.postgres import PostgresSink
+from onceflow.operators.process_function import KeyedProcessFunction
+from onceflow.operators.redis_streams import RedisStreamSink, RedisStreamSource
+from onceflow.operators.windows import (
     EventTimeSessionWindows,
     SlidingEventTimeWindows,
     TumblingEventTimeWindows,

@@ -20,7 +20,7 @@ import re
 import fsspec
 from fsspec import AbstractFileSystem
 
-from operators.errors import (
+from onceflow.operators.errors import (
     SourceNotFoundError,
 )
 
@@ -33,9 +33,7 @@ MARKER_NAME = "_onceflow_sink.json"
 HIDDEN_PREFIXES = (".", "_")
 GLOB_CHARS = frozenset("*?[")
 UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
-PENDING_NAME = re.compile(
-    r"^\.part-(?P<subtask>\d+)-(?P<checkpoint>\d+)\.(?P<attempt>.+)\.pending$"
-)
+PENDING_NAME = re.compile(r"^\.part-(?P<subtask>\d+)-(?P<checkpoint>\d+)\.(?P<attempt>.+)\.pending$")
 COMMITTED_NAME = re.compile(r"^part-(?P<subtask>\d+)-(?P<checkpoint>\d+)")
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from state_backends.key_groups import KeyGroupRange
+from onceflow.state_backends.key_groups import KeyGroupRange
 
 log = logging.getLogger("onceflow")
 
@@ -264,9 +264,7 @@ class TwoPhaseCommitWriter(Operator):
             if self.commit(committable):
                 self.recommitted += 1
         if self.ctx.subtask_index == 0:
-            self.abort_leftovers(
-                [c for _, state in restored.operator_states for _, c in (state or [])]
-            )
+            self.abort_leftovers([c for _, state in restored.operator_states for _, c in (state or [])])
 
 
 def describe_callable(fn: Callable[..., Any]) -> str:

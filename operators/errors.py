@@ -1,6 +1,6 @@
 """The errors that sources and sinks raise; the engine wraps and reports them.
 
-The tree below :class:`state_backends.errors.OnceflowError` (``engine.errors``
+The tree below :class:`onceflow.state_backends.errors.OnceflowError` (``onceflow.engine.errors``
 draws the whole of it)::
 
     OnceflowError
@@ -17,7 +17,7 @@ Retrying cannot help a ``user`` error, so the runner fails the job at once.
 
 from __future__ import annotations
 
-from state_backends.errors import ErrorDomain, OnceflowError
+from onceflow.state_backends.errors import ErrorDomain, OnceflowError
 
 __all__ = [
     "SinkCommitError",

@@ -7,7 +7,7 @@ max_delay`` ("no record older than this will follow"): bounded
 out-of-orderness, or monotonous timestamps with ``max_delay=0``. The subtask
 reads ``emitted_watermark`` and ``idle`` after every batch and tick and sends
 them downstream in-band; a downstream subtask takes the minimum over its
-non-idle inputs (``engine.task``).
+non-idle inputs (``onceflow.engine.task``).
 
 Event-time operators (windows, keyed process functions) keep their own copy of
 the watermark, snapshot it, and restore it: after a crash the engine's
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from operators.base import Operator, OperatorSnapshot, RestoredState
+from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState
 
 __all__ = [
     "TimestampAssigner",
@@ -74,10 +74,7 @@ def compute_timestamp(fn: Callable[[Any], Any], record: Any, operator: str) -> f
     try:
         value = fn(record)
     except Exception as exc:
-        msg = (
-            f"{operator}: the timestamp function raised {type(exc).__name__}: {exc} "
-            f"for record {record!r}"
-        )
+        msg = f"{operator}: the timestamp function raised {type(exc).__name__}: {exc} for record {record!r}"
         raise ValueError(msg) from exc
     return check_timestamp(value, record, operator)
 

@@ -1,8 +1,8 @@
 """``FileSink``: lines to files that become visible only when their checkpoint completes.
 
 Two-phase commit over file renames, on any fsspec filesystem; the naming
-scheme is described in :mod:`operators._file_paths`. The engine calls the
-life-cycle hooks of :mod:`operators.base`; this module schedules nothing.
+scheme is described in :mod:`onceflow.operators._file_paths`. The engine calls the
+life-cycle hooks of :mod:`onceflow.operators.base`; this module schedules nothing.
 """
 
 from __future__ import annotations
@@ -19,20 +19,20 @@ import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from operators._file_paths import (
+from onceflow.operators._file_paths import (
     COMMITTED_NAME,
     MARKER_NAME,
     PENDING_NAME,
     fsync_dir,
     safe_name,
 )
-from operators.base import (
+from onceflow.operators.base import (
     RuntimeContext,
     Sink,
     TwoPhaseCommitWriter,
     describe_callable,
 )
-from operators.errors import (
+from onceflow.operators.errors import (
     SinkCommitError,
     SinkOutputExistsError,
     SinkOwnershipError,
@@ -61,9 +61,7 @@ class FileSink(Sink):
         suffix: appended to committed file names, e.g. ``".csv"``.
     """
 
-    def __init__(
-        self, directory: str, *, encoder: Callable[[Any], str] = str, suffix: str = ""
-    ) -> None:
+    def __init__(self, directory: str, *, encoder: Callable[[Any], str] = str, suffix: str = "") -> None:
         if "/" in suffix:
             msg = f"FileSink({directory!r}): suffix {suffix!r} must not contain '/'"
             raise ValueError(msg)
@@ -195,10 +193,7 @@ class FileSinkWriter(TwoPhaseCommitWriter):
 
     def _open_inprogress(self) -> IO[bytes]:
         ctx = self.ctx
-        name = (
-            f".{safe_name(ctx.uid)}-{ctx.subtask_index}-{safe_name(ctx.attempt_id)}"
-            f"-{self._seq}.inprogress"
-        )
+        name = f".{safe_name(ctx.uid)}-{ctx.subtask_index}-{safe_name(ctx.attempt_id)}-{self._seq}.inprogress"
         self._seq += 1
         self._inprogress_path = self._path(name)
         self._handle = self._fs.open(self._inprogress_path, "wb")
@@ -280,9 +275,7 @@ class FileSinkWriter(TwoPhaseCommitWriter):
         """
         ctx = self.ctx
         attempt = safe_name(ctx.attempt_id)
-        inprogress = re.compile(
-            rf"^\.{re.escape(safe_name(ctx.uid))}-\d+-(?P<attempt>.+)-\d+\.inprogress$"
-        )
+        inprogress = re.compile(rf"^\.{re.escape(safe_name(ctx.uid))}-\d+-(?P<attempt>.+)-\d+\.inprogress$")
         kept = {c["pending"] for c in keep if isinstance(c, dict) and "pending" in c}
         restored = ctx.restored_checkpoint_id
         doomed: list[str] = []

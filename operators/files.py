@@ -4,7 +4,7 @@
 offsets. :class:`FileSink` writes lines and makes them visible only when the
 checkpoint covering them completes (two-phase commit over file renames). This
 module does not schedule anything: the engine calls the life-cycle hooks of
-:mod:`operators.base`.
+:mod:`onceflow.operators.base`.
 
 Names in a sink directory (``<n>`` is a checkpoint id)::
 
@@ -24,24 +24,23 @@ from typing import IO
 
 from fsspec import AbstractFileSystem
 from fsspec.spec import AbstractBufferedFile
-
-from operators._file_paths import (
+from onceflow.operators._file_paths import (
     FILE_DONE,
     MARKER_NAME,
     resolve_input,
 )
-from operators.base import (
+from onceflow.operators.base import (
     RestoredState,
     RuntimeContext,
     Source,
     SourceReader,
 )
-from operators.errors import (
+from onceflow.operators.errors import (
     SourceDecodeError,
     SourceError,
     SourceNotFoundError,
 )
-from operators.file_sink import FileSink, FileSinkWriter, read_committed_lines
+from onceflow.operators.file_sink import FileSink, FileSinkWriter, read_committed_lines
 
 __all__ = [
     "FILE_DONE",

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from operators.base import Operator, OperatorSnapshot, RestoredState
-from state_backends.heap import HeapKeyedState
+from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState
+from onceflow.state_backends.heap import HeapKeyedState
 
 _MISSING = object()
 _VALUE = "value"

@@ -39,9 +39,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from operators.base import RuntimeContext, Sink, TwoPhaseCommitWriter
-from operators.errors import SinkCommitError, SinkError, SinkOutputExistsError
-from state_backends.errors import ErrorDomain
+from onceflow.operators.base import RuntimeContext, Sink, TwoPhaseCommitWriter
+from onceflow.operators.errors import SinkCommitError, SinkError, SinkOutputExistsError
+from onceflow.state_backends.errors import ErrorDomain
 
 __all__ = [
     "BOOKKEEPING_TABLE",
@@ -69,7 +69,7 @@ _USER_CONNECT_ERRORS = (
     "not permitted",
     "invalid connection option",
     "invalid dsn",
-    "missing \"=\"",
+    'missing "="',
     "is not allowed",
 )
 
@@ -387,9 +387,7 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
         statement = self._upsert_sql(columns)
         try:
             with self._data.transaction():
-                self._data.execute(
-                    psycopg.sql.SQL("EXPLAIN ") + statement, [None] * len(columns)
-                )
+                self._data.execute(psycopg.sql.SQL("EXPLAIN ") + statement, [None] * len(columns))
         except psycopg.errors.InvalidColumnReference as exc:
             msg = (
                 f"{self._where}: upsert needs a unique index or primary key on exactly "
@@ -422,13 +420,13 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
                 raise SinkOutputExistsError(msg)
             if ctx.subtask_index == 0:
                 log.warning(
-                    "%s: --fresh forgets %d commits of an earlier run; the rows they wrote stay "
-                    "in the table", self._where, earlier[0],
+                    "%s: --fresh forgets %d commits of an earlier run; the rows they wrote stay in the table",
+                    self._where,
+                    earlier[0],
                 )
                 self._control.execute(
                     self._psycopg.sql.SQL(
-                        "DELETE FROM {} WHERE job = %s AND sink = %s AND target = %s "
-                        "AND attempt <> %s"
+                        "DELETE FROM {} WHERE job = %s AND sink = %s AND target = %s AND attempt <> %s"
                     ).format(self._marker_ident),
                     (ctx.job_name, ctx.uid, self._target, self._attempt),
                 )
@@ -605,8 +603,7 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
         if others:
             action = sql.SQL("DO UPDATE SET {}").format(
                 sql.SQL(", ").join(
-                    sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-                    for c in others
+                    sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in others
                 )
             )
         else:
@@ -710,8 +707,7 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
                     "INSERT INTO {} (gid, job, sink, subtask, checkpoint_id, attempt, target) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s)"
                 ).format(self._marker_ident),
-                (gid, ctx.job_name, ctx.uid, ctx.subtask_index, checkpoint_id, self._attempt,
-                 self._target),
+                (gid, ctx.job_name, ctx.uid, ctx.subtask_index, checkpoint_id, self._attempt, self._target),
             )
             self._data.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
         except self._psycopg.OperationalError as exc:
@@ -743,8 +739,12 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
                 if attempt == 2:
                     msg = f"while committing {committable['gid']!r}"
                     raise self._unavailable(msg, exc) from exc
-                log.warning("%s: commit of %s failed (%s); reconnecting", self._where,
-                            committable["gid"], _one_line(exc))
+                log.warning(
+                    "%s: commit of %s failed (%s); reconnecting",
+                    self._where,
+                    committable["gid"],
+                    _one_line(exc),
+                )
                 self._close_quietly(self._control)
                 time.sleep(0.2 * (attempt + 1))
                 self._control = self._connect(autocommit=True)
@@ -800,9 +800,7 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
             return
         sql = self._psycopg.sql
         try:
-            self._control.execute(
-                sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(committable["gid"]))
-            )
+            self._control.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(committable["gid"])))
         except self._psycopg.errors.UndefinedObject:
             pass
         except self._psycopg.OperationalError as exc:
@@ -848,8 +846,9 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
             raise self._unavailable(msg, exc) from exc
         if doomed:
             log.info(
-                "%s: rolled back %d prepared transactions of attempts that did not complete "
-                "their checkpoint", self._where, len(doomed),
+                "%s: rolled back %d prepared transactions of attempts that did not complete their checkpoint",
+                self._where,
+                len(doomed),
             )
 
     # ------------------------------------------------------------ helpers

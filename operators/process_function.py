@@ -31,9 +31,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from operators.base import Operator, OperatorSnapshot, RestoredState
-from operators.event_time import check_timestamp, frozen_copy, restored_watermark
-from state_backends.heap import HeapKeyedState
+from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState
+from onceflow.operators.event_time import check_timestamp, frozen_copy, restored_watermark
+from onceflow.state_backends.heap import HeapKeyedState
 
 __all__ = [
     "KeyedProcessFunction",

@@ -12,7 +12,7 @@ Lua script, atomic in Redis, moves the staged entries into the target stream,
 deletes the staging list and records the checkpoint id as the last one
 committed by that subtask. A repeated commit finds that id and does nothing;
 a commit whose staging list is gone and whose id was never recorded raises
-:class:`~operators.errors.SinkCommitError` (lost output is never skipped).
+:class:`~onceflow.operators.errors.SinkCommitError` (lost output is never skipped).
 Keys of the sink (``<h>`` hashes the job name and sink uid)::
 
     onceflow:sink:<h>:stage:<subtask>:<attempt>:<seq>     staged entries (a list of JSON arrays)
@@ -34,9 +34,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from operators.base import RestoredState, RuntimeContext, Sink, Source, SourceReader, TwoPhaseCommitWriter
-from operators.errors import SinkCommitError, SinkError, SinkOutputExistsError, SourceError
-from state_backends.errors import ErrorDomain
+from onceflow.operators.base import (
+    RestoredState,
+    RuntimeContext,
+    Sink,
+    Source,
+    SourceReader,
+    TwoPhaseCommitWriter,
+)
+from onceflow.operators.errors import SinkCommitError, SinkError, SinkOutputExistsError, SourceError
+from onceflow.state_backends.errors import ErrorDomain
 
 __all__ = [
     "RedisStreamSink",
@@ -509,8 +516,9 @@ class RedisStreamSinkWriter(TwoPhaseCommitWriter):
         except redis.RedisError as exc:
             raise self._unavailable(exc) from exc
         if doomed:
-            log.info("%s: deleted %d staging lists of attempts that did not complete", self._where,
-                     len(doomed))
+            log.info(
+                "%s: deleted %d staging lists of attempts that did not complete", self._where, len(doomed)
+            )
 
     def _unavailable(self, exc: BaseException) -> SinkError:
         return _RedisSinkUnavailableError(f"{self._where}: Redis failed: {exc}")

@@ -5,7 +5,7 @@ Use them to prove a job exactly-once in-process::
     items = list(range(1000)) + [Crash()] + list(range(1000, 2000))
     sink = TestingSink()
     job.source(TestingSource(items, batch_size=10)) ... .sink(sink)
-    run_job_for_test(job)            # engine.testing; restarts after the crash
+    run_job_for_test(job)            # onceflow.engine.testing; restarts after the crash
     assert sorted(sink.committed) == expected
 
 Sentinels fire once per instance: after a restore the source replays from the
@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from operators.base import (
+from onceflow.operators.base import (
     Operator,
     RestoredState,
     RuntimeContext,
@@ -32,7 +32,7 @@ from operators.base import (
     SourceReader,
     TwoPhaseCommitWriter,
 )
-from state_backends.errors import ErrorDomain, OnceflowError
+from onceflow.state_backends.errors import ErrorDomain, OnceflowError
 
 __all__ = [
     "Crash",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from operators.base import Operator
+from onceflow.operators.base import Operator
 
 
 class MapOperator(Operator):

@@ -39,8 +39,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from operators.base import Operator, OperatorSnapshot, RestoredState
-from operators.event_time import check_timestamp, frozen_copy, restored_watermark
+from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState
+from onceflow.operators.event_time import check_timestamp, frozen_copy, restored_watermark
 
 __all__ = [
     "EventTimeSessionWindows",
@@ -381,7 +381,10 @@ class WindowOperator(Operator):
             log.warning(
                 "%s: dropped a record later than the allowed lateness (%s s) at watermark %s: %r; "
                 "use .late_records(tag) to keep such records (the total is logged at the end)",
-                self.name, self.lateness, self.watermark, record,
+                self.name,
+                self.lateness,
+                self.watermark,
+                record,
             )
         self.late_dropped += 1
 
@@ -442,8 +445,10 @@ class WindowOperator(Operator):
         if self.late_dropped:
             log.warning(
                 "%s subtask %s: dropped %d records later than the allowed lateness (%s s)",
-                self.name, getattr(getattr(self, "ctx", None), "subtask_index", 0),
-                self.late_dropped, self.lateness,
+                self.name,
+                getattr(getattr(self, "ctx", None), "subtask_index", 0),
+                self.late_dropped,
+                self.lateness,
             )
         return []
 
@@ -461,9 +466,7 @@ class WindowOperator(Operator):
                 key: tuple((w, frozen_copy(e[0]), e[1]) for w, e in per_key.items())
                 for key, per_key in self.windows.items()
             }
-        return OperatorSnapshot(
-            operator_state={"watermark": self.watermark}, keyed_state={_STATE: keyed}
-        )
+        return OperatorSnapshot(operator_state={"watermark": self.watermark}, keyed_state={_STATE: keyed})
 
     def restore_state(self, restored: RestoredState) -> None:
         """Load this subtask's keys' windows and re-arm their firing and purge."""

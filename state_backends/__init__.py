@@ -7,16 +7,16 @@ up a checkpoint is ``engine``'s job.
 
 from __future__ import annotations
 
-from state_backends.arrow_snapshot import StateFileHandle, read_state_file, write_state_file
-from state_backends.errors import (
+from onceflow.state_backends.arrow_snapshot import StateFileHandle, read_state_file, write_state_file
+from onceflow.state_backends.errors import (
     CorruptStateError,
     ErrorDomain,
     IncompatibleStateError,
     KeyEncodingError,
     OnceflowError,
 )
-from state_backends.heap import HeapKeyedState
-from state_backends.key_groups import (
+from onceflow.state_backends.heap import HeapKeyedState
+from onceflow.state_backends.key_groups import (
     DEFAULT_MAX_PARALLELISM,
     HASH_FUNCTION_ID,
     KeyGroupAssigner,

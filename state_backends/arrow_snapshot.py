@@ -2,7 +2,7 @@
 
 This module serializes and verifies state files on any fsspec filesystem. It does
 not choose paths, write checkpoint metadata or decide what is retained: that is
-``engine.storage``'s job, which records each :class:`StateFileHandle` in
+``onceflow.engine.storage``'s job, which records each :class:`StateFileHandle` in
 ``_metadata``.
 
 File layout (Arrow IPC *file* format, one file per operator subtask)::
@@ -10,7 +10,7 @@ File layout (Arrow IPC *file* format, one file per operator subtask)::
     key_group int32 | state dictionary<int32, string> | key binary | value <typed>
 
 Rows are sorted by ``key_group`` so a restore at another parallelism reads a
-contiguous run. ``key`` holds :func:`~state_backends.key_groups.encode_key`
+contiguous run. ``key`` holds :func:`~onceflow.state_backends.key_groups.encode_key`
 bytes. ``value`` is ``int64``, ``float64``, ``string`` or ``binary`` when every
 value in the file has exactly that Python type, and otherwise ``binary`` holding
 one pickle per value. Schema metadata records the value encoding, the Python
@@ -38,8 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from state_backends.errors import CorruptStateError, IncompatibleStateError
-from state_backends.key_groups import KeyGroupRange, decode_key, encode_key, stable_hash
+from onceflow.state_backends.errors import CorruptStateError, IncompatibleStateError
+from onceflow.state_backends.key_groups import KeyGroupRange, decode_key, encode_key, stable_hash
 
 BATCH_ROWS = 64 * 1024
 """Rows per record batch: large enough to amortize per-batch overhead, small
@@ -136,9 +136,7 @@ def _value_array(values: list[Any]) -> tuple[str, pa.Array]:
             encoding = _ENC_PICKLE  # An int beyond int64.
     if encoding == _ENC_PICKLE:
         dumps = pickle.dumps
-        return encoding, pa.array(
-            [dumps(v, protocol=_PICKLE_PROTOCOL) for v in values], pa.binary()
-        )
+        return encoding, pa.array([dumps(v, protocol=_PICKLE_PROTOCOL) for v in values], pa.binary())
     return encoding, pa.array(values, _ARROW_TYPES[encoding])
 
 
@@ -209,9 +207,7 @@ def write_state_file(
     # Step 2
     encoding, value_array = _value_array(values)
     del values
-    state_array = pa.DictionaryArray.from_arrays(
-        pa.array(indices, pa.int32()), pa.array(names, pa.string())
-    )
+    state_array = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(names, pa.string()))
     metadata = {
         _META_FORMAT: _FORMAT_VERSION,
         _META_VALUE_ENCODING: encoding.encode(),
@@ -227,9 +223,7 @@ def write_state_file(
         ],
         metadata=metadata,
     )
-    table = pa.Table.from_arrays(
-        [key_groups, state_array, encoded_keys, value_array], schema=schema
-    )
+    table = pa.Table.from_arrays([key_groups, state_array, encoded_keys, value_array], schema=schema)
     if table.num_rows:
         table = table.take(pc.sort_indices(table["key_group"]))
 
@@ -390,9 +384,7 @@ def read_state_file(
             return operator_state, {}
         if not (key_groups.start <= start and end <= key_groups.end):
             column = table["key_group"]
-            mask = pc.and_(
-                pc.greater_equal(column, key_groups.start), pc.less(column, key_groups.end)
-            )
+            mask = pc.and_(pc.greater_equal(column, key_groups.start), pc.less(column, key_groups.end))
             table = table.filter(mask)
     decode_values = _value_decoder(handle.path, metadata)
     return operator_state, _decode_tables(handle.path, table, decode_values)

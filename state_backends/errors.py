@@ -2,7 +2,7 @@
 
 Every layer defines the errors it raises itself and derives them from
 :class:`OnceflowError`, which lives here because this is the lowest layer.
-``engine.errors`` draws the whole tree.
+``onceflow.engine.errors`` draws the whole tree.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from state_backends.errors import KeyEncodingError
+from onceflow.state_backends.errors import KeyEncodingError
 
 DEFAULT_MAX_PARALLELISM = 128
 """Number of key groups when a job does not say otherwise (Flink's lower default)."""
@@ -246,9 +246,7 @@ def _check_parallelism(max_parallelism: int, parallelism: int) -> None:
         raise ValueError(msg)
 
 
-def key_group_range_for_subtask(
-    max_parallelism: int, parallelism: int, subtask_index: int
-) -> KeyGroupRange:
+def key_group_range_for_subtask(max_parallelism: int, parallelism: int, subtask_index: int) -> KeyGroupRange:
     """Return the contiguous key groups subtask ``subtask_index`` owns (Flink's formula).
 
     ``start = ceil(i * maxp / p)``, ``end = ceil((i + 1) * maxp / p)``; the ranges

@@ -1,5 +1,5 @@
 """Executors run a physical plan: ``local`` (one process) and, later, ``process``."""
 
-from engine.executors.local import ExecutionSettings, LocalExecutor
+from onceflow.engine.executors.local import ExecutionSettings, LocalExecutor
 
 __all__ = ["ExecutionSettings", "LocalExecutor"]

@@ -11,15 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.channels import BroadcastGate, ForwardGate, HashGate, OutputGate, RebalanceGate
-from engine.context import SubtaskContext
-from engine.coordinator import CheckpointCoordinator, CoordinatorSettings
-from engine.graph import OperatorKind, Partitioning
-from engine.plan import PhysicalPlan, TaskSpec
-from engine.storage import CheckpointStore
-from engine.task import SnapshotSink, Subtask
-from operators.base import RestoredState
-from state_backends.key_groups import key_group_range_for_subtask
+from onceflow.engine.channels import BroadcastGate, ForwardGate, HashGate, OutputGate, RebalanceGate
+from onceflow.engine.context import SubtaskContext
+from onceflow.engine.coordinator import CheckpointCoordinator, CoordinatorSettings
+from onceflow.engine.graph import OperatorKind, Partitioning
+from onceflow.engine.plan import PhysicalPlan, TaskSpec
+from onceflow.engine.storage import CheckpointStore
+from onceflow.engine.task import SnapshotSink, Subtask
+from onceflow.operators.base import RestoredState
+from onceflow.state_backends.key_groups import key_group_range_for_subtask
 
 
 @dataclass(frozen=True, order=True)
@@ -185,9 +185,7 @@ def open_subtask(
             subtask_index=index,
             parallelism=task.parallelism,
             max_parallelism=plan.max_parallelism,
-            key_group_range=key_group_range_for_subtask(
-                plan.max_parallelism, task.parallelism, index
-            ),
+            key_group_range=key_group_range_for_subtask(plan.max_parallelism, task.parallelism, index),
             attempt_id=settings.attempt_id,
             restored_checkpoint_id=settings.restored_checkpoint_id,
             overwrite_output=settings.overwrite_output,

@@ -17,20 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from engine.channels import LocalChannel
-from engine.coordinator import CheckpointCoordinator
-from engine.errors import CheckpointFailureReason, OnceflowError
-from engine.executors._wiring import (
+from onceflow.engine.channels import LocalChannel
+from onceflow.engine.coordinator import CheckpointCoordinator
+from onceflow.engine.errors import CheckpointFailureReason, OnceflowError
+from onceflow.engine.executors._wiring import (
     Attempt,
     ExecutionSettings,
     build_subtask,
     channel_ids,
     open_subtask,
 )
-from engine.storage import CheckpointStore
-from engine.task import Subtask, SubtaskStatus
-from operators.base import OperatorSnapshot
-from state_backends.arrow_snapshot import write_state_file
+from onceflow.engine.storage import CheckpointStore
+from onceflow.engine.task import Subtask, SubtaskStatus
+from onceflow.operators.base import OperatorSnapshot
+from onceflow.state_backends.arrow_snapshot import write_state_file
 
 __all__ = ["ExecutionSettings", "LocalExecutor", "SnapshotWriter"]
 
@@ -162,9 +162,7 @@ class LocalExecutor:
             self.writer.outstanding -= 1
             if ack.error is not None:
                 detail = f"writing state of subtask {ack.key} failed: {ack.error!r}"
-                self.coordinator.decline(
-                    ack.checkpoint_id, CheckpointFailureReason.WRITE_FAILED, detail
-                )
+                self.coordinator.decline(ack.checkpoint_id, CheckpointFailureReason.WRITE_FAILED, detail)
             else:
                 self.coordinator.acknowledge(ack.checkpoint_id, ack.key, ack.handles)
 
@@ -189,9 +187,7 @@ class LocalExecutor:
                 now = clock()
                 for subtask in ticking:
                     subtask.tick(now)
-                coordinator.tick(
-                    now, drained=all(st.status is SubtaskStatus.DRAINED for st in subtasks)
-                )
+                coordinator.tick(now, drained=all(st.status is SubtaskStatus.DRAINED for st in subtasks))
                 if self._on_tick is not None:
                     self._on_tick(self, now)
                 if progressed:
@@ -227,4 +223,3 @@ class LocalExecutor:
         ]
         msg = "internal error: no subtask can make progress (deadlock):\n  " + "\n  ".join(stuck)
         raise OnceflowError(msg)
-

@@ -36,9 +36,14 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from engine.channels import LocalChannel
-from engine.errors import CheckpointFailureReason, CheckpointStorageError, OnceflowError, OperatorError
-from engine.executors._wiring import (
+from onceflow.engine.channels import LocalChannel
+from onceflow.engine.errors import (
+    CheckpointFailureReason,
+    CheckpointStorageError,
+    OnceflowError,
+    OperatorError,
+)
+from onceflow.engine.executors._wiring import (
     Attempt,
     ChannelId,
     ExecutionSettings,
@@ -47,12 +52,12 @@ from engine.executors._wiring import (
     open_subtask,
     plan_edges,
 )
-from engine.executors.local import SnapshotWriter
-from engine.plan import PhysicalPlan
-from engine.storage import CheckpointStore
-from engine.task import Subtask, SubtaskStatus
-from operators.base import RestoredState
-from state_backends.errors import ErrorDomain
+from onceflow.engine.executors.local import SnapshotWriter
+from onceflow.engine.plan import PhysicalPlan
+from onceflow.engine.storage import CheckpointStore
+from onceflow.engine.task import Subtask, SubtaskStatus
+from onceflow.operators.base import RestoredState
+from onceflow.state_backends.errors import ErrorDomain
 
 log = logging.getLogger("onceflow")
 
@@ -220,9 +225,7 @@ class _Worker:
             for i in range(task.parallelism):
                 if i % workers != index:
                     continue
-                subtask = build_subtask(
-                    plan, task, i, self._channel, self.writer.submit, subtask_settings
-                )
+                subtask = build_subtask(plan, task, i, self._channel, self.writer.submit, subtask_settings)
                 self.subtasks.append(subtask)
                 if task.is_source:
                     self.sources.append(subtask)
@@ -344,9 +347,7 @@ def _worker_main(
     code = 0
     try:
         store = CheckpointStore(store_url, plan.job_name)
-        worker = _Worker(
-            index, workers, plan, restored, settings, subtask_settings, store, transport
-        )
+        worker = _Worker(index, workers, plan, restored, settings, subtask_settings, store, transport)
         worker.run()
         worker.close()
         control.send(("stopped",))
@@ -362,7 +363,7 @@ def _worker_main(
 
 
 def _describe(exc: BaseException) -> dict[str, Any]:
-    from engine.runner import is_retryable
+    from onceflow.engine.runner import is_retryable
 
     cause = exc.__cause__
     usage = (
@@ -419,9 +420,7 @@ class _SubtaskView:
 class ProcessExecutor:
     """Runs a plan in worker processes; same interface as ``LocalExecutor``."""
 
-    def __init__(
-        self, attempt: Attempt, *, on_tick: Callable[[Any, float], None] | None = None
-    ) -> None:
+    def __init__(self, attempt: Attempt, *, on_tick: Callable[[Any, float], None] | None = None) -> None:
         plan, store, settings = attempt.plan, attempt.store, attempt.settings
         if "memory" in store.fs.protocol:
             msg = (
@@ -438,9 +437,7 @@ class ProcessExecutor:
         self.settings = settings
         self._on_tick = on_tick
         self.workers_count = max(t.parallelism for t in plan.tasks)
-        self.subtasks = [
-            _SubtaskView((t.task_id, i), plan) for t in plan.tasks for i in range(t.parallelism)
-        ]
+        self.subtasks = [_SubtaskView((t.task_id, i), plan) for t in plan.tasks for i in range(t.parallelism)]
         self.sources = [v for v in self.subtasks if v.reader]
         self._views = {v.key: v for v in self.subtasks}
         self.coordinator = attempt.coordinator(
@@ -465,8 +462,15 @@ class ProcessExecutor:
             proc = ctx.Process(
                 target=_worker_main,
                 args=(
-                    w, n, plan, attempt.restored, settings, subtask_settings, store.url,
-                    child_end, peers,
+                    w,
+                    n,
+                    plan,
+                    attempt.restored,
+                    settings,
+                    subtask_settings,
+                    store.url,
+                    child_end,
+                    peers,
                     os.getpid(),
                 ),
                 name=f"onceflow-worker-{w}",
@@ -503,7 +507,8 @@ class ProcessExecutor:
             coordinator.acknowledge(message[1], tuple(message[2]), message[3])
         elif kind == "decline":
             coordinator.decline(
-                message[1], CheckpointFailureReason.WRITE_FAILED,
+                message[1],
+                CheckpointFailureReason.WRITE_FAILED,
                 f"writing state of subtask {message[2]} failed: {message[3]}",
             )
         elif kind == "drained":
@@ -519,7 +524,8 @@ class ProcessExecutor:
             info = message[1]
             log.debug("worker %d failed:\n%s", worker, info["traceback"])
             raise WorkerError(
-                info["message"] if info["type"].endswith("Error") and info["operator"] != "worker"
+                info["message"]
+                if info["type"].endswith("Error") and info["operator"] != "worker"
                 else f"worker {worker} failed: {info['type']}: {info['message']}",
                 retryable=info["retryable"],
                 usage=info["usage"],
@@ -556,12 +562,18 @@ class ProcessExecutor:
                         # its sentinel fires as it exits, maybe before it can be reaped
                         self.processes[w].join(timeout=1.0)
                         code = self.processes[w].exitcode
-                        errors.append(WorkerError(
-                            f"worker process {w} died (exit code {code})",
-                            retryable=True, usage=False, operator=f"worker {w}",
-                            uid="", subtask_index=w, checkpoint_id=None,
-                            domain=ErrorDomain.EXTERNAL,
-                        ))
+                        errors.append(
+                            WorkerError(
+                                f"worker process {w} died (exit code {code})",
+                                retryable=True,
+                                usage=False,
+                                operator=f"worker {w}",
+                                uid="",
+                                subtask_index=w,
+                                checkpoint_id=None,
+                                domain=ErrorDomain.EXTERNAL,
+                            )
+                        )
                 if errors:
                     # a peer's broken pipe is a symptom; prefer the failure that caused it
                     errors.sort(key=lambda e: e.cause_type in _SYMPTOMS or "Broken pipe" in str(e))
@@ -572,9 +584,7 @@ class ProcessExecutor:
                         stop_sent = True
                     continue
                 now = clock()
-                coordinator.tick(
-                    now, drained=all(v.status is SubtaskStatus.DRAINED for v in self.subtasks)
-                )
+                coordinator.tick(now, drained=all(v.status is SubtaskStatus.DRAINED for v in self.subtasks))
                 if self._on_tick is not None:
                     self._on_tick(self, now)
         finally:

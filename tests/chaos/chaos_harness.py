@@ -1,6 +1,6 @@
 """Subprocess chaos harness: run ``onceflow run``, kill it, check committed output, resume.
 
-Every run is ``python -m engine.cli run`` in a new session (its own process
+Every run is ``python -m onceflow run`` in a new session (its own process
 group) with a random ``PYTHONHASHSEED``. The harness kills the group with
 SIGKILL after a delay, or lets a crash point (``ONCEFLOW_CRASH_AT``) kill it.
 After every kill it checks the committed output only: no record twice,
@@ -92,7 +92,7 @@ class ChaosRun:
             "delay_us": str(self.delay_us),
             **self.params,
         }
-        cmd = [sys.executable, "-m", "engine.cli", "run", str(JOB_FILE)]
+        cmd = [sys.executable, "-m", "onceflow", "run", str(JOB_FILE)]
         for name, value in params.items():
             cmd += ["-p", f"{name}={value}"]
         cmd += [
@@ -233,7 +233,7 @@ class ChaosRun:
     # -- checks -------------------------------------------------------------------
 
     def committed(self) -> list[str]:
-        from operators.files import read_committed_lines
+        from onceflow.operators.files import read_committed_lines
 
         if not self.out.exists():
             return []

@@ -181,8 +181,12 @@ def compare(lines: list[str], want: Oracle, final: bool) -> dict[str, int]:
     for k, value in best.items():
         if k not in want.windows:
             # a session still growing is contained in a final one, a window still open is in the oracle
-            if not final and k[0] == "session" and any(
-                w[0] == "session" and w[1] == k[1] and w[2] <= k[2] and k[3] <= w[3] for w in want.windows
+            if (
+                not final
+                and k[0] == "session"
+                and any(
+                    w[0] == "session" and w[1] == k[1] and w[2] <= k[2] and k[3] <= w[3] for w in want.windows
+                )
             ):
                 continue
             figures["unexpected"] += 1
@@ -215,16 +219,30 @@ class WindowedChaosRun(ChaosRun):
 
     def command(self) -> list[str]:
         params = {
-            "input": str(self.workload.input_dir), "output": str(self.out), "delay_us": str(self.delay_us),
-            "max_delay": str(MAX_DELAY), "lateness": str(LATENESS), "tumble": str(TUMBLE), "gap": str(GAP),
+            "input": str(self.workload.input_dir),
+            "output": str(self.out),
+            "delay_us": str(self.delay_us),
+            "max_delay": str(MAX_DELAY),
+            "lateness": str(LATENESS),
+            "tumble": str(TUMBLE),
+            "gap": str(GAP),
             "timer_after": str(TIMER_AFTER),
         }
-        cmd = [sys.executable, "-m", "engine.cli", "run", str(JOB_FILE)]
+        cmd = [sys.executable, "-m", "onceflow", "run", str(JOB_FILE)]
         for name, value in params.items():
             cmd += ["-p", f"{name}={value}"]
         return cmd + [
-            "--checkpoint-dir", str(self.chk), "--checkpoint-interval", "0.1", "--progress", "off",
-            "--parallelism", str(self.parallelism), "--executor", self.executor, *self.args,
+            "--checkpoint-dir",
+            str(self.chk),
+            "--checkpoint-interval",
+            "0.1",
+            "--progress",
+            "off",
+            "--parallelism",
+            str(self.parallelism),
+            "--executor",
+            self.executor,
+            *self.args,
         ]
 
     def check_intermediate(self, when: str) -> dict[str, int]:
@@ -272,7 +290,12 @@ def test_windowed_job_survives_random_kills(executor, windowed_workload, chaos_d
     finish: 0 lost, 0 duplicated, 0 unexpected, 0 wrong windows, timers or late records."""
     workload, want, n_late = windowed_workload
     run = WindowedChaosRun(
-        chaos_dir, workload, chaos_seed, parallelism=2, executor=executor, mode="windows",
+        chaos_dir,
+        workload,
+        chaos_seed,
+        parallelism=2,
+        executor=executor,
+        mode="windows",
         delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
     )
     run.want = want

@@ -11,13 +11,12 @@ import time
 
 import pytest
 
-from engine import Job, RestartStrategy
-from engine.coordinator import CoordinatorSettings
-from engine.executors.local import ExecutionSettings
-from engine.runner import JobRunner, RunStatus
-from engine.testing import run_job_for_test
-from operators import FileSink, FileSource, read_committed_lines
-from operators.testing import Crash, EndOfRun, Pause, RunInterrupted, TestingSink, TestingSource
+from onceflow import FileSink, FileSource, Job, RestartStrategy, read_committed_lines
+from onceflow.engine.coordinator import CoordinatorSettings
+from onceflow.engine.executors.local import ExecutionSettings
+from onceflow.engine.runner import JobRunner, RunStatus
+from onceflow.engine.testing import run_job_for_test
+from onceflow.operators.testing import Crash, EndOfRun, Pause, RunInterrupted, TestingSink, TestingSource
 
 SEED = 20261127
 N_KEYS = 1000
@@ -183,14 +182,18 @@ def test_stateful_map_uninterrupted_and_with_checkpoints(parallelism, executor):
     reference = _stateful_reference(_keyed_items(n))
     sink = TestingSink()
     run_job_for_test(
-        _stateful_job(_keyed_items(n), sink), parallelism=parallelism, checkpoint_interval=3600,
+        _stateful_job(_keyed_items(n), sink),
+        parallelism=parallelism,
+        checkpoint_interval=3600,
         executor=executor,
     )
     assert sorted(sink.committed) == reference
     sink = TestingSink()
     items = _with_sentinels(n, 4000)
     result = run_job_for_test(
-        _stateful_job(items, sink), parallelism=parallelism, checkpoint_interval=0.001,
+        _stateful_job(items, sink),
+        parallelism=parallelism,
+        checkpoint_interval=0.001,
         executor=executor,
     )
     assert result.checkpoints_completed > 5
@@ -205,7 +208,9 @@ def test_stateful_map_after_crashes_and_restores(parallelism, executor):
     sink = TestingSink()
     items = _with_sentinels(n, 3000, {40_000: Crash(), 80_000: Crash()})
     result = run_job_for_test(
-        _stateful_job(items, sink), parallelism=parallelism, checkpoint_interval=0.001,
+        _stateful_job(items, sink),
+        parallelism=parallelism,
+        checkpoint_interval=0.001,
         executor=executor,
     )
     assert result.restarts == 2
@@ -222,14 +227,20 @@ def test_stateful_map_restored_at_another_parallelism(first, second, executor, t
     checkpoint_dir = str(tmp_path / "chk")
     with pytest.raises(RunInterrupted):
         run_job_for_test(
-            _stateful_job(items, sink), checkpoint_dir=checkpoint_dir, parallelism=first,
-            checkpoint_interval=0.001, executor=executor,
+            _stateful_job(items, sink),
+            checkpoint_dir=checkpoint_dir,
+            parallelism=first,
+            checkpoint_interval=0.001,
+            executor=executor,
         )
     committed_before = len(sink.committed)
     assert 0 < committed_before < n
     result = run_job_for_test(
-        _stateful_job(items, sink), checkpoint_dir=checkpoint_dir, parallelism=second,
-        checkpoint_interval=0.001, executor=executor,
+        _stateful_job(items, sink),
+        checkpoint_dir=checkpoint_dir,
+        parallelism=second,
+        checkpoint_interval=0.001,
+        executor=executor,
     )
     assert result.restored_from is not None
     assert sorted(sink.committed) == reference

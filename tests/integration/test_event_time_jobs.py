@@ -7,17 +7,18 @@ import time
 from pathlib import Path
 
 import pytest
+from onceflow.engine.testing import run_job_for_test
+from onceflow.operators.testing import Crash, Pause, TestingSink, TestingSource
 
-from engine import Job, OperatorError
-from engine.testing import run_job_for_test
-from operators import (
+from onceflow import (
+    Job,
     KeyedProcessFunction,
+    OperatorError,
     Source,
     SourceReader,
     TumblingEventTimeWindows,
     TumblingProcessingTimeWindows,
 )
-from operators.testing import Crash, Pause, TestingSink, TestingSource
 
 
 def test_a_bad_timestamp_fails_the_job_naming_the_operator_and_the_record(executor):

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import Job
-from engine.testing import run_job_for_test
-from operators import read_committed_lines
-from operators.testing import Pause, TestingSink, TestingSource
+from onceflow import Job, read_committed_lines
+from onceflow.engine.testing import run_job_for_test
+from onceflow.operators.testing import Pause, TestingSink, TestingSource
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +43,11 @@ def test_diamond_with_capacity_one_channels_completes_exactly_once(parallelism, 
         .sink(sink, name="out", uid="out")
     )
     result = run_job_for_test(
-        job, parallelism=parallelism, checkpoint_interval=0.005, batch_size=64, channel_capacity=1,
+        job,
+        parallelism=parallelism,
+        checkpoint_interval=0.005,
+        batch_size=64,
+        channel_capacity=1,
         executor=executor,
     )
     assert result.checkpoints_completed > 3
@@ -94,15 +97,35 @@ def test_memory_stays_bounded_with_a_slow_sink(tmp_path):
     # VmHWM is the peak RSS of this process image only (a fork's copy of pytest's
     # memory before exec does not count, unlike RUSAGE_CHILDREN)
     runner = (
-        "import sys; from engine.cli import main; rc = main(sys.argv[1:]); "
+        "import sys; from onceflow.engine.cli import main; rc = main(sys.argv[1:]); "
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
         "print('PEAK_KB', hwm.split()[1]); sys.exit(rc)"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", runner, "run", str(ROOT / "tests/integration/jobs/slow_sink.py"),
-         "-p", f"input={src}", "-p", f"output={out}", "-p", "sleep_ms=1",
-         "--checkpoint-dir", str(tmp_path / "chk"), "--progress", "off", "--channel-capacity", "4"],
-        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
+        [
+            sys.executable,
+            "-c",
+            runner,
+            "run",
+            str(ROOT / "tests/integration/jobs/slow_sink.py"),
+            "-p",
+            f"input={src}",
+            "-p",
+            f"output={out}",
+            "-p",
+            "sleep_ms=1",
+            "--checkpoint-dir",
+            str(tmp_path / "chk"),
+            "--progress",
+            "off",
+            "--channel-capacity",
+            "4",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     peak_mb = int(proc.stdout.split("PEAK_KB")[1].split()[0]) / 1024
@@ -122,11 +145,33 @@ def test_memory_stays_bounded_with_a_slow_sink_in_worker_processes(tmp_path):
     _write_records(src, n)
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "run", str(ROOT / "tests/integration/jobs/slow_sink.py"),
-         "-p", f"input={src}", "-p", f"output={out}", "-p", "sleep_ms=1",
-         "--checkpoint-dir", str(tmp_path / "chk"), "--progress", "off", "--channel-capacity", "4",
-         "--executor", "process", "--parallelism", "2"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "onceflow",
+            "run",
+            str(ROOT / "tests/integration/jobs/slow_sink.py"),
+            "-p",
+            f"input={src}",
+            "-p",
+            f"output={out}",
+            "-p",
+            "sleep_ms=1",
+            "--checkpoint-dir",
+            str(tmp_path / "chk"),
+            "--progress",
+            "off",
+            "--channel-capacity",
+            "4",
+            "--executor",
+            "process",
+            "--parallelism",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     runner = psutil.Process(proc.pid)
     peak = 0

@@ -40,14 +40,9 @@ import random
 
 import pytest
 
-from engine import Job
-from engine.testing import run_job_for_test
-from operators import (
-    EventTimeSessionWindows,
-    SlidingEventTimeWindows,
-    TumblingEventTimeWindows,
-)
-from operators.testing import Crash, TestingSink, TestingSource
+from onceflow import EventTimeSessionWindows, Job, SlidingEventTimeWindows, TumblingEventTimeWindows
+from onceflow.engine.testing import run_job_for_test
+from onceflow.operators.testing import Crash, TestingSink, TestingSource
 
 SEED = 20261127
 N = 200_000
@@ -176,10 +171,9 @@ def _merge(a, b):
 
 def windows_job(items, sink: TestingSink, late: TestingSink) -> Job:
     job = Job("windows-equivalence")
-    events = (
-        job.source(TestingSource(items, batch_size=BATCH), name="src", uid="src", parallelism=1)
-        .assign_timestamps(lambda e: e[2], max_delay=MAX_DELAY, name="ts", uid="ts", parallelism=1)
-    )
+    events = job.source(
+        TestingSource(items, batch_size=BATCH), name="src", uid="src", parallelism=1
+    ).assign_timestamps(lambda e: e[2], max_delay=MAX_DELAY, name="ts", uid="ts", parallelism=1)
     assigners = {
         "tumbling": TumblingEventTimeWindows(TUMBLE),
         "sliding": SlidingEventTimeWindows(SLIDE_SIZE, SLIDE_STEP),
@@ -188,17 +182,15 @@ def windows_job(items, sink: TestingSink, late: TestingSink) -> Job:
     outputs, lates = [], []
     for kind, assigner in assigners.items():
         windowed = (
-            events.key_by(lambda e: e[1])
-            .window(assigner)
-            .allowed_lateness(LATENESS)
-            .late_records("late")
+            events.key_by(lambda e: e[1]).window(assigner).allowed_lateness(LATENESS).late_records("late")
         )
         if kind == "session":  # the full-window process function, the others incrementally
             fired = windowed.process(
                 lambda key, w, values, kind=kind: [
                     (kind, key, w.start, w.end, len(values), sum(v[0] for v in values))
                 ],
-                name=kind, uid=kind,
+                name=kind,
+                uid=kind,
             )
             outputs.append(fired)
         else:
@@ -230,8 +222,11 @@ def test_windows_commit_the_reference(workload, parallelism, mode, executor):
     items = with_crash(events, 0.6) if mode == "crash" else events
     interval = 3600 if mode == "uninterrupted" else 0.1
     result = run_job_for_test(
-        windows_job(items, sink, late), parallelism=parallelism, checkpoint_interval=interval,
-        executor=executor, batch_size=BATCH,
+        windows_job(items, sink, late),
+        parallelism=parallelism,
+        checkpoint_interval=interval,
+        executor=executor,
+        batch_size=BATCH,
     )
     if mode == "uninterrupted":
         assert result.checkpoints_completed == 1
@@ -245,7 +240,9 @@ def test_windows_commit_the_reference(workload, parallelism, mode, executor):
     unexpected = got.keys() - expected.keys()
     wrong = [k for k in expected.keys() & got.keys() if got[k] != expected[k]]
     assert (len(missing), len(unexpected), len(wrong)) == (0, 0, 0), (
-        sorted(missing)[:3], sorted(unexpected)[:3], [(k, got[k], expected[k]) for k in wrong[:3]]
+        sorted(missing)[:3],
+        sorted(unexpected)[:3],
+        [(k, got[k], expected[k]) for k in wrong[:3]],
     )
     late_ids = collections.Counter(late.committed)
     assert all(c == 1 for c in late_ids.values())

@@ -20,7 +20,12 @@ def test_quick_suite_writes_parseable_results(tmp_path: Path) -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
@@ -29,8 +34,16 @@ def test_quick_suite_writes_parseable_results(tmp_path: Path) -> None:
     assert report["machine"]["cores"] >= 1
     assert report["machine"]["python"]
     names = {case["name"] for case in report["cases"]}
-    assert {"keyed_count", "stateless", "scaling", "map_batches", "checkpoint_state",
-            "backpressure", "timeline", "profile"} <= names
+    assert {
+        "keyed_count",
+        "stateless",
+        "scaling",
+        "map_batches",
+        "checkpoint_state",
+        "backpressure",
+        "timeline",
+        "profile",
+    } <= names
     for case in report["cases"]:
         for variant, row in case["variants"].items():
             # Measured, or skipped with a reason (an optional peer or executor missing).

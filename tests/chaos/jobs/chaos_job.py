@@ -25,8 +25,7 @@ from __future__ import annotations
 import os
 import time
 
-from engine import Job
-from operators import FileSink, FileSource
+from onceflow import FileSink, FileSource, Job
 
 
 def _parse_batch(delay_s: float):

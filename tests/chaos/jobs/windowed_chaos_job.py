@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import time
 
-from engine import Job
-from operators import (
+from onceflow import (
     EventTimeSessionWindows,
     FileSink,
     FileSource,
+    Job,
     KeyedProcessFunction,
     TumblingEventTimeWindows,
 )
@@ -112,15 +112,13 @@ def build(
         .process(_session_line, name="session", uid="session")
     )
     timers = keyed.process(ExpireLater(float(timer_after)), name="timers", uid="timers")
-    lines = (
-        tumbling.map(lambda r: f"W,tumbling,{r[0]},{r[1].start!r},{r[1].end!r},{r[2][0]},{r[2][1]}",
-                     name="tumbling-lines")
-        .union(
-            sessions,
-            timers,
-            tumbling.side_output("late").map(lambda e: f"L,tumbling,{e[0]}", name="tumbling-late"),
-            sessions.side_output("late").map(lambda e: f"L,session,{e[0]}", name="session-late"),
-        )
+    lines = tumbling.map(
+        lambda r: f"W,tumbling,{r[0]},{r[1].start!r},{r[1].end!r},{r[2][0]},{r[2][1]}", name="tumbling-lines"
+    ).union(
+        sessions,
+        timers,
+        tumbling.side_output("late").map(lambda e: f"L,tumbling,{e[0]}", name="tumbling-late"),
+        sessions.side_output("late").map(lambda e: f"L,session,{e[0]}", name="session-late"),
     )
     lines.sink(FileSink(output), name="write", uid="write")
     return job

@@ -95,7 +95,7 @@ class PgHelper:
 
     def prefixes(self, job: str, uid: str) -> tuple[str, ...]:
         """The gid prefixes of sink ``uid`` of ``job`` into any table this test created."""
-        from operators.postgres import gid_prefix
+        from onceflow.operators.postgres import gid_prefix
 
         return tuple(gid_prefix(job, uid, f"public.{table}") for table in self.tables)
 

@@ -1,6 +1,6 @@
 """A small subprocess chaos harness (and shared helpers) for the connector tests.
 
-Every run is ``python -m engine.cli run JOBFILE ...`` in its own session (so
+Every run is ``python -m onceflow run JOBFILE ...`` in its own session (so
 its whole process group can be killed) with a random ``PYTHONHASHSEED``. A
 run ends by itself, by a crash point (``ONCEFLOW_CRASH_AT``), or by SIGKILL of
 its process group after a delay. Logs of every run are kept under ``logs``.
@@ -66,7 +66,7 @@ class CliRuns:
         self.logs.mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "engine.cli", "run", str(self.job_file)]
+        cmd = [sys.executable, "-m", "onceflow", "run", str(self.job_file)]
         for name, value in self.params.items():
             cmd += ["-p", f"{name}={value}"]
         return cmd + ["--progress", "off", *self.args]
@@ -91,8 +91,13 @@ class CliRuns:
         started = time.monotonic()
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = subprocess.Popen(
-                self.command(), cwd=REPO, env=env, stdout=out, stderr=err,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                self.command(),
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
             helper = None
             if during is not None:
@@ -113,8 +118,12 @@ class CliRuns:
                     helper.join(timeout=10)
         label = "random" if harness_kill else (crash_at or "").split(":")[0] or "none"
         outcome = Outcome(
-            index, proc.returncode, time.monotonic() - started, label,
-            out_path.read_text(errors="replace"), err_path.read_text(errors="replace"),
+            index,
+            proc.returncode,
+            time.monotonic() - started,
+            label,
+            out_path.read_text(errors="replace"),
+            err_path.read_text(errors="replace"),
         )
         self.runs.append(outcome)
         if outcome.killed:

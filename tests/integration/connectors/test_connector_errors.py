@@ -16,14 +16,20 @@ import uuid
 import pytest
 from connector_chaos import REPO, free_port
 
-from engine import Job, OperatorError
-from engine.context import SubtaskContext
-from engine.testing import run_job_for_test
-from operators import FileSink, PostgresSink, RedisStreamSink, RedisStreamSource
-from operators.postgres import PostgresSinkError
-from operators.testing import TestingSource
-from state_backends import ErrorDomain
-from state_backends.key_groups import KeyGroupRange
+from onceflow import (
+    ErrorDomain,
+    FileSink,
+    Job,
+    OperatorError,
+    PostgresSink,
+    RedisStreamSink,
+    RedisStreamSource,
+)
+from onceflow.engine.context import SubtaskContext
+from onceflow.engine.testing import run_job_for_test
+from onceflow.operators.postgres import PostgresSinkError
+from onceflow.operators.testing import TestingSource
+from onceflow.state_backends.key_groups import KeyGroupRange
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -127,7 +133,7 @@ def test_a_not_null_violation_in_upsert_mode_shows_the_record(pg) -> None:
     sink = PostgresSink(pg.dsn, table, mode="upsert", key_columns=["id"])
     err = _fails(_pg_job(pg.job(), sink, [(1, "a"), (2, None), (3, "c")]))
 
-    assert "null value in column \"name\"" in str(err) and "{'id': 2, 'name': None}" in str(err)
+    assert 'null value in column "name"' in str(err) and "{'id': 2, 'name': None}" in str(err)
     assert pg.q(f"SELECT count(*) FROM {table}") == [(0,)]
 
 
@@ -157,9 +163,16 @@ def test_disabled_prepared_transactions_say_how_to_fix_it(pg) -> None:
 
 def _ctx(uid: str) -> SubtaskContext:
     return SubtaskContext(
-        job_name="errors", operator_name=uid, uid=uid, subtask_index=0, parallelism=1,
-        max_parallelism=128, key_group_range=KeyGroupRange(0, 128), attempt_id="a1",
-        restored_checkpoint_id=None, overwrite_output=False,
+        job_name="errors",
+        operator_name=uid,
+        uid=uid,
+        subtask_index=0,
+        parallelism=1,
+        max_parallelism=128,
+        key_group_range=KeyGroupRange(0, 128),
+        attempt_id="a1",
+        restored_checkpoint_id=None,
+        overwrite_output=False,
     )
 
 
@@ -167,8 +180,9 @@ def test_unreachable_redis_names_the_source_and_the_sink(tmp_path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     job = Job("redis_down")
     (
-        job.source(RedisStreamSource(url, "events"), name="read", uid="read")
-        .sink(FileSink(str(tmp_path / "out")), name="write", uid="write")
+        job.source(RedisStreamSource(url, "events"), name="read", uid="read").sink(
+            FileSink(str(tmp_path / "out")), name="write", uid="write"
+        )
     )
     err = _fails(job)
     assert f"RedisStreamSource('{url}'" in str(err) and "cannot connect to Redis" in str(err)
@@ -203,11 +217,30 @@ def test_the_cli_reports_a_missing_table_in_one_line_and_exits_2(pg, rds, redis_
     rds.client.xadd(stream, {"user": "u1", "amount": "5"})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "run", str(REPO / "jobs" / "redis_to_postgres.py"),
-         "-p", f"redis={redis_url}", "-p", f"streams={stream}", "-p", f"dsn={pg.dsn}",
-         "-p", "table=no_such_table_cli", "--checkpoint-dir", str(tmp_path / "chk"),
-         "--progress", "off"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "onceflow",
+            "run",
+            str(REPO / "jobs" / "redis_to_postgres.py"),
+            "-p",
+            f"redis={redis_url}",
+            "-p",
+            f"streams={stream}",
+            "-p",
+            f"dsn={pg.dsn}",
+            "-p",
+            "table=no_such_table_cli",
+            "--checkpoint-dir",
+            str(tmp_path / "chk"),
+            "--progress",
+            "off",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert proc.returncode == 2, proc.stderr

@@ -67,10 +67,23 @@ def test_redis_to_postgres_is_exactly_once_under_kills(pg, rds, redis_url, chaos
     pg.jobs.append("redis_to_postgres")
     runs = CliRuns(
         job_file=REPO / "jobs" / "redis_to_postgres.py",
-        params={"redis": redis_url, "streams": ",".join(streams), "dsn": pg.dsn, "table": table,
-                "delay_us": "60"},
-        args=["--checkpoint-dir", str(tmp_path / "chk"), "--checkpoint-interval", "0.1",
-              "--parallelism", "2", "--restart-delay", "0.1"],
+        params={
+            "redis": redis_url,
+            "streams": ",".join(streams),
+            "dsn": pg.dsn,
+            "table": table,
+            "delay_us": "60",
+        },
+        args=[
+            "--checkpoint-dir",
+            str(tmp_path / "chk"),
+            "--checkpoint-interval",
+            "0.1",
+            "--parallelism",
+            "2",
+            "--restart-delay",
+            "0.1",
+        ],
         logs=tmp_path / "logs",
         seed=chaos_seed,
     )
@@ -115,8 +128,11 @@ def test_redis_to_postgres_is_exactly_once_under_kills(pg, rds, redis_url, chaos
         import psycopg
 
         def ours(conn) -> set[str]:
-            return {g for (g,) in conn.execute("SELECT gid FROM pg_prepared_xacts").fetchall()
-                    if g.startswith(prefixes)}
+            return {
+                g
+                for (g,) in conn.execute("SELECT gid FROM pg_prepared_xacts").fetchall()
+                if g.startswith(prefixes)
+            }
 
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             leftovers = ours(conn)  # of killed runs: this run rolls back or commits them
@@ -152,7 +168,12 @@ def test_redis_to_postgres_is_exactly_once_under_kills(pg, rds, redis_url, chaos
 
     runs.summary(
         "redis_to_postgres",
-        events=N_EVENTS, users=len(final), rows=len(rows), lost=lost, duplicated=duplicated,
+        events=N_EVENTS,
+        users=len(final),
+        rows=len(rows),
+        lost=lost,
+        duplicated=duplicated,
         leftover_prepared=len(pg.prepared("redis_to_postgres", "upsert")),
-        terminated_backends=terminated, restarts_after_terminate=restarts,
+        terminated_backends=terminated,
+        restarts_after_terminate=restarts,
     )

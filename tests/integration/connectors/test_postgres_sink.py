@@ -12,22 +12,35 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from engine import Job
-from engine.context import SubtaskContext
-from engine.testing import run_job_for_test
-from operators import PostgresSink, RestoredState, SinkCommitError
-from operators.testing import Crash, TestingSource
-from state_backends.key_groups import KeyGroupRange
+from onceflow import Job, PostgresSink, RestoredState, SinkCommitError
+from onceflow.engine.context import SubtaskContext
+from onceflow.engine.testing import run_job_for_test
+from onceflow.operators.testing import Crash, TestingSource
+from onceflow.state_backends.key_groups import KeyGroupRange
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def ctx(job: str, *, uid: str = "sink", subtask: int = 0, parallelism: int = 1,
-        attempt: str | None = None, restored: int | None = None, fresh: bool = False) -> SubtaskContext:
+def ctx(
+    job: str,
+    *,
+    uid: str = "sink",
+    subtask: int = 0,
+    parallelism: int = 1,
+    attempt: str | None = None,
+    restored: int | None = None,
+    fresh: bool = False,
+) -> SubtaskContext:
     return SubtaskContext(
-        job_name=job, operator_name=uid, uid=uid, subtask_index=subtask, parallelism=parallelism,
-        max_parallelism=128, key_group_range=KeyGroupRange(0, 128),
-        attempt_id=attempt or uuid.uuid4().hex[:12], restored_checkpoint_id=restored,
+        job_name=job,
+        operator_name=uid,
+        uid=uid,
+        subtask_index=subtask,
+        parallelism=parallelism,
+        max_parallelism=128,
+        key_group_range=KeyGroupRange(0, 128),
+        attempt_id=attempt or uuid.uuid4().hex[:12],
+        restored_checkpoint_id=restored,
         overwrite_output=fresh,
     )
 
@@ -67,8 +80,10 @@ def test_prepared_rows_are_invisible_until_commit_and_commit_is_idempotent(pg) -
         writer.notify_checkpoint_complete(1)
 
         assert rows(pg, table) == [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, None)]
-        assert pg.q("SELECT job, sink, subtask, checkpoint_id FROM onceflow_commits WHERE gid = %s",
-                    (committable["gid"],)) == [(job, "sink", 0, 1)]
+        assert pg.q(
+            "SELECT job, sink, subtask, checkpoint_id FROM onceflow_commits WHERE gid = %s",
+            (committable["gid"],),
+        ) == [(job, "sink", 0, 1)]
         writer.commit(committable)  # again: the marker row says "already committed"
         writer.notify_checkpoint_complete(1)  # a late, repeated notification is a no-op
         assert len(rows(pg, table)) == 5
@@ -106,14 +121,20 @@ def test_restore_commits_owed_transactions_and_rolls_back_orphans_only_of_its_ow
         conn.execute(f"PREPARE TRANSACTION '{stranger}'")
     try:
         # Attempt B: subtask 1 starts first and prepares its checkpoint 3...
-        b1 = open_writer(sink, ctx(job, subtask=1, parallelism=2, attempt="attemptB", restored=1),
-                         restored_from(1, (0, [(1, c1)])))
+        b1 = open_writer(
+            sink,
+            ctx(job, subtask=1, parallelism=2, attempt="attemptB", restored=1),
+            restored_from(1, (0, [(1, c1)])),
+        )
         b1.process_batch([(10, "b")])
         [(_, b1c3)] = b1.snapshot_state(3).operator_state
         # ...then subtask 0 restores checkpoint 1: commit c1 (prepared, owed), roll back gid2
         # (prepared, not owed), keep attempt B's own gid, never touch the foreign ones.
-        b0 = open_writer(sink, ctx(job, subtask=0, parallelism=2, attempt="attemptB", restored=1),
-                         restored_from(1, (0, [(1, c1)])))
+        b0 = open_writer(
+            sink,
+            ctx(job, subtask=0, parallelism=2, attempt="attemptB", restored=1),
+            restored_from(1, (0, [(1, c1)])),
+        )
 
         assert rows(pg, table) == [(1, "a"), (2, "a")]
         assert pg.prepared(job, "sink") == [b1c3["gid"]]
@@ -127,8 +148,9 @@ def test_restore_commits_owed_transactions_and_rolls_back_orphans_only_of_its_ow
 
         # Attempt C restores checkpoint 3, whose snapshot still listed c1 and b1c3: both are
         # no longer prepared but have marker rows, so they count as committed (no error).
-        c0 = open_writer(sink, ctx(job, attempt="attemptC", restored=3),
-                         restored_from(3, (0, [(1, c1)]), (1, [(3, b1c3)])))
+        c0 = open_writer(
+            sink, ctx(job, attempt="attemptC", restored=3), restored_from(3, (0, [(1, c1)]), (1, [(3, b1c3)]))
+        )
         c0.close()
         assert rows(pg, table) == [(1, "a"), (2, "a"), (10, "b")]
         assert pg.prepared(job, "sink") == []
@@ -218,7 +240,9 @@ def test_a_job_with_failures_writes_every_row_exactly_once(pg, executor) -> None
     items = items[:1100] + [Crash()] + items[1100:2400] + [Crash()] + items[2400:]
 
     result = run_job_for_test(
-        _numbers_job(job_name, pg.dsn, table, items), parallelism=2, executor=executor,
+        _numbers_job(job_name, pg.dsn, table, items),
+        parallelism=2,
+        executor=executor,
         checkpoint_interval=0.02,
     )
 
@@ -234,14 +258,17 @@ def test_a_fresh_run_refuses_to_mix_with_an_earlier_run_unless_fresh(pg, tmp_pat
     table = pg.table("id bigint PRIMARY KEY, name text")
     job_name = pg.job()
     items = list(range(200))
-    run_job_for_test(_numbers_job(job_name, pg.dsn, table, items, "upsert"),
-                     checkpoint_dir=str(tmp_path / "a"))
+    run_job_for_test(
+        _numbers_job(job_name, pg.dsn, table, items, "upsert"), checkpoint_dir=str(tmp_path / "a")
+    )
 
     with pytest.raises(Exception, match="earlier run .* rerun with --fresh"):
-        run_job_for_test(_numbers_job(job_name, pg.dsn, table, items, "upsert"),
-                         checkpoint_dir=str(tmp_path / "b"))
-    run_job_for_test(_numbers_job(job_name, pg.dsn, table, items, "upsert"),
-                     checkpoint_dir=str(tmp_path / "b"), fresh=True)
+        run_job_for_test(
+            _numbers_job(job_name, pg.dsn, table, items, "upsert"), checkpoint_dir=str(tmp_path / "b")
+        )
+    run_job_for_test(
+        _numbers_job(job_name, pg.dsn, table, items, "upsert"), checkpoint_dir=str(tmp_path / "b"), fresh=True
+    )
 
     assert pg.q(f"SELECT count(*) FROM {table}")[0][0] == 200
     assert pg.prepared(job_name, "pg") == []

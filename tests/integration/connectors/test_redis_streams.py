@@ -9,22 +9,41 @@ from pathlib import Path
 
 import pytest
 
-from engine import Job
-from engine.context import SubtaskContext
-from engine.testing import run_job_for_test
-from operators import FileSink, RedisStreamSink, RedisStreamSource, SinkCommitError, read_committed_lines
-from operators.testing import RunInterrupted
-from state_backends.key_groups import KeyGroupRange
+from onceflow import (
+    FileSink,
+    Job,
+    RedisStreamSink,
+    RedisStreamSource,
+    SinkCommitError,
+    read_committed_lines,
+)
+from onceflow.engine.context import SubtaskContext
+from onceflow.engine.testing import run_job_for_test
+from onceflow.operators.testing import RunInterrupted
+from onceflow.state_backends.key_groups import KeyGroupRange
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def ctx(job: str, *, uid: str = "sink", subtask: int = 0, parallelism: int = 1,
-        attempt: str | None = None, restored: int | None = None) -> SubtaskContext:
+def ctx(
+    job: str,
+    *,
+    uid: str = "sink",
+    subtask: int = 0,
+    parallelism: int = 1,
+    attempt: str | None = None,
+    restored: int | None = None,
+) -> SubtaskContext:
     return SubtaskContext(
-        job_name=job, operator_name=uid, uid=uid, subtask_index=subtask, parallelism=parallelism,
-        max_parallelism=128, key_group_range=KeyGroupRange(0, 128),
-        attempt_id=attempt or uuid.uuid4().hex[:12], restored_checkpoint_id=restored,
+        job_name=job,
+        operator_name=uid,
+        uid=uid,
+        subtask_index=subtask,
+        parallelism=parallelism,
+        max_parallelism=128,
+        key_group_range=KeyGroupRange(0, 128),
+        attempt_id=attempt or uuid.uuid4().hex[:12],
+        restored_checkpoint_id=restored,
         overwrite_output=False,
     )
 
@@ -51,9 +70,7 @@ def committed_by_stream(out: Path) -> dict[str, list[int]]:
     return found
 
 
-def test_bounded_source_reads_every_entry_once_in_order_through_a_failure(
-    rds, tmp_path, executor
-) -> None:
+def test_bounded_source_reads_every_entry_once_in_order_through_a_failure(rds, tmp_path, executor) -> None:
     streams = [rds.stream(), rds.stream(), rds.stream()]
     for k, stream in enumerate(streams):
         rds.fill(stream, 1500 + 500 * k)
@@ -133,8 +150,9 @@ def test_an_unbounded_reader_follows_new_entries_and_snapshots_its_offsets(rds) 
     stream = rds.stream()
     ids = rds.fill(stream, 3)
     url = rds.client.connection_pool.connection_kwargs
-    source = RedisStreamSource(f"redis://{url['host']}:{url['port']}/0", [stream], bounded=False,
-                               idle_poll=0.01)
+    source = RedisStreamSource(
+        f"redis://{url['host']}:{url['port']}/0", [stream], bounded=False, idle_poll=0.01
+    )
     reader = source.create_reader(0, 1)
     reader.open(ctx("unbounded", uid="read"))
     try:

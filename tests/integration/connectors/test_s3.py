@@ -16,12 +16,11 @@ import fsspec
 import pytest
 from connector_chaos import CliRuns
 
-from engine import Job
-from engine.context import SubtaskContext
-from engine.storage import CheckpointStore
-from engine.testing import run_job_for_test
-from operators import FileSink, FileSource, SinkCommitError, read_committed_lines
-from state_backends.key_groups import KeyGroupRange
+from onceflow import FileSink, FileSource, Job, SinkCommitError, read_committed_lines
+from onceflow.engine.context import SubtaskContext
+from onceflow.engine.storage import CheckpointStore
+from onceflow.engine.testing import run_job_for_test
+from onceflow.state_backends.key_groups import KeyGroupRange
 
 JOB_FILE = Path(__file__).resolve().parent / "jobs" / "s3_counts.py"
 N_FILES, LINES_PER_FILE, N_KEYS = 4, 12_000, 300
@@ -88,8 +87,7 @@ def test_checkpoints_and_file_output_on_s3_survive_a_failure(s3_bucket, tmp_path
         .map(lambda kv: f"{kv[0]},{kv[1]}", name="format")
         .sink(FileSink(f"{s3_bucket}/out"), name="write", uid="write")
     )
-    result = run_job_for_test(job, checkpoint_dir=f"{s3_bucket}/chk", parallelism=2,
-                              checkpoint_interval=0.05)
+    result = run_job_for_test(job, checkpoint_dir=f"{s3_bucket}/chk", parallelism=2, checkpoint_interval=0.05)
 
     assert result.restarts == 1
     assert Counter(read_committed_lines(f"{s3_bucket}/out")) == expected_lines(counts)
@@ -102,9 +100,16 @@ def test_checkpoints_and_file_output_on_s3_survive_a_failure(s3_bucket, tmp_path
 def test_file_sink_commit_on_s3_is_copy_then_delete_and_idempotent(s3_bucket) -> None:
     directory = f"{s3_bucket}/sink"
     ctx = SubtaskContext(
-        job_name="s3_commit", operator_name="write", uid="write", subtask_index=0, parallelism=1,
-        max_parallelism=128, key_group_range=KeyGroupRange(0, 128), attempt_id=uuid.uuid4().hex[:12],
-        restored_checkpoint_id=None, overwrite_output=False,
+        job_name="s3_commit",
+        operator_name="write",
+        uid="write",
+        subtask_index=0,
+        parallelism=1,
+        max_parallelism=128,
+        key_group_range=KeyGroupRange(0, 128),
+        attempt_id=uuid.uuid4().hex[:12],
+        restored_checkpoint_id=None,
+        overwrite_output=False,
     )
     writer = FileSink(directory).create_writer(0, 1)
     writer.open(ctx)
@@ -135,8 +140,16 @@ def test_s3_chaos_kills_resume_to_the_reference_output(s3_bucket, chaos_seed, tm
     runs = CliRuns(
         job_file=JOB_FILE,
         params={"input": f"{s3_bucket}/in", "output": out, "delay_us": "100"},
-        args=["--checkpoint-dir", f"{s3_bucket}/chk", "--checkpoint-interval", "0.15",
-              "--parallelism", "2", "--restart-delay", "0.1"],
+        args=[
+            "--checkpoint-dir",
+            f"{s3_bucket}/chk",
+            "--checkpoint-interval",
+            "0.15",
+            "--parallelism",
+            "2",
+            "--restart-delay",
+            "0.1",
+        ],
         logs=tmp_path / "logs",
         seed=chaos_seed,
     )
@@ -177,5 +190,6 @@ def test_s3_chaos_kills_resume_to_the_reference_output(s3_bucket, chaos_seed, tm
     fs.invalidate_cache()
     assert {p: fs.info(p)["ETag"] for p in fs.find(out)} == before
 
-    runs.summary("s3_counts", lines=len(lines), expected=sum(expected.values()), lost=lost,
-                 duplicated=duplicated)
+    runs.summary(
+        "s3_counts", lines=len(lines), expected=sum(expected.values()), lost=lost, duplicated=duplicated
+    )

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from engine import Job
-from operators import FileSink, FileSource
+from onceflow import FileSink, FileSource, Job
 
 
 def build(input: str, output: str, sleep_ms: str = "0.5") -> Job:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.alignment import AlignmentResult, BarrierAligner
+from onceflow.engine.alignment import AlignmentResult, BarrierAligner
 
 ALIGNED, WAIT, IGNORE = AlignmentResult.ALIGNED, AlignmentResult.WAIT, AlignmentResult.IGNORE
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from engine.channels import BroadcastGate, ForwardGate, HashGate, LocalChannel, RebalanceGate
-from engine.elements import END_OF_DATA, Barrier, Batch
-from engine.errors import KeyEncodingError, OperatorError
-from state_backends.errors import ErrorDomain
-from state_backends.key_groups import key_group_for, subtask_for_key_group
+from onceflow.engine.channels import BroadcastGate, ForwardGate, HashGate, LocalChannel, RebalanceGate
+from onceflow.engine.elements import END_OF_DATA, Barrier, Batch
+from onceflow.engine.errors import KeyEncodingError, OperatorError
+from onceflow.state_backends.errors import ErrorDomain
+from onceflow.state_backends.key_groups import key_group_for, subtask_for_key_group
 
 MAX_PARALLELISM = 128
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from engine.coordinator import AckResult, CheckpointCoordinator, CoordinatorSettings
-from engine.errors import CheckpointError, CheckpointFailureReason
-from engine.storage import METADATA_FORMAT, CheckpointStore
-from state_backends.key_groups import HASH_FUNCTION_ID
+from onceflow.engine.coordinator import AckResult, CheckpointCoordinator, CoordinatorSettings
+from onceflow.engine.errors import CheckpointError, CheckpointFailureReason
+from onceflow.engine.storage import METADATA_FORMAT, CheckpointStore
+from onceflow.state_backends.key_groups import HASH_FUNCTION_ID
 
 JOB_INFO = {"job": "wc", "fingerprint": "abc123", "max_parallelism": 128, "operators": {}}
 SUBTASKS = [(0, 0), (1, 0), (1, 1)]
@@ -73,9 +73,7 @@ def store(memory_dir: str) -> CheckpointStore:
 
 
 @pytest.fixture
-def make(
-    store: CheckpointStore, clock: FakeClock, calls: Calls
-) -> Callable[..., CheckpointCoordinator]:
+def make(store: CheckpointStore, clock: FakeClock, calls: Calls) -> Callable[..., CheckpointCoordinator]:
     def build(
         *,
         settings: CoordinatorSettings | None = None,

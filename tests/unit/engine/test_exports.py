@@ -9,7 +9,53 @@ import types
 import pytest
 
 PINNED = {
-    "engine": [
+    "onceflow": [
+        "CheckpointError",
+        "CheckpointStorageError",
+        "ConcurrentRunError",
+        "CoordinatorSettings",
+        "CorruptStateError",
+        "ErrorDomain",
+        "EventTimeSessionWindows",
+        "ExecutionSettings",
+        "FileSink",
+        "FileSource",
+        "IncompatibleCheckpointError",
+        "Job",
+        "JobDefinitionError",
+        "JobLoadError",
+        "JobRunner",
+        "KeyedProcessFunction",
+        "KeyedStream",
+        "OnceflowError",
+        "Operator",
+        "OperatorError",
+        "OperatorSnapshot",
+        "Partitioning",
+        "PostgresSink",
+        "RedisStreamSink",
+        "RedisStreamSource",
+        "RestartStrategy",
+        "RestoredState",
+        "RunResult",
+        "RunStatus",
+        "RuntimeContext",
+        "Sink",
+        "SinkCommitError",
+        "SinkError",
+        "SlidingEventTimeWindows",
+        "Source",
+        "SourceError",
+        "SourceReader",
+        "Stream",
+        "TimestampAssigner",
+        "TumblingEventTimeWindows",
+        "TumblingProcessingTimeWindows",
+        "TwoPhaseCommitWriter",
+        "Window",
+        "read_committed_lines",
+    ],
+    "onceflow.engine": [
         "CheckpointError",
         "CheckpointStorageError",
         "ConcurrentRunError",
@@ -29,7 +75,7 @@ PINNED = {
         "RunStatus",
         "Stream",
     ],
-    "operators": [
+    "onceflow.operators": [
         "EventTimeSessionWindows",
         "FileSink",
         "FileSource",
@@ -55,7 +101,7 @@ PINNED = {
         "Window",
         "read_committed_lines",
     ],
-    "state_backends": [
+    "onceflow.state_backends": [
         "CorruptStateError",
         "DEFAULT_MAX_PARALLELISM",
         "ErrorDomain",
@@ -95,8 +141,7 @@ def test_every_exported_name_resolves_and_nothing_public_is_left_out(package: st
     public = {
         name
         for name, value in vars(module).items()
-        if not name.startswith("_")
-        and not isinstance(value, types.ModuleType | __future__._Feature)
+        if not name.startswith("_") and not isinstance(value, types.ModuleType | __future__._Feature)
     }
 
     assert missing == []
@@ -113,13 +158,16 @@ def test_star_import_gives_exactly_the_exported_names(package: str) -> None:
 
 
 def test_one_root_error_is_shared_by_every_package() -> None:
-    import engine
-    import operators
-    import state_backends
+    from onceflow import engine, operators, state_backends
 
     assert engine.OnceflowError is state_backends.OnceflowError
-    for error in (engine.JobDefinitionError, engine.OperatorError, operators.SinkError,
-                  operators.SourceError, state_backends.CorruptStateError):
+    for error in (
+        engine.JobDefinitionError,
+        engine.OperatorError,
+        operators.SinkError,
+        operators.SourceError,
+        state_backends.CorruptStateError,
+    ):
         assert issubclass(error, engine.OnceflowError)
     assert issubclass(engine.JobLoadError, engine.JobDefinitionError)
     assert issubclass(operators.SinkCommitError, operators.SinkError)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 
-from engine.faults import CrashPoints
+from onceflow.engine.faults import CrashPoints
 
 
 def _pass(points: CrashPoints, label: str, times: int) -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from onceflow.engine.graph import OperatorKind
+from onceflow.engine.plan import build_plan
 
-from engine import Job, JobDefinitionError, Partitioning
-from engine.graph import OperatorKind
-from engine.plan import build_plan
-from operators import FileSink, FileSource
+from onceflow import FileSink, FileSource, Job, JobDefinitionError, Partitioning
 
 
 def source() -> FileSource:

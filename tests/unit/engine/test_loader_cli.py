@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from engine import Job, JobLoadError
-from engine.cli import main
-from engine.loader import load_job, parse_params
-from operators import read_committed_lines
-from operators.files import MARKER_NAME
+from onceflow import Job, JobLoadError, read_committed_lines
+from onceflow.engine.cli import main
+from onceflow.engine.loader import load_job, parse_params
+from onceflow.operators.files import MARKER_NAME
 
 TreeSnapshot = Callable[..., dict[str, tuple[int, bytes]]]
 
 COUNT_JOB = """
-    from engine import Job
-    from operators import FileSink, FileSource
+    from onceflow import Job
+    from onceflow import FileSink, FileSource
 
 
     def build(input, output, name="cli-count"):
@@ -36,8 +35,8 @@ COUNT_JOB = """
 """
 
 LIST_KEY_JOB = """
-    from engine import Job
-    from operators import FileSink, FileSource
+    from onceflow import Job
+    from onceflow import FileSink, FileSource
 
 
     def build(input, output):
@@ -158,9 +157,7 @@ def test_fresh_run_replaces_the_output_with_the_same_lines(
 def test_graph_prints_the_logical_graph_and_the_chains(
     ws: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        ["graph", str(ws.job_file), "-p", f"input={ws.input}", "-p", f"output={ws.out}"]
-    )
+    code = main(["graph", str(ws.job_file), "-p", f"input={ws.input}", "-p", f"output={ws.out}"])
 
     out = capsys.readouterr().out
     assert code == 0
@@ -468,8 +465,8 @@ def test_load_job_accepts_any_parameter_for_build_with_kwargs(
 ) -> None:
     path = job_file_factory(
         """
-        from engine import Job
-        from operators import FileSink, FileSource
+        from onceflow import Job
+        from onceflow import FileSink, FileSource
 
 
         def build(**params):

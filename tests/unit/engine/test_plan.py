@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine import Job, Partitioning
-from engine.plan import PhysicalPlan, build_plan, describe_graph
-from operators import FileSink, FileSource
+from onceflow.engine.plan import PhysicalPlan, build_plan, describe_graph
+
+from onceflow import FileSink, FileSource, Job, Partitioning
 
 
 def source() -> FileSource:

@@ -15,24 +15,29 @@ from typing import Any
 
 import pytest
 
-from engine import (
+from onceflow import (
     CheckpointStorageError,
     ConcurrentRunError,
     CoordinatorSettings,
     ExecutionSettings,
+    FileSink,
+    FileSource,
     IncompatibleCheckpointError,
     Job,
     JobDefinitionError,
     JobRunner,
     OperatorError,
     RestartStrategy,
+    RestoredState,
     RunStatus,
+    Source,
+    SourceReader,
+    read_committed_lines,
 )
-from engine.errors import KeyEncodingError, SinkCommitError
-from engine.runner import is_retryable
-from engine.storage import CheckpointStore
-from operators import FileSink, FileSource, RestoredState, Source, SourceReader, read_committed_lines
-from operators.errors import SinkOwnershipError, SourceError
+from onceflow.engine.errors import KeyEncodingError, SinkCommitError
+from onceflow.engine.runner import is_retryable
+from onceflow.engine.storage import CheckpointStore
+from onceflow.operators.errors import SinkOwnershipError, SourceError
 
 WORDS = "the quick fox jumps over the lazy dog the fox naps quick quick end".split()
 
@@ -234,15 +239,11 @@ def test_rerun_of_a_finished_job_is_already_finished_and_changes_no_file(
     words_dir: Path, tmp_path: Path, chk: str, tree_snapshot: TreeSnapshot, executor: str
 ) -> None:
     out = tmp_path / "out"
-    first = JobRunner(
-        count_job(FileSource(str(words_dir)), out), checkpoint_dir=chk, executor=executor
-    ).run()
+    first = JobRunner(count_job(FileSource(str(words_dir)), out), checkpoint_dir=chk, executor=executor).run()
     before_out = tree_snapshot(out)
     before_chk = tree_snapshot(Path(chk), skip=frozenset({"_lock"}))
 
-    again = JobRunner(
-        count_job(FileSource(str(words_dir)), out), checkpoint_dir=chk, executor=executor
-    ).run()
+    again = JobRunner(count_job(FileSource(str(words_dir)), out), checkpoint_dir=chk, executor=executor).run()
 
     assert again.status is RunStatus.ALREADY_FINISHED
     assert again.checkpoint_id == first.checkpoint_id
@@ -271,9 +272,7 @@ def test_fresh_starts_over_and_yields_the_same_output(
     assert read_committed_lines(str(out)) == running_counts(WORDS)
     assert completed_ids(chk) == [1]
     assert len([name for name in old_files if name.startswith("part-")]) == 7
-    assert [name for name in tree_snapshot(out) if name.startswith("part-")] == [
-        "part-00000-0000000001"
-    ]
+    assert [name for name in tree_snapshot(out) if name.startswith("part-")] == ["part-00000-0000000001"]
 
 
 def test_incomplete_checkpoint_without_metadata_is_ignored_and_removed(
@@ -452,9 +451,7 @@ def test_second_runner_on_the_same_checkpoints_is_refused(
     holder.acquire_lock()
     try:
         with pytest.raises(ConcurrentRunError):
-            JobRunner(
-                count_job(FileSource(str(words_dir)), out), checkpoint_dir=chk, executor=executor
-            ).run()
+            JobRunner(count_job(FileSource(str(words_dir)), out), checkpoint_dir=chk, executor=executor).run()
     finally:
         holder.release_lock()
 
@@ -527,9 +524,7 @@ def test_udf_always_failing_raises_operator_error_after_the_configured_attempts(
     assert read_committed_lines(str(out)) == []
 
 
-def test_unsupported_key_type_fails_at_once_without_restarts(
-    tmp_path: Path, chk: str, executor: str
-) -> None:
+def test_unsupported_key_type_fails_at_once_without_restarts(tmp_path: Path, chk: str, executor: str) -> None:
     keyed = CallLog(tmp_path / "keyed")
 
     def key(word: str) -> list[str]:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from engine.errors import CheckpointStorageError, ConcurrentRunError
-from engine.storage import CheckpointPaths, CheckpointStore, files_safe_to_delete, retention_plan
+from onceflow.engine.errors import CheckpointStorageError, ConcurrentRunError
+from onceflow.engine.storage import CheckpointPaths, CheckpointStore, files_safe_to_delete, retention_plan
 
 JOB = "wordcount"
 
@@ -21,8 +21,7 @@ JOB = "wordcount"
 def meta(checkpoint_id: int, *files: str) -> dict[str, Any]:
     """Metadata whose handles reference ``files`` (paths relative to the job directory)."""
     handles = [
-        {"path": f, "uid": f.rsplit("/", 1)[-1].split("-")[0], "subtask": 0, "bytes": 10}
-        for f in files
+        {"path": f, "uid": f.rsplit("/", 1)[-1].split("-")[0], "subtask": 0, "bytes": 10} for f in files
     ]
     return {"checkpoint_id": checkpoint_id, "job": JOB, "handles": handles}
 
@@ -140,9 +139,7 @@ def test_missing_metadata_means_the_checkpoint_does_not_exist(store: CheckpointS
     "content",
     [b"{not json", b"", b"\xff\xfe", b"[1, 2]", b'{"checkpoint_id": 8}', b'{"job": "wordcount"}'],
 )
-def test_corrupt_metadata_raises_checkpoint_storage_error(
-    store: CheckpointStore, content: bytes
-) -> None:
+def test_corrupt_metadata_raises_checkpoint_storage_error(store: CheckpointStore, content: bytes) -> None:
     put(store, store.paths.metadata(5), content)
 
     with pytest.raises(CheckpointStorageError, match="is corrupt") as info:

@@ -16,8 +16,13 @@ from typing import Any
 
 import fsspec
 
-from operators.base import Operator, OperatorSnapshot, RestoredState
-from state_backends import key_group_for, key_group_range_for_subtask, read_state_file, write_state_file
+from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState
+from onceflow.state_backends import (
+    key_group_for,
+    key_group_range_for_subtask,
+    read_state_file,
+    write_state_file,
+)
 
 MAX_PARALLELISM = 128
 _files = itertools.count()
@@ -91,7 +96,10 @@ class Harness:
         fs = fsspec.filesystem("memory")
         path = f"/harness-{uuid.uuid4().hex[:8]}-{next(_files)}.arrow"
         handle = write_state_file(
-            fs, path, keyed_state=snap.keyed_state, operator_state=snap.operator_state,
+            fs,
+            path,
+            keyed_state=snap.keyed_state,
+            operator_state=snap.operator_state,
             key_group_of=lambda key: key_group_for(key, MAX_PARALLELISM),
         )
         operator_state, keyed = read_state_file(fs, handle)

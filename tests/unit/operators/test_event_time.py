@@ -7,10 +7,15 @@ import math
 import pytest
 from event_time_harness import Harness, restored_for
 
-from engine import Job, JobDefinitionError
-from operators import EventTimeSessionWindows, TimestampAssigner, TumblingEventTimeWindows
-from operators.event_time import check_timestamp, frozen_copy
-from operators.testing import FakeClock, TestingSource
+from onceflow import (
+    EventTimeSessionWindows,
+    Job,
+    JobDefinitionError,
+    TimestampAssigner,
+    TumblingEventTimeWindows,
+)
+from onceflow.operators.event_time import check_timestamp, frozen_copy
+from onceflow.operators.testing import FakeClock, TestingSource
 
 
 def assigner(context_factory, max_delay=0.0, idle_timeout=None, clock=None, **kw) -> Harness:
@@ -42,8 +47,13 @@ def test_monotonous_timestamps_watermark_is_the_largest(context_factory):
 
 @pytest.mark.parametrize(
     ("value", "error"),
-    [("12:00", TypeError), (None, TypeError), (True, TypeError), (float("nan"), ValueError),
-     ([1], TypeError)],
+    [
+        ("12:00", TypeError),
+        (None, TypeError),
+        (True, TypeError),
+        (float("nan"), ValueError),
+        ([1], TypeError),
+    ],
 )
 def test_a_non_number_timestamp_names_the_operator_and_shows_the_record(context_factory, value, error):
     h = Harness(TimestampAssigner(lambda r: r["ts"]), context_factory)
@@ -85,8 +95,10 @@ def test_restore_at_the_same_parallelism_takes_its_own_watermark_and_a_rescale_t
         h = assigner(context_factory, index=index, parallelism=2)
         h.feed([{"ts": ts}])
         snaps.append(h.snapshot(3))
-    same = [assigner(context_factory, index=i, parallelism=2, restored=restored_for(snaps, 3, i, 2))
-            for i in range(2)]
+    same = [
+        assigner(context_factory, index=i, parallelism=2, restored=restored_for(snaps, 3, i, 2))
+        for i in range(2)
+    ]
     assert [h.op.emitted_watermark for h in same] == [100.0, 40.0]
     rescaled = assigner(context_factory, restored=restored_for(snaps, 3))
     assert rescaled.op.emitted_watermark == 40.0  # never declares another split's records late

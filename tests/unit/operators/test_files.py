@@ -13,8 +13,8 @@ from typing import Any
 import fsspec
 import pytest
 
-from operators.base import RestoredState
-from operators.errors import (
+from onceflow.operators.base import RestoredState
+from onceflow.operators.errors import (
     SinkCommitError,
     SinkError,
     SinkOutputExistsError,
@@ -23,7 +23,7 @@ from operators.errors import (
     SourceError,
     SourceNotFoundError,
 )
-from operators.files import (
+from onceflow.operators.files import (
     FILE_DONE,
     MARKER_NAME,
     FileSink,
@@ -32,7 +32,7 @@ from operators.files import (
     FileSourceReader,
     read_committed_lines,
 )
-from state_backends.errors import ErrorDomain, OnceflowError
+from onceflow.state_backends.errors import ErrorDomain, OnceflowError
 
 ContextFactory = Callable[..., Any]
 FakeContext = Any  # tests/unit/operators/conftest.py; not importable by name
@@ -113,9 +113,7 @@ def test_only_empty_file_is_fine(tmp_path: Path, context_factory):
     assert drain(open_reader(FileSource(str(tmp_path / "empty.txt")), context_factory)) == []
 
 
-def test_directory_is_read_recursively_in_sorted_order_skipping_hidden(
-    tmp_path: Path, context_factory
-):
+def test_directory_is_read_recursively_in_sorted_order_skipping_hidden(tmp_path: Path, context_factory):
     put(tmp_path / "b.txt", b"b\n")
     put(tmp_path / "a" / "z.txt", b"az\n")
     put(tmp_path / "c" / "d" / "e.txt", b"cde\n")
@@ -161,9 +159,7 @@ def test_memory_url_is_read(memory_dir: str, context_factory):
 
 
 @pytest.mark.parametrize("pattern", ["missing.txt", "missing_dir/", "*.nothing"])
-def test_missing_input_is_a_user_error_naming_the_path(
-    tmp_path: Path, context_factory, pattern: str
-):
+def test_missing_input_is_a_user_error_naming_the_path(tmp_path: Path, context_factory, pattern: str):
     put(tmp_path / "present.txt", b"x\n")
     path = str(tmp_path / pattern)
     reader = FileSource(path).create_reader(0, 1)
@@ -204,9 +200,7 @@ def test_encoding_that_cannot_split_on_newline_bytes_is_refused():
 
 def test_latin1_encoding(tmp_path: Path, context_factory):
     path = put(tmp_path / "l.txt", "café\n".encode("latin-1"))
-    assert drain(open_reader(FileSource(str(path), encoding="latin-1"), context_factory)) == [
-        "café"
-    ]
+    assert drain(open_reader(FileSource(str(path), encoding="latin-1"), context_factory)) == ["café"]
 
 
 def test_batches_respect_max_records_and_read_size(tmp_path: Path, context_factory):
@@ -454,9 +448,7 @@ def test_checkpoint_without_records_creates_no_file(out_dir: str, context_factor
 
 
 def test_encoder_and_suffix(out_dir: str, context_factory):
-    writer = open_writer(
-        out_dir, context_factory(), encoder=lambda kv: f"{kv[0]},{kv[1]}", suffix=".csv"
-    )
+    writer = open_writer(out_dir, context_factory(), encoder=lambda kv: f"{kv[0]},{kv[1]}", suffix=".csv")
     writer.process_batch([("a", 1), ("b", 2)])
     writer.snapshot_state(7)
     writer.notify_checkpoint_complete(7)
@@ -492,9 +484,7 @@ def test_restore_commits_pending_output_of_the_restored_checkpoint(out_dir: str,
     assert read_committed_lines(out_dir) == ["a", "b"]
 
 
-def test_crash_between_two_commits_finishes_on_restore(
-    out_dir: str, context_factory, simulated_crash
-):
+def test_crash_between_two_commits_finishes_on_restore(out_dir: str, context_factory, simulated_crash):
     ctx = context_factory(crash_at=("mid_commit", 2))
     first = open_writer(out_dir, ctx)
     first.process_batch(["one"])
@@ -537,9 +527,7 @@ def test_leftovers_of_a_crashed_attempt_are_removed(out_dir: str, context_factor
     assert read_committed_lines(out_dir) == ["committed", "replayed"]
 
 
-def test_crash_after_pending_rename_leaves_nothing_visible(
-    out_dir: str, context_factory, simulated_crash
-):
+def test_crash_after_pending_rename_leaves_nothing_visible(out_dir: str, context_factory, simulated_crash):
     ctx = context_factory(crash_at=("after_pending_rename_before_commit_rename", 1))
     first = open_writer(out_dir, ctx)
     first.process_batch(["a"])
@@ -631,9 +619,7 @@ def test_marker_names_job_and_sink(out_dir: str, context_factory):
 
 
 @pytest.mark.parametrize(("job", "uid"), [("other-job", "sink-uid"), ("job", "other-sink")])
-def test_directory_of_another_job_or_sink_is_refused(
-    out_dir: str, context_factory, job: str, uid: str
-):
+def test_directory_of_another_job_or_sink_is_refused(out_dir: str, context_factory, job: str, uid: str):
     owner = open_writer(out_dir, context_factory(job_name=job, uid=uid))
     owner.process_batch(["theirs"])
     owner.snapshot_state(1)

@@ -7,9 +7,9 @@ import math
 import pytest
 from event_time_harness import Harness, restored_for
 
-from operators import KeyedProcessFunction
-from operators.process_function import KeyedProcessOperator
-from operators.testing import FakeClock
+from onceflow import KeyedProcessFunction
+from onceflow.operators.process_function import KeyedProcessOperator
+from onceflow.operators.testing import FakeClock
 
 INF = math.inf
 
@@ -34,8 +34,13 @@ class SessionTimeout(KeyedProcessFunction):
 
     def on_timer(self, timestamp, ctx):
         assert ctx.time_domain == "event" and ctx.timestamp == timestamp
-        out = (ctx.key, ctx.value_state("count").value(), ctx.list_state("pages").get(),
-               dict(ctx.map_state("seen").items()), timestamp)
+        out = (
+            ctx.key,
+            ctx.value_state("count").value(),
+            ctx.list_state("pages").get(),
+            dict(ctx.map_state("seen").items()),
+            timestamp,
+        )
         for name in ("count", "last"):
             ctx.value_state(name).clear()
         ctx.list_state("pages").clear()
@@ -153,10 +158,14 @@ def test_pending_timers_and_state_survive_a_restore_and_fire_exactly_once(contex
     # upstream watermarks restart low after a restore; ann's timer must not fire again
     assert fresh.watermark(1.0) == [] and fresh.watermark(12.0) == []
     replayed = fresh.feed([("bob", 6.0, "cart")]) + fresh.watermark(30.0)
-    assert replayed == original == [
-        ("bob", 2, ["home", "cart"], {"home": 1, "cart": 1}, 16.0),
-        ("cy", 1, ["x"], {"x": 1}, 19.0),
-    ]
+    assert (
+        replayed
+        == original
+        == [
+            ("bob", 2, ["home", "cart"], {"home": 1, "cart": 1}, 16.0),
+            ("cy", 1, ["x"], {"x": 1}, 19.0),
+        ]
+    )
 
 
 def test_timers_move_with_their_key_groups_on_a_rescale(context_factory):
@@ -170,14 +179,19 @@ def test_timers_move_with_their_key_groups_on_a_rescale(context_factory):
     for parallelism in (1, 3):
         fired = []
         for index in range(parallelism):
-            fresh = harness(operator(), context_factory, index=index, parallelism=parallelism,
-                            restored=restored_for(snaps, 2, index, parallelism))
+            fresh = harness(
+                operator(),
+                context_factory,
+                index=index,
+                parallelism=parallelism,
+                restored=restored_for(snaps, 2, index, parallelism),
+            )
             fired += fresh.finish()
         assert sorted(f[0] for f in fired) == sorted(users)  # each user's timer fires once
 
 
 def _subtask(key, parallelism):
-    from state_backends import key_group_for, subtask_for_key_group
+    from onceflow.state_backends import key_group_for, subtask_for_key_group
 
     return subtask_for_key_group(128, parallelism, key_group_for(key, 128))
 

@@ -9,15 +9,15 @@ import random
 import pytest
 from event_time_harness import Harness, restored_for
 
-from operators import (
+from onceflow import (
     EventTimeSessionWindows,
     SlidingEventTimeWindows,
     TumblingEventTimeWindows,
     TumblingProcessingTimeWindows,
     Window,
 )
-from operators.testing import FakeClock
-from operators.windows import WindowOperator
+from onceflow.operators.testing import FakeClock
+from onceflow.operators.windows import WindowOperator
 
 INF = math.inf
 
@@ -34,18 +34,31 @@ def counting(assigner, lateness=0.0, late_tag="late", kind="aggregate"):
     """Count and sum per window: (key, window, (count, sum of values))."""
     if kind == "aggregate":
         return WindowOperator(
-            assigner, kind="aggregate", timestamp_fn=ts, allowed_lateness=lateness, late_tag=late_tag,
+            assigner,
+            kind="aggregate",
+            timestamp_fn=ts,
+            allowed_lateness=lateness,
+            late_tag=late_tag,
             add_fn=lambda acc, r: (acc[0] + 1, acc[1] + r[2]),
             merge_fn=lambda a, b: (a[0] + b[0], a[1] + b[1]),
-            result_fn=lambda acc: acc, init_fn=lambda: (0, 0),
+            result_fn=lambda acc: acc,
+            init_fn=lambda: (0, 0),
         )
     if kind == "reduce":
         return WindowOperator(
-            assigner, kind="reduce", timestamp_fn=ts, allowed_lateness=lateness, late_tag=late_tag,
+            assigner,
+            kind="reduce",
+            timestamp_fn=ts,
+            allowed_lateness=lateness,
+            late_tag=late_tag,
             reduce_fn=lambda a, b: (a[0], max(a[1], b[1]), a[2] + b[2]),
         )
     return WindowOperator(
-        assigner, kind="process", timestamp_fn=ts, allowed_lateness=lateness, late_tag=late_tag,
+        assigner,
+        kind="process",
+        timestamp_fn=ts,
+        allowed_lateness=lateness,
+        late_tag=late_tag,
         process_fn=lambda k, w, values: [(k, w, (len(values), sum(v[2] for v in values)))],
     )
 
@@ -89,8 +102,13 @@ def test_sliding_assigns_every_window_that_contains_the_timestamp():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: TumblingEventTimeWindows(0), lambda: SlidingEventTimeWindows(10, -1),
-             lambda: EventTimeSessionWindows("30"), lambda: TumblingProcessingTimeWindows(INF)],
+    "make",
+    [
+        lambda: TumblingEventTimeWindows(0),
+        lambda: SlidingEventTimeWindows(10, -1),
+        lambda: EventTimeSessionWindows("30"),
+        lambda: TumblingProcessingTimeWindows(INF),
+    ],
 )
 def test_assigners_refuse_sizes_that_are_not_positive_finite_numbers(make):
     with pytest.raises(ValueError, match="must be"):
@@ -120,7 +138,10 @@ def test_sliding_windows_count_each_record_in_every_window(context_factory, kind
     assert sorted(got) == [(-5.0, 5.0), (0.0, 10.0), (5.0, 15.0), (10.0, 20.0)]
     if kind != "reduce":
         assert got == {
-            (-5.0, 5.0): (1, 1), (0.0, 10.0): (2, 11), (5.0, 15.0): (2, 110), (10.0, 20.0): (1, 100)
+            (-5.0, 5.0): (1, 1),
+            (0.0, 10.0): (2, 11),
+            (5.0, 15.0): (2, 110),
+            (10.0, 20.0): (1, 100),
         }
     else:
         sums = {(w.start, w.end): v[2] for _, w, v in out}
@@ -299,8 +320,13 @@ def test_restore_at_another_parallelism_splits_windows_by_key_group_and_fires_ea
     for parallelism in (1, 3):
         out = list(emitted)
         for index in range(parallelism):
-            h = harness(make(), context_factory, index=index, parallelism=parallelism,
-                        restored=restored_for(olds, 4, index, parallelism))
+            h = harness(
+                make(),
+                context_factory,
+                index=index,
+                parallelism=parallelism,
+                restored=restored_for(olds, 4, index, parallelism),
+            )
             out += h.finish()
         final = {}
         for k, w, v in out:
@@ -310,7 +336,7 @@ def test_restore_at_another_parallelism_splits_windows_by_key_group_and_fires_ea
 
 
 def _subtask(k, parallelism):
-    from state_backends import key_group_for, subtask_for_key_group
+    from onceflow.state_backends import key_group_for, subtask_for_key_group
 
     return subtask_for_key_group(128, parallelism, key_group_for(k, 128))
 
@@ -364,7 +390,7 @@ def test_snapshot_anywhere_restore_and_replay_gives_the_same_output(context_fact
     fresh = harness(make(), context_factory, restored=restored_for([snap], 1))
     got, got_late = run(fresh, steps[at:])
     assert sorted(got) == sorted(expected)
-    assert got_late == expected_late[len(late_before):]
+    assert got_late == expected_late[len(late_before) :]
 
 
 # -- processing time -----------------------------------------------------------------------
@@ -387,9 +413,12 @@ def test_processing_time_windows_fire_when_the_clock_passes_their_end(context_fa
     h.feed([4])
     snap = h.snapshot(1)
     fresh = Harness(
-        WindowOperator(TumblingProcessingTimeWindows(10.0, clock=clock.now), kind="reduce",
-                       reduce_fn=lambda a, b: a + b),
-        context_factory, key_fn=lambda r: "k", restored=restored_for([snap], 1),
+        WindowOperator(
+            TumblingProcessingTimeWindows(10.0, clock=clock.now), kind="reduce", reduce_fn=lambda a, b: a + b
+        ),
+        context_factory,
+        key_fn=lambda r: "k",
+        restored=restored_for([snap], 1),
     )
     clock.advance(30.0)
     assert fresh.tick() == [("k", Window(110.0, 120.0), 4)]

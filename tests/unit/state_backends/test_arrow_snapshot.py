@@ -8,8 +8,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
-
-from state_backends import (
+from onceflow.state_backends import (
     CorruptStateError,
     ErrorDomain,
     IncompatibleStateError,
@@ -21,7 +20,7 @@ from state_backends import (
     read_state_file,
     write_state_file,
 )
-from state_backends.arrow_snapshot import BATCH_ROWS
+from onceflow.state_backends.arrow_snapshot import BATCH_ROWS
 
 
 @pytest.fixture(params=["file", "memory"])

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from state_backends import HeapKeyedState
+from onceflow.state_backends import HeapKeyedState
 
 
 def test_table_is_created_once_and_returned_live():

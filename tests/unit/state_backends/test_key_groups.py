@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import state_backends
-from state_backends import (
+from onceflow import state_backends
+from onceflow.state_backends import (
     DEFAULT_MAX_PARALLELISM,
     HASH_FUNCTION_ID,
     KeyEncodingError,
@@ -178,7 +178,7 @@ def _stability_keys():
 
 _CHILD = """
 import json, sys
-from state_backends import key_group_for
+from onceflow.state_backends import key_group_for
 keys = [eval(line) for line in sys.stdin.read().splitlines()]
 print(json.dumps([[key_group_for(k), key_group_for(k, 4096)] for k in keys]))
 """
@@ -214,9 +214,7 @@ def test_key_group_range_rejects_bad_parallelism():
 @pytest.mark.parametrize("max_parallelism", [1, 7, 128])
 def test_ranges_partition_key_groups_and_agree_with_subtask_for_key_group(max_parallelism):
     for parallelism in range(1, max_parallelism + 1):
-        ranges = [
-            key_group_range_for_subtask(max_parallelism, parallelism, i) for i in range(parallelism)
-        ]
+        ranges = [key_group_range_for_subtask(max_parallelism, parallelism, i) for i in range(parallelism)]
         assert ranges[0].start == 0
         assert ranges[-1].end == max_parallelism
         for before, after in zip(ranges, ranges[1:], strict=False):

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 
-from engine import Job
-from operators import FileSink, FileSource
+from onceflow import FileSink, FileSource, Job
 
 
 def build(input: str, output: str, delay_us: str = "0") -> Job:
