@@ -108,7 +108,6 @@ class Job:
             factory=factory,
             parallelism=parallelism,
             description=description,
-            uid_given=uid is not None,
         )
         self.graph.add_operator(spec)
         for upstream, edge in inputs:

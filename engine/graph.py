@@ -56,7 +56,6 @@ class OperatorSpec:
     factory: Callable[[int, int], Any]
     parallelism: int | None = None
     description: str = ""
-    uid_given: bool = False
     config: dict[str, Any] = field(default_factory=dict)
 
 
