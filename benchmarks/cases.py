@@ -561,8 +561,67 @@ def case_profile(variant: str, n: int, tmp: str) -> dict[str, Any]:
     return {"seconds": seconds, "records": n, "top": rows, "text": out.getvalue()}
 
 
+PLAIN_WORDCOUNT = """
+import sys
+from collections import defaultdict
+
+src, dst = sys.argv[1], sys.argv[2]
+counts = defaultdict(int)
+out = []
+with open(src, encoding="utf-8") as f:
+    for line in f:
+        for word in line.split():
+            word = word.lower()
+            counts[word] += 1
+            out.append(f"{word},{counts[word]}")
+with open(dst, "w", encoding="utf-8") as f:
+    f.write("\\n".join(out))
+    f.write("\\n")
+"""
+"""The same word count as ``jobs/wordcount.py`` in plain Python: read, count, write."""
+
+
+def case_cli_wordcount(variant: str, n: int, tmp: str) -> dict[str, Any]:
+    """Time a whole process, start to exit: ``onceflow run jobs/wordcount.py`` or a plain script.
+
+    What a user waits for: interpreter start, imports, planning, the run, the
+    final checkpoint and the commit of the output (or, for the script, the
+    same read, count and write with nothing else).
+    """
+    import subprocess
+
+    words_file = os.path.join(tmp, "words.txt")
+    words = make_words(n)
+    with open(words_file, "w", encoding="utf-8") as f:  # ten words a line, like prose
+        f.writelines(" ".join(words[i : i + 10]) + "\n" for i in range(0, n, 10))
+    out = os.path.join(tmp, "out")
+    if variant == "script":
+        script = os.path.join(tmp, "plain_wordcount.py")
+        Path(script).write_text(PLAIN_WORDCOUNT, encoding="utf-8")
+        cmd = [sys.executable, script, words_file, os.path.join(tmp, "counts.txt")]
+    elif variant == "onceflow":
+        job = str(Path(__file__).resolve().parents[1] / "jobs" / "wordcount.py")
+        cmd = [
+            sys.executable, "-m", "onceflow", "run", job, "-p", f"input={words_file}", "-p", f"output={out}",
+            "--checkpoint-dir", os.path.join(tmp, "chk"), "--progress", "off",
+        ]  # fmt: skip
+    else:
+        msg = f"unknown variant {variant!r}"
+        raise SystemExit(msg)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=600)
+    seconds = time.perf_counter() - start
+    if variant == "script":
+        lines = sum(1 for _ in open(os.path.join(tmp, "counts.txt"), encoding="utf-8"))
+    else:
+        lines = sum(1 for p in Path(out).glob("part-*") for _ in open(p, encoding="utf-8"))
+    _check(n, lines, f"{variant} output lines")
+    return {"seconds": seconds, "records": n}
+
+
 CASES: dict[str, Callable[[str, int, str], dict[str, Any]]] = {
     "keyed_count": case_keyed_count,
+    "cli_wordcount": case_cli_wordcount,
     "stateless": case_stateless,
     "scaling": case_scaling,
     "map_batches": case_map_batches,

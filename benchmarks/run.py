@@ -61,11 +61,13 @@ def _sizes(quick: bool) -> dict[str, int]:
                 "backpressure",
                 "timeline",
                 "profile",
+                "cli_wordcount",
             ),
             20_000,
         ) | {"state_small": 1_000, "state_mid": 2_000, "state_big": 5_000, "state_write": 5_000}
     return {
         "keyed": 6_000_000,
+        "cli_wordcount": 2_000_000,
         "bytewax": 1_000_000,
         "stateless": 6_000_000,
         "scaling": 400_000,
@@ -98,6 +100,19 @@ def build_cases(quick: bool) -> list[Case]:
                     "Bytewax run_main, recovery on, snapshot every 1 s",
                     s["bytewax"],
                     needs="bytewax",
+                ),
+            ],
+            reps,
+        ),
+        Case(
+            "cli_wordcount",
+            "Word count end to end: a whole process, start to exit, file to file",
+            [
+                Variant(
+                    "script", "plain Python script: read, count, write", s["cli_wordcount"], baseline=True
+                ),
+                Variant(
+                    "onceflow", "onceflow run jobs/wordcount.py (p=1, local executor)", s["cli_wordcount"]
                 ),
             ],
             reps,
@@ -315,6 +330,8 @@ def targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any
         "{:.1f}x",
         bw_row.get("skipped", ""),
     )
+    r = _ratio(_tp(summary, "cli_wordcount", "onceflow"), _tp(summary, "cli_wordcount", "script"))
+    add("wordcount end to end (CLI) ÷ plain script", r, ">= 0.60", r is not None and r >= 0.60, "{:.2f}")
     r = _ratio(kc, _tp(summary, "keyed_count", "engine_ckpt_off"))
     add("keyed count: ckpt 1 s ÷ ckpt off", r, ">= 0.95", r is not None and r >= 0.95, "{:.2f}")
     r = _ratio(_tp(summary, "stateless", "engine_ckpt_1s"), _tp(summary, "stateless", "engine_ckpt_off"))
