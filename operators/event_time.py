@@ -12,7 +12,8 @@ non-idle inputs (``onceflow.engine.task``).
 Event-time operators (windows, keyed process functions) keep their own copy of
 the watermark, snapshot it, and restore it: after a crash the engine's
 watermarks restart at minus infinity, and an operator ignores every watermark
-that does not move past the one it restored (FAULTS.md F23, 4.6).
+that does not move past the one it restored, so the low restarted watermarks
+never fire a window or timer a second time.
 """
 
 from __future__ import annotations

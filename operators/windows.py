@@ -26,7 +26,8 @@ State: every window of every key is keyed state (``{key: ((window, acc,
 emitted), ...)}``), so it moves with its key group on a rescale. Timers are not
 stored separately: a window's pending firing and purge follow from its end, the
 allowed lateness, its ``emitted`` flag and the operator's restored watermark,
-so after a restore each result is emitted exactly once (FAULTS.md F23, B6).
+so after a restore each result is emitted exactly once (no separate timer list
+that could disagree with the windows it fires).
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ one pickle per value. Schema metadata records the value encoding, the Python
 version (pickles are only trusted by the same major.minor) and the pickled
 operator state.
 
-Why the reader is strict (FAULTS.md 3.3): only ``ipc.open_file`` checks the
-footer, the stream reader happily returns the first half of a torn file. So a
-read checks size and SHA-256 against the handle first, opens with ``open_file``
-only, and decodes everything before returning: a caller never sees a partial
-result.
+Why the reader is strict (a torn file must fail loudly, never restore half a
+state): only ``ipc.open_file`` checks the footer, the stream reader happily
+returns the first half of a torn file. So a read checks size and SHA-256
+against the handle first, opens with ``open_file`` only, and decodes everything
+before returning: a caller never sees a partial result.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ does not hold state or do I/O; ``heap`` and ``arrow_snapshot`` do that.
 
 Why not ``hash()``: Python salts ``str``/``bytes`` hashes per interpreter, so a
 restarted or spawned process would route the same key to another subtask and
-silently split its state (FAULTS.md 3.4). Instead a key is turned into a
+silently split its state between two subtasks. Instead a key is turned into a
 canonical byte string and hashed with a fixed function (``HASH_FUNCTION_ID``).
 
 Canonical key encoding

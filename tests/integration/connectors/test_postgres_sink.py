@@ -1,7 +1,7 @@
 """PostgresSink against the real server: the two-phase commit life cycle and the recovery decision table.
 
 Most tests drive one writer per subtask by hand (open, write, snapshot,
-notify, restore) so that each step of FAULTS.md 3.1 is visible; the last ones
+notify, restore) so that each step of the commit decision table is visible; the last ones
 run whole jobs, with injected failures, under both executors.
 """
 
@@ -94,7 +94,7 @@ def test_prepared_rows_are_invisible_until_commit_and_commit_is_idempotent(pg) -
 
 
 def test_restore_commits_owed_transactions_and_rolls_back_orphans_only_of_its_own(pg) -> None:
-    """The decision table of FAULTS.md 3.1, row by row, after a simulated kill of attempt A."""
+    """The commit decision table (prepared, marker row, lost), row by row, after attempt A is killed."""
     table = pg.table("id bigint, name text")
     job = pg.job()
     sink = PostgresSink(pg.dsn, table)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from onceflow.engine.graph import OperatorKind
-from onceflow.engine.plan import build_plan
 
 from onceflow import FileSink, FileSource, Job, JobDefinitionError, Partitioning
+from onceflow.engine.graph import OperatorKind
+from onceflow.engine.plan import build_plan
 
 
 def source() -> FileSource:

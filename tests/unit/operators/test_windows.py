@@ -281,7 +281,7 @@ def test_open_windows_restore_into_a_fresh_operator_and_fire_exactly_once(contex
     after_original = h.feed([("a", 12.0, 4)]) + h.watermark(20.0) + h.finish()
 
     fresh = harness(make(), context_factory, restored=restored_for([snap], 1))
-    assert fresh.op.watermark == 10.0  # the watermark is part of the snapshot (FAULTS F23)
+    assert fresh.op.watermark == 10.0  # the watermark is part of the snapshot: fired windows stay fired
     # upstream watermarks restart low after a restore: they must not fire anything again
     assert fresh.watermark(5.0) == [] and fresh.watermark(10.0) == []
     after_restore = fresh.feed([("a", 12.0, 4)]) + fresh.watermark(20.0) + fresh.finish()
