@@ -17,21 +17,13 @@ import traceback
 from collections.abc import Sequence
 
 from onceflow.engine.coordinator import CoordinatorSettings
-from onceflow.engine.errors import (
-    CheckpointStorageError,
-    ConcurrentRunError,
-    IncompatibleCheckpointError,
-    JobDefinitionError,
-    OnceflowError,
-    OperatorError,
-)
+from onceflow.engine.errors import OnceflowError, classify
 from onceflow.engine.executors.local import ExecutionSettings
 from onceflow.engine.loader import load_job, parse_params
 from onceflow.engine.plan import build_plan, describe_graph
 from onceflow.engine.progress import ProgressDisplay
 from onceflow.engine.runner import DEFAULT_CHECKPOINT_DIR, JobRunner, RestartStrategy, RunStatus
 from onceflow.engine.storage import CheckpointStore
-from onceflow.state_backends.errors import ErrorDomain
 
 log = logging.getLogger("onceflow")
 
@@ -179,24 +171,10 @@ def _configure_logging(verbose: bool) -> None:
     log.propagate = False
 
 
-def _is_usage_error(exc: BaseException) -> bool:
-    usage = getattr(exc, "usage", None)
-    if usage is not None:
-        return bool(usage)
-    if isinstance(exc, JobDefinitionError | ConcurrentRunError | IncompatibleCheckpointError):
-        return True
-    if isinstance(exc, CheckpointStorageError) and exc.domain is ErrorDomain.EXTERNAL:
-        return any(s in str(exc) for s in ("not writable", "cannot be used", "process executor"))
-    if isinstance(exc, OperatorError) and getattr(exc, "phase", "") == "open":
-        cause = exc.__cause__
-        return isinstance(cause, OnceflowError) and cause.domain is ErrorDomain.USER
-    return False
-
-
 def _report(exc: BaseException, verbose: bool) -> int:
     if verbose:
         traceback.print_exception(exc, file=sys.stderr)
-    code = EXIT_USAGE if _is_usage_error(exc) else EXIT_FAILED
+    code = EXIT_USAGE if classify(exc).usage else EXIT_FAILED
     first = str(exc).strip() or type(exc).__name__
     notes = getattr(exc, "__notes__", [])
     prefix = "; ".join(notes) + ": " if notes else ""

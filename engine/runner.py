@@ -27,8 +27,7 @@ from onceflow.engine.errors import (
     CheckpointStorageError,
     CorruptStateError,
     IncompatibleCheckpointError,
-    OnceflowError,
-    OperatorError,
+    classify,
 )
 from onceflow.engine.executors._wiring import Attempt, ExecutionSettings
 from onceflow.engine.executors.local import LocalExecutor
@@ -37,7 +36,6 @@ from onceflow.engine.plan import PhysicalPlan, build_plan
 from onceflow.engine.storage import CheckpointStore
 from onceflow.operators.base import RestoredState
 from onceflow.state_backends.arrow_snapshot import StateFileHandle, read_state_file
-from onceflow.state_backends.errors import ErrorDomain
 from onceflow.state_backends.key_groups import HASH_FUNCTION_ID, key_group_range_for_subtask
 
 log = logging.getLogger("onceflow")
@@ -89,26 +87,6 @@ class _RestorePoint:
     checkpoint_id: int
     meta: dict[str, Any]
     states: dict[tuple[str, int], RestoredState]
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Decide whether restarting can help.
-
-    User-domain onceflow errors (bad definitions, bad keys, misconfigured
-    connectors) fail the same way every time; exceptions raised by user code
-    and external failures are worth a restart.
-    """
-    retryable = getattr(exc, "retryable", None)
-    if retryable is not None:
-        return bool(retryable)
-    if isinstance(exc, OperatorError):
-        cause = exc.__cause__
-        if isinstance(cause, OnceflowError):
-            return cause.domain is not ErrorDomain.USER
-        return True
-    if isinstance(exc, OnceflowError):
-        return exc.domain is not ErrorDomain.USER
-    return True
 
 
 class JobRunner:
@@ -169,7 +147,7 @@ class JobRunner:
                 result.restored_from = first_restore
                 return result
             except Exception as exc:
-                if not is_retryable(exc) or failures >= self.restart.attempts:
+                if not classify(exc).retryable or failures >= self.restart.attempts:
                     if failures:
                         exc.add_note(f"job {self.job.name!r} failed after {failures + 1} attempts")
                     raise

@@ -24,7 +24,8 @@ from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-from onceflow.engine.errors import CheckpointStorageError, ConcurrentRunError
+
+from onceflow.engine.errors import CheckpointDirectoryError, CheckpointStorageError, ConcurrentRunError
 from onceflow.engine.faults import CRASH_POINTS
 
 log = logging.getLogger("onceflow")
@@ -102,7 +103,7 @@ class CheckpointStore:
             self.fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as exc:
             msg = f"checkpoint directory {url!r} cannot be used: {exc}"
-            raise CheckpointStorageError(msg) from exc
+            raise CheckpointDirectoryError(msg) from exc
         if isinstance(self.fs, LocalFileSystem):
             root = os.path.abspath(root)
         self.url = url
@@ -124,7 +125,7 @@ class CheckpointStore:
                 f"checkpoint directory {self.url!r} is not writable ({exc.strerror or exc}); "
                 "pass a writable --checkpoint-dir"
             )
-            raise CheckpointStorageError(msg) from exc
+            raise CheckpointDirectoryError(msg) from exc
 
     def acquire_lock(self) -> None:
         """Make this process the only runner on this job's checkpoints.

@@ -38,10 +38,11 @@ from typing import Any
 
 from onceflow.engine.channels import LocalChannel
 from onceflow.engine.errors import (
+    CheckpointDirectoryError,
     CheckpointFailureReason,
-    CheckpointStorageError,
-    OnceflowError,
-    OperatorError,
+    Failure,
+    WorkerError,
+    classify,
 )
 from onceflow.engine.executors._wiring import (
     Attempt,
@@ -63,19 +64,6 @@ log = logging.getLogger("onceflow")
 
 _METRICS_EVERY = 0.5
 _SYMPTOMS = {"BrokenPipeError", "ConnectionResetError", "EOFError"}
-
-
-class WorkerError(OperatorError):
-    """A task failed in a worker process (or the worker itself died)."""
-
-    def __init__(
-        self, message: str, *, retryable: bool, usage: bool, cause_type: str = "", **where: Any
-    ) -> None:
-        super().__init__(message, **where)
-        self.retryable = retryable
-        self.usage = usage
-        self.cause_type = cause_type
-        """Class name of the original exception's cause (it stayed in the worker)."""
 
 
 # -- channels across processes ----------------------------------------------------------
@@ -363,15 +351,8 @@ def _worker_main(
 
 
 def _describe(exc: BaseException) -> dict[str, Any]:
-    from onceflow.engine.runner import is_retryable
-
     cause = exc.__cause__
-    usage = (
-        isinstance(exc, OperatorError)
-        and getattr(exc, "phase", "") == "open"
-        and isinstance(cause, OnceflowError)
-        and cause.domain is ErrorDomain.USER
-    )
+    failure = classify(exc)
     return {
         "message": str(exc),
         "type": type(exc).__name__,
@@ -379,9 +360,9 @@ def _describe(exc: BaseException) -> dict[str, Any]:
         "uid": getattr(exc, "uid", ""),
         "subtask_index": getattr(exc, "subtask_index", -1),
         "checkpoint_id": getattr(exc, "checkpoint_id", None),
-        "domain": getattr(exc, "domain", ErrorDomain.INTERNAL).value,
-        "retryable": is_retryable(exc),
-        "usage": usage,
+        "domain": failure.domain.value,
+        "retryable": failure.retryable,
+        "usage": failure.usage,
         "cause_type": type(cause).__name__ if cause is not None else "",
         "traceback": "".join(traceback.format_exception(exc)),
     }
@@ -427,11 +408,7 @@ class ProcessExecutor:
                 "the process executor needs checkpoint storage that worker processes share "
                 f"(a local path or s3://), not {store.url!r}"
             )
-            err = CheckpointStorageError(msg)
-            # A wrong setting, not an outage: retrying cannot help, and it is a usage error.
-            err.domain = ErrorDomain.USER
-            err.usage = True
-            raise err
+            raise CheckpointDirectoryError(msg)
         self.plan = plan
         self.store = store
         self.settings = settings
@@ -527,14 +504,12 @@ class ProcessExecutor:
                 info["message"]
                 if info["type"].endswith("Error") and info["operator"] != "worker"
                 else f"worker {worker} failed: {info['type']}: {info['message']}",
-                retryable=info["retryable"],
-                usage=info["usage"],
+                failure=Failure(ErrorDomain(info["domain"]), info["retryable"], info["usage"]),
                 cause_type=info["cause_type"],
                 operator=info["operator"],
                 uid=info["uid"],
                 subtask_index=info["subtask_index"],
                 checkpoint_id=info["checkpoint_id"],
-                domain=ErrorDomain(info["domain"]),
             )
 
     def run(self) -> None:
@@ -565,13 +540,11 @@ class ProcessExecutor:
                         errors.append(
                             WorkerError(
                                 f"worker process {w} died (exit code {code})",
-                                retryable=True,
-                                usage=False,
+                                failure=Failure(ErrorDomain.EXTERNAL, retryable=True, usage=False),
                                 operator=f"worker {w}",
                                 uid="",
                                 subtask_index=w,
                                 checkpoint_id=None,
-                                domain=ErrorDomain.EXTERNAL,
                             )
                         )
                 if errors:

@@ -34,8 +34,7 @@ from onceflow import (
     SourceReader,
     read_committed_lines,
 )
-from onceflow.engine.errors import KeyEncodingError, SinkCommitError
-from onceflow.engine.runner import is_retryable
+from onceflow.engine.errors import KeyEncodingError, SinkCommitError, classify
 from onceflow.engine.storage import CheckpointStore
 from onceflow.operators.errors import SinkOwnershipError, SourceError
 
@@ -581,8 +580,8 @@ def _operator_error(cause: BaseException) -> OperatorError:
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
 )
-def test_is_retryable_classifies_by_error_domain(exc: BaseException, retryable: bool) -> None:
-    assert is_retryable(exc) is retryable
+def test_classify_decides_retries_by_error_domain(exc: BaseException, retryable: bool) -> None:
+    assert classify(exc).retryable is retryable
 
 
 def test_runner_keeps_the_sinks_it_ran(words_dir: Path, tmp_path: Path, chk: str, executor: str) -> None:
