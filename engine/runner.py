@@ -34,7 +34,7 @@ from onceflow.engine.executors.local import LocalExecutor
 from onceflow.engine.executors.process import ProcessExecutor
 from onceflow.engine.plan import PhysicalPlan, build_plan
 from onceflow.engine.storage import CheckpointStore
-from onceflow.operators.base import RestoredState
+from onceflow.operators.base import RestoredState, TwoPhaseCommitWriter
 from onceflow.state_backends.arrow_snapshot import StateFileHandle, read_state_file
 from onceflow.state_backends.key_groups import HASH_FUNCTION_ID, key_group_range_for_subtask
 
@@ -185,7 +185,8 @@ class JobRunner:
         executor = executor_class(attempt, on_tick=self.on_tick)
         sinks = [op.config["sink"] for t in self.plan.tasks for op in t.operators if "sink" in op.config]
         if finished:
-            recommitted = sum(getattr(op, "recommitted", 0) for st in executor.subtasks for op in st.ops)
+            ops = [op for st in executor.subtasks for op in st.ops]
+            recommitted = sum(op.recommitted for op in ops if isinstance(op, TwoPhaseCommitWriter))
             executor.close()
             return RunResult(
                 RunStatus.ALREADY_FINISHED,

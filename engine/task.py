@@ -3,8 +3,10 @@
 A subtask owns its operators, its input channels and its output gates. The
 executor calls ``step`` repeatedly; each call moves one batch (or one control
 element) through the chain, so executors stay in charge of scheduling. The
-chain is compiled once into local references; per batch the cost is a few
-attribute loads and one call per operator.
+chain is compiled once into local references: each operator's declared
+``Capability`` flags become the index lists ``_wm_ops``, ``_time_ops``,
+``_side_ops`` and ``_arrow_input``, so per batch the cost is a few attribute
+loads and one call per operator, and no operator is ever probed for a hook.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from onceflow.engine.elements import END_OF_DATA, Barrier, Batch, EndOfData, Wat
 from onceflow.engine.errors import OperatorError
 from onceflow.engine.faults import CRASH_POINTS
 from onceflow.engine.plan import TaskSpec
-from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState, SourceReader
+from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState, SourceReader
+from onceflow.operators.watermarks import InputWatermarks, WatermarkUpdate
 from onceflow.state_backends.errors import ErrorDomain, OnceflowError
 
 log = logging.getLogger("onceflow")
@@ -71,20 +74,21 @@ class Subtask:
         self.batch_size = batch_size
         self.status = SubtaskStatus.CREATED
         self.aligner = BarrierAligner(len(inputs)) if inputs else None
-        self._ended = [False] * len(inputs)
         self._next_input = 0
         self._keyed_head = task.keyed_input
         self.current_checkpoint: int | None = None
         # event time: see _on_watermark / _advance_watermark
         self.watermark = -math.inf
-        self._input_watermarks = [-math.inf] * len(inputs)
-        self._input_idle = [False] * len(inputs)
-        self._combined = -math.inf
+        self._input_watermarks = InputWatermarks(len(inputs))
+        self._input_idle = self._input_watermarks.idle  # read per batch; changed only through the valve
         self._idle_out = False
-        self._wm_ops = [i for i, op in enumerate(operators) if getattr(op, "emits_watermarks", False)]
+        # the chain compiled: each operator's declared capabilities, read once
+        capabilities = [op.capabilities for op in operators]
+        self._wm_ops = [i for i, c in enumerate(capabilities) if Capability.EMITS_WATERMARKS in c]
         self._emitted = dict.fromkeys(self._wm_ops, -math.inf)
-        self._time_ops = [i for i, op in enumerate(operators) if getattr(op, "wants_processing_time", False)]
-        self._side_ops = [i for i, op in enumerate(operators) if hasattr(op, "side_outputs")]
+        self._time_ops = [i for i, c in enumerate(capabilities) if Capability.PROCESSING_TIME in c]
+        self._side_ops = [i for i, c in enumerate(capabilities) if Capability.SIDE_OUTPUTS in c]
+        self._arrow_input = [Capability.ARROW_INPUT in c for c in capabilities]
         self._last_tick = 0.0
         # metrics, read by the progress display
         self.records_in = [0] * len(operators)
@@ -95,9 +99,12 @@ class Subtask:
 
     # -- life cycle ----------------------------------------------------------
 
+    def _all_operators(self) -> list[SourceReader | Operator]:
+        return ([self.reader] if self.reader else []) + self.ops
+
     def open(self, contexts: list[Any], restored: dict[str, RestoredState]) -> None:
         """Open every operator (reader first) and restore those with state."""
-        all_ops: list[Any] = ([self.reader] if self.reader else []) + self.ops
+        all_ops = self._all_operators()
         for op, spec, ctx in zip(all_ops, self.task.operators, contexts):
             try:
                 op.open(ctx)
@@ -111,8 +118,7 @@ class Subtask:
 
     def close(self) -> None:
         """Close every operator; never raises."""
-        all_ops: list[Any] = ([self.reader] if self.reader else []) + self.ops
-        for op in all_ops:
+        for op in self._all_operators():
             try:
                 op.close()
             except Exception:  # noqa: BLE001 - close must not raise
@@ -158,12 +164,14 @@ class Subtask:
             self.blocked_steps += 1
             return False
         if self.reader is not None:
-            return self._step_source()
-        return self._step_input()
+            return self._step_source(self.reader)
+        if self.aligner is None:
+            return False  # no source and no input: nothing can ever arrive
+        return self._step_input(self.aligner)
 
-    def _step_source(self) -> bool:
+    def _step_source(self, reader: SourceReader) -> bool:
         try:
-            records = self.reader.poll_batch(self.batch_size)
+            records = reader.poll_batch(self.batch_size)
         except Exception as exc:
             raise self._error(self.task.operators[0], exc, "read") from exc
         if records is None:
@@ -178,10 +186,10 @@ class Subtask:
             self._forward_emitted()
         return True
 
-    def _step_input(self) -> bool:
+    def _step_input(self, aligner: BarrierAligner) -> bool:
         inputs = self.inputs
         n = len(inputs)
-        blocked = self.aligner.blocked
+        blocked = aligner.blocked
         i = self._next_input
         for _ in range(n):
             channel = inputs[i]
@@ -195,27 +203,23 @@ class Subtask:
             self.steps += 1
             if kind is Batch:
                 if self._input_idle[current]:
-                    self._input_idle[current] = False
+                    self._input_watermarks.on_records(current)
                 self._push(element.records, element.keys, 0)
                 if self._wm_ops:
                     self._forward_emitted()
             elif kind is Watermark:
                 self._on_watermark(current, element)
             elif kind is Barrier:
-                if self.aligner.on_barrier(current, element.checkpoint_id) is AlignmentResult.ALIGNED:
+                if aligner.on_barrier(current, element.checkpoint_id) is AlignmentResult.ALIGNED:
                     self._checkpoint(element)
             elif kind is EndOfData:
-                self._ended[current] = True
-                if all(self._ended):
-                    self._drain()
-                elif not self._input_idle[current]:
-                    # an ended input no longer holds back the minimum
-                    self._on_watermark(current, Watermark(math.inf))
+                self._on_watermark_update(self._input_watermarks.on_end(current))
             return True
         return False
 
     def _push(self, records: Any, keys: list | None, start: int) -> None:
         ops = self.ops
+        arrow_input = self._arrow_input
         counts = self.records_in
         i = start
         try:
@@ -226,7 +230,7 @@ class Subtask:
             n = len(ops)
             while i < n and len(records):
                 op = ops[i]
-                if type(records) is not list and not op.accepts_arrow:
+                if type(records) is not list and not arrow_input[i]:
                     records = records.to_pylist()
                 counts[i] += len(records)
                 records = op.process_batch(records)
@@ -263,26 +267,26 @@ class Subtask:
     def _on_watermark(self, channel: int, watermark: Watermark) -> None:
         """Combine input watermarks: the minimum over inputs that are neither idle nor ended."""
         if watermark.idle:
-            self._input_idle[channel] = True
+            update = self._input_watermarks.on_idle(channel)
         else:
-            self._input_idle[channel] = False
-            if watermark.timestamp > self._input_watermarks[channel]:
-                self._input_watermarks[channel] = watermark.timestamp
-        active = [
-            wm
-            for wm, idle, ended in zip(self._input_watermarks, self._input_idle, self._ended)
-            if not idle and not ended
-        ]
-        if not active:
-            if not all(self._ended) and not self._idle_out:
-                self._idle_out = True
-                for gate in self.all_gates:
-                    gate.broadcast(Watermark(self.watermark, idle=True))
-            return
-        combined = min(active)
-        if combined > self._combined:
-            self._combined = combined
-            self._advance_watermark(combined, 0)
+            update = self._input_watermarks.on_watermark(channel, watermark.timestamp)
+        self._on_watermark_update(update)
+
+    def _on_watermark_update(self, update: WatermarkUpdate) -> None:
+        """Act on what an input's watermark, idleness or end did to the combined watermark."""
+        if update is WatermarkUpdate.ADVANCED:
+            self._advance_watermark(self._input_watermarks.combined, 0)
+        elif update is WatermarkUpdate.IDLE:
+            self._broadcast_idle()
+        elif update is WatermarkUpdate.ENDED:
+            self._drain()
+
+    def _broadcast_idle(self) -> None:
+        """Tell downstream once that this subtask's output is idle (until a watermark ends it)."""
+        if not self._idle_out:
+            self._idle_out = True
+            for gate in self.all_gates:
+                gate.broadcast(Watermark(self.watermark, idle=True))
 
     def _advance_watermark(self, watermark: float, start: int, *, through_assigners: bool = False) -> None:
         """Run ``on_watermark`` down the chain from ``start`` and forward the watermark.
@@ -315,10 +319,8 @@ class Subtask:
             if wm > self._emitted[i]:
                 self._emitted[i] = wm
                 self._advance_watermark(wm, i + 1)
-            elif getattr(op, "idle", False) and not self._idle_out:
-                self._idle_out = True
-                for gate in self.all_gates:
-                    gate.broadcast(Watermark(self.watermark, idle=True))
+            elif op.emitted_idle:
+                self._broadcast_idle()
 
     def _drain(self) -> None:
         """All input ended: event time jumps to the end, each operator emits what it owes.
@@ -372,8 +374,7 @@ class Subtask:
 
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
         """Tell every operator that ``checkpoint_id`` completed (sinks commit now)."""
-        all_ops: list[Any] = ([self.reader] if self.reader else []) + self.ops
-        for op, spec in zip(all_ops, self.task.operators):
+        for op, spec in zip(self._all_operators(), self.task.operators):
             try:
                 op.notify_checkpoint_complete(checkpoint_id)
             except Exception as exc:

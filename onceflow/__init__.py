@@ -35,6 +35,7 @@ if _typing.TYPE_CHECKING:
     from onceflow.engine.graph import Partitioning
     from onceflow.engine.runner import JobRunner, RestartStrategy, RunResult, RunStatus
     from onceflow.operators.base import (
+        Capability,
         Operator,
         OperatorSnapshot,
         RestoredState,
@@ -81,6 +82,7 @@ _HOMES: dict[str, str] = {
     "TumblingProcessingTimeWindows": "onceflow.operators.windows",
     "Window": "onceflow.operators.windows",
     # extension points: custom sources, sinks and operators
+    "Capability": "onceflow.operators.base",
     "Operator": "onceflow.operators.base",
     "OperatorSnapshot": "onceflow.operators.base",
     "RestoredState": "onceflow.operators.base",
@@ -113,6 +115,7 @@ _HOMES: dict[str, str] = {
 }
 
 __all__ = [
+    "Capability",
     "CheckpointError",
     "CheckpointStorageError",
     "ConcurrentRunError",

@@ -1,6 +1,7 @@
 """What jobs are built from: sources, transforms, keyed operators and sinks."""
 
 from onceflow.operators.base import (
+    Capability,
     Operator,
     OperatorSnapshot,
     RestoredState,
@@ -25,6 +26,7 @@ from onceflow.operators.windows import (
 )
 
 __all__ = [
+    "Capability",
     "EventTimeSessionWindows",
     "FileSink",
     "FileSource",

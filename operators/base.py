@@ -6,9 +6,16 @@ through the :class:`RuntimeContext` it receives in ``open``.
 
 Life cycle of one operator instance (one per subtask per attempt)::
 
-    open(ctx) -> restore_state(...)? -> { process_batch | snapshot_state
+    open(ctx) -> restore_state(...)? -> { process_batch | process_keyed_batch
+              | on_watermark | on_processing_time | snapshot_state
               | notify_checkpoint_complete | notify_checkpoint_aborted }*
               -> finish() -> ... -> close()
+
+What an operator does beyond the hooks every operator has is declared, not
+guessed: its :class:`Capability` flags (``Operator.capabilities``). The runtime
+reads them once, when it compiles a subtask's chain, and from then on calls
+``on_processing_time``, reads ``emitted_watermark``/``emitted_idle`` or drains
+``side_outputs`` only for operators that declared the matching flag.
 
 ``restore_state`` is called before any record when the attempt resumes from a
 checkpoint. ``finish`` is called once all inputs have ended, before the final
@@ -18,7 +25,9 @@ called on every exit path, including failure, and must not raise.
 
 from __future__ import annotations
 
+import enum
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -78,16 +87,61 @@ class RestoredState:
     keyed_state: dict[str, dict[Any, Any]]
 
 
+class Capability(enum.Flag):
+    """What an operator does beyond the hooks every operator has, declared in ``Operator.capabilities``.
+
+    The runtime reads the flags once per subtask when it compiles the chain, so
+    an operator that leaves a flag out is never asked for that behaviour (and
+    pays nothing for it); one that declares a flag must honour the matching
+    part of the contract below.
+    """
+
+    NONE = 0
+    EMITS_WATERMARKS = enum.auto()
+    """Defines event time anew (a timestamp assigner): the runtime reads ``emitted_watermark`` and
+    ``emitted_idle`` after every batch and tick, and stops upstream watermarks at this operator."""
+    PROCESSING_TIME = enum.auto()
+    """Reacts to the clock: the runtime calls ``on_processing_time`` on its ticks."""
+    SIDE_OUTPUTS = enum.auto()
+    """Emits to tagged side outputs: owns a ``side_outputs`` dict that the runtime drains after every hook."""
+    ARROW_INPUT = enum.auto()
+    """``process_batch`` takes an Arrow RecordBatch as is; other operators get a list of rows."""
+    TWO_PHASE_COMMIT = enum.auto()
+    """A :class:`TwoPhaseCommitWriter`: output becomes visible on checkpoint completion; it reports
+    ``recommitted``."""
+
+
 class Operator:
     """Base of every operator; each hook has a do-nothing default.
+
+    Who calls what: the subtask that owns the operator calls every hook from one
+    thread, never concurrently, in the order of the module docstring. Hooks that
+    return records (``process_batch``, ``on_watermark``, ``on_processing_time``,
+    ``finish``) hand them to the next operator of the chain.
 
     Cost: ``process_batch`` is called once per batch, never per record; the
     per-record work is whatever the operator's own loop does.
     """
 
+    capabilities: Capability = Capability.NONE
+    """What this operator does beyond the common hooks; each concrete class declares it.
+
+    An instance may narrow its class's flags in ``__init__`` (a window without a
+    late-records tag has no side outputs), never after: the runtime reads this
+    once, before ``open``.
+    """
+
+    emitted_watermark: float = -math.inf
+    """``EMITS_WATERMARKS`` only: the watermark this operator defines (never decreases)."""
+
+    emitted_idle: bool = False
+    """``EMITS_WATERMARKS`` only: no record came for a while, downstream should not wait for this input."""
+
+    side_outputs: dict[str, list[Any]]
+    """``SIDE_OUTPUTS`` only: records per side-output tag, created in ``__init__``, appended to by the
+    operator and drained (then cleared) by the runtime after every hook call. Never rebound."""
+
     ctx: RuntimeContext
-    accepts_arrow: bool = False
-    """True if ``process_batch`` takes an Arrow RecordBatch as is; others get a list of rows."""
 
     def open(self, ctx: RuntimeContext) -> None:
         """Prepare to run; called once per attempt before anything else."""
@@ -102,7 +156,21 @@ class Operator:
         return self.process_batch(records)
 
     def on_watermark(self, watermark: float) -> list:
-        """React to the task's watermark advancing; return records to emit."""
+        """React to the task's watermark advancing; return records to emit.
+
+        Called only with a watermark above the previous one of this attempt (the
+        last one, at the end of input, is ``math.inf``). After a restore the
+        attempt's watermarks start again from minus infinity, so an operator that
+        restored its own watermark ignores the ones that do not pass it.
+        """
+        return []
+
+    def on_processing_time(self, now: float) -> list:
+        """``PROCESSING_TIME`` only: fire what the clock has passed; return records to emit.
+
+        Called every few milliseconds while the subtask runs; ``now`` is the
+        runtime's monotonic clock. Must be cheap when there is nothing to do.
+        """
         return []
 
     def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot | None:
@@ -202,8 +270,20 @@ class TwoPhaseCommitWriter(Operator):
        idempotent), then ``abort_leftovers`` removes what later attempts left.
     """
 
-    recommitted = 0
+    capabilities = Capability.TWO_PHASE_COMMIT
+
+    recommitted: int = 0
     """Committables that ``restore_state`` made visible (output a crash left uncommitted)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that declares capabilities without ``TWO_PHASE_COMMIT``."""
+        super().__init_subclass__(**kwargs)
+        if Capability.TWO_PHASE_COMMIT not in cls.capabilities:
+            msg = (
+                f"{cls.__qualname__} is a TwoPhaseCommitWriter but declares capabilities "
+                f"{cls.capabilities!r}; keep the flag: capabilities = Capability.TWO_PHASE_COMMIT | ..."
+            )
+            raise TypeError(msg)
 
     def __init__(self) -> None:
         self._pending: dict[int, Any] = {}

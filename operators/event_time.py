@@ -4,10 +4,11 @@
 :class:`TimestampAssigner`. It passes records through unchanged, remembers the
 largest timestamp it has seen and emits the watermark ``max_timestamp -
 max_delay`` ("no record older than this will follow"): bounded
-out-of-orderness, or monotonous timestamps with ``max_delay=0``. The subtask
-reads ``emitted_watermark`` and ``idle`` after every batch and tick and sends
-them downstream in-band; a downstream subtask takes the minimum over its
-non-idle inputs (``onceflow.engine.task``).
+out-of-orderness, or monotonous timestamps with ``max_delay=0``. It declares
+``Capability.EMITS_WATERMARKS``, so the subtask reads ``emitted_watermark`` and
+``emitted_idle`` after every batch and tick and sends them downstream in-band;
+a downstream subtask takes the minimum over its non-idle inputs. The arithmetic
+of both is in ``onceflow.operators.watermarks``.
 
 Event-time operators (windows, keyed process functions) keep their own copy of
 the watermark, snapshot it, and restore it: after a crash the engine's
@@ -24,12 +25,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState
+from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
+from onceflow.operators.watermarks import bounded_out_of_orderness, has_been_idle
 
 __all__ = [
     "TimestampAssigner",
     "check_timestamp",
-    "compute_timestamp",
     "frozen_copy",
     "restored_watermark",
 ]
@@ -70,16 +71,6 @@ def check_timestamp(value: Any, record: Any, operator: str) -> float:
     return float(value)
 
 
-def compute_timestamp(fn: Callable[[Any], Any], record: Any, operator: str) -> float:
-    """Call the timestamp function on ``record``; any failure names ``operator`` and shows the record."""
-    try:
-        value = fn(record)
-    except Exception as exc:
-        msg = f"{operator}: the timestamp function raised {type(exc).__name__}: {exc} for record {record!r}"
-        raise ValueError(msg) from exc
-    return check_timestamp(value, record, operator)
-
-
 def restored_watermark(
     restored: RestoredState, subtask_index: int, parallelism: int, field: str = "watermark"
 ) -> float:
@@ -117,7 +108,8 @@ class TimestampAssigner(Operator):
     Cost: one call of ``fn`` and two comparisons per record.
     """
 
-    emits_watermarks = True
+    capabilities = Capability.EMITS_WATERMARKS | Capability.PROCESSING_TIME
+    """Processing time only with ``idle_timeout`` (narrowed in ``__init__``)."""
 
     def __init__(
         self,
@@ -135,8 +127,9 @@ class TimestampAssigner(Operator):
         self.name = name
         self.max_timestamp = -math.inf
         self.emitted_watermark = -math.inf
-        self.idle = False
-        self.wants_processing_time = idle_timeout is not None
+        self.emitted_idle = False
+        if idle_timeout is None:
+            self.capabilities = Capability.EMITS_WATERMARKS
         self._last_activity: float | None = None
 
     def open(self, ctx: Any) -> None:
@@ -163,20 +156,20 @@ class TimestampAssigner(Operator):
                 top = t
         if records:
             self.max_timestamp = top
-            wm = top - self.max_delay
+            wm = bounded_out_of_orderness(top, self.max_delay)
             if wm > self.emitted_watermark:
                 self.emitted_watermark = wm
             if self.idle_timeout is not None:
-                self.idle = False
+                self.emitted_idle = False
                 self._last_activity = self.clock()
         return records
 
     def on_processing_time(self, now: float) -> list:
         """Mark the subtask idle after ``idle_timeout`` seconds without a record."""
-        if self.idle_timeout is not None and not self.idle:
+        if self.idle_timeout is not None and not self.emitted_idle:
             last = self._last_activity if self._last_activity is not None else self.clock()
-            if self.clock() - last >= self.idle_timeout:
-                self.idle = True
+            if has_been_idle(last, self.clock(), self.idle_timeout):
+                self.emitted_idle = True
         return []
 
     def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:

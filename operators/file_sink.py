@@ -27,6 +27,7 @@ from onceflow.operators._file_paths import (
     safe_name,
 )
 from onceflow.operators.base import (
+    Capability,
     RuntimeContext,
     Sink,
     TwoPhaseCommitWriter,
@@ -83,6 +84,8 @@ class FileSinkWriter(TwoPhaseCommitWriter):
     Cost: per batch one encode-and-join and one ``write``; per record one call
     of the encoder.
     """
+
+    capabilities = Capability.TWO_PHASE_COMMIT
 
     def __init__(self, sink: FileSink) -> None:
         super().__init__()

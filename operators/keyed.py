@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState
+from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
 from onceflow.state_backends.heap import HeapKeyedState
 
 _MISSING = object()
@@ -37,6 +37,8 @@ class _KeyedOperator(Operator):
 class ReduceOperator(_KeyedOperator):
     """Fold each key's records with ``fn(accumulated, record)``; emit the running value."""
 
+    capabilities = Capability.NONE
+
     def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
         super().__init__()
         self.fn = fn
@@ -46,7 +48,7 @@ class ReduceOperator(_KeyedOperator):
         fn = self.fn
         values = self.values
         get = values.get
-        out = []
+        out: list = []
         append = out.append
         for record, key in zip(records, keys):
             previous = get(key, _MISSING)
@@ -63,6 +65,8 @@ class StatefulMapOperator(_KeyedOperator):
     A None new state deletes the key; a None output emits nothing.
     """
 
+    capabilities = Capability.NONE
+
     def __init__(self, fn: Callable[[Any, Any], tuple[Any, Any]]) -> None:
         super().__init__()
         self.fn = fn
@@ -72,7 +76,7 @@ class StatefulMapOperator(_KeyedOperator):
         fn = self.fn
         values = self.values
         get = values.get
-        out = []
+        out: list = []
         append = out.append
         for record, key in zip(records, keys):
             new_state, output = fn(get(key), record)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState
+from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
 from onceflow.operators.event_time import check_timestamp, frozen_copy, restored_watermark
 from onceflow.state_backends.heap import HeapKeyedState
 
@@ -137,10 +137,13 @@ class MapState:
         self._op = op
         self._table = table
 
-    def _map(self, create: bool = False) -> dict | None:
+    def _map(self) -> dict | None:
+        return self._table.get(self._op.current_key)
+
+    def _map_or_new(self) -> dict:
         key = self._op.current_key
         found = self._table.get(key)
-        if found is None and create:
+        if found is None:
             found = self._table[key] = {}
         return found
 
@@ -151,7 +154,7 @@ class MapState:
 
     def put(self, name: Any, value: Any) -> None:
         """Set ``name`` to ``value`` for the current key."""
-        self._map(create=True)[name] = value
+        self._map_or_new()[name] = value
 
     def remove(self, name: Any) -> None:
         """Delete ``name`` for the current key (no error if absent)."""
@@ -306,7 +309,7 @@ class KeyedProcessOperator(Operator):
     and a heap push.
     """
 
-    wants_processing_time = True
+    capabilities = Capability.PROCESSING_TIME | Capability.SIDE_OUTPUTS
 
     def __init__(
         self,
@@ -324,7 +327,7 @@ class KeyedProcessOperator(Operator):
         self.clock = clock
         self.name = name
         self.state = HeapKeyedState()
-        self.side_outputs: dict[str, list] = {}
+        self.side_outputs = {}
         self.watermark = -math.inf
         self.current_key: Any = None
         self.current_timestamp: float | None = None

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from onceflow.operators.base import (
+    Capability,
     RestoredState,
     RuntimeContext,
     Sink,
@@ -365,6 +366,8 @@ class RedisStreamSinkWriter(TwoPhaseCommitWriter):
     Cost: per batch one JSON encode per record and one ``RPUSH``; per
     checkpoint one script call that moves the staged entries.
     """
+
+    capabilities = Capability.TWO_PHASE_COMMIT
 
     def __init__(self, sink: RedisStreamSink) -> None:
         super().__init__()

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from onceflow.operators.base import (
+    Capability,
     Operator,
     RestoredState,
     RuntimeContext,
@@ -236,6 +237,8 @@ class TestingSink(Sink):
 
 
 class _TestingSinkWriter(TwoPhaseCommitWriter):
+    capabilities = Capability.TWO_PHASE_COMMIT
+
     def __init__(self, sink: TestingSink) -> None:
         super().__init__()
         self.sink = sink

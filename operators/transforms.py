@@ -8,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from onceflow.operators.base import Operator
+from onceflow.operators.base import Capability, Operator
 
 
 class MapOperator(Operator):
     """Apply ``fn`` to every record."""
+
+    capabilities = Capability.NONE
 
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
@@ -25,6 +27,8 @@ class MapOperator(Operator):
 class FilterOperator(Operator):
     """Keep the records for which ``fn`` is truthy."""
 
+    capabilities = Capability.NONE
+
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
 
@@ -35,6 +39,8 @@ class FilterOperator(Operator):
 
 class FlatMapOperator(Operator):
     """Replace every record by the items of the iterable ``fn`` returns."""
+
+    capabilities = Capability.NONE
 
     def __init__(self, fn: Callable[[Any], Iterable[Any]]) -> None:
         self.fn = fn
@@ -55,10 +61,14 @@ class MapBatchesOperator(Operator):
     ``fn`` gets and returns a list. None means no output.
     """
 
+    capabilities = Capability.ARROW_INPUT
+    """Narrowed to none without ``arrow=True``."""
+
     def __init__(self, fn: Callable[[Any], Any], *, arrow: bool = False) -> None:
         self.fn = fn
         self.arrow = arrow
-        self.accepts_arrow = arrow
+        if not arrow:
+            self.capabilities = Capability.NONE
 
     def process_batch(self, records: Any) -> Any:
         """Return ``fn(batch)``: a list, or an Arrow RecordBatch with ``arrow=True``."""

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState
+from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
 from onceflow.operators.event_time import check_timestamp, frozen_copy, restored_watermark
 
 __all__ = [
@@ -109,6 +109,8 @@ class WindowAssigner:
     """Whether windows are event time (needs ``assign_timestamps``) or processing time."""
     merging = False
     """Whether overlapping windows of one key merge (sessions)."""
+    clock: Callable[[], float]
+    """Processing-time assigners only: the clock that stamps a record's arrival, in seconds."""
 
     def assign(self, timestamp: float) -> tuple[Window, ...]:
         """Return the windows a record at ``timestamp`` belongs to."""
@@ -215,6 +217,10 @@ class WindowOperator(Operator):
     firing is a heap pop per window.
     """
 
+    capabilities = Capability.PROCESSING_TIME | Capability.SIDE_OUTPUTS
+    """Narrowed in ``__init__``: processing time only for processing-time windows, side outputs
+    only with a late-records tag."""
+
     def __init__(
         self,
         assigner: WindowAssigner,
@@ -245,9 +251,13 @@ class WindowOperator(Operator):
         self.name = name or f"window_{kind}"
         self.event_time = bool(getattr(assigner, "event_time", True))
         self.merging = bool(getattr(assigner, "merging", False))
-        self.wants_processing_time = not self.event_time
+        capabilities = Capability.NONE
+        if not self.event_time:
+            capabilities |= Capability.PROCESSING_TIME
         if late_tag is not None:
-            self.side_outputs: dict[str, list] = {}
+            capabilities |= Capability.SIDE_OUTPUTS
+            self.side_outputs = {}
+        self.capabilities = capabilities
         self.late_dropped = 0
         self.late_emitted = 0
         self.watermark = -math.inf
@@ -255,12 +265,10 @@ class WindowOperator(Operator):
         """``{key: {window: [accumulator, emitted]}}``; ``emitted``: its current content was output."""
         self._timers: list[tuple[float, int, Any, Window]] = []
         self._seq = itertools.count()
-        self._reduce_fn = reduce_fn
-        self._add_fn = add_fn
-        self._merge_fn = merge_fn
-        self._result_fn = result_fn
-        self._init_fn = init_fn
-        self._process_fn = process_fn
+        self._result_fn: Callable[[Any], Any]
+        """``aggregate`` only."""
+        self._process_fn: Callable[[Any, Window, list], Any]
+        """``process`` only."""
         if kind == "reduce":
             if reduce_fn is None:
                 msg = "a reduce window needs reduce_fn"
@@ -269,16 +277,19 @@ class WindowOperator(Operator):
             self._add: Callable[[Any, Any], Any] = reduce_fn
             self._combine: Callable[[Any, Any], Any] = reduce_fn
         elif kind == "aggregate":
-            if None in (add_fn, merge_fn, result_fn, init_fn):
+            if add_fn is None or merge_fn is None or result_fn is None or init_fn is None:
                 msg = "an aggregate window needs add_fn, merge_fn, result_fn and init_fn"
                 raise ValueError(msg)
-            self._first = lambda record: add_fn(init_fn(), record)
+            add, init = add_fn, init_fn
+            self._first = lambda record: add(init(), record)
             self._add = add_fn
             self._combine = merge_fn
+            self._result_fn = result_fn
         else:
             if process_fn is None:
                 msg = "a process window needs process_fn"
                 raise ValueError(msg)
+            self._process_fn = process_fn
             self._first = lambda record: [record]
             self._add = _append
             self._combine = _concat
@@ -301,6 +312,7 @@ class WindowOperator(Operator):
                     self._add_to(key, window, record, out)
             return out
         ts_fn = self.timestamp_fn
+        assert ts_fn is not None  # __init__ refuses an event-time assigner without one
         assign = self.assigner.assign
         lateness = self.lateness
         merging = self.merging
@@ -428,7 +440,7 @@ class WindowOperator(Operator):
             at, _, key, window = heapq.heappop(timers)
             per_key = windows.get(key)
             entry = per_key.get(window) if per_key is not None else None
-            if entry is None:
+            if per_key is None or entry is None:
                 continue  # merged into a session or purged
             if not entry[1]:
                 self._emit(key, window, entry, out)

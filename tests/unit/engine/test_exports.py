@@ -10,6 +10,7 @@ import pytest
 
 PINNED = {
     "onceflow": [
+        "Capability",
         "CheckpointError",
         "CheckpointStorageError",
         "ConcurrentRunError",
@@ -76,6 +77,7 @@ PINNED = {
         "Stream",
     ],
     "onceflow.operators": [
+        "Capability",
         "EventTimeSessionWindows",
         "FileSink",
         "FileSource",

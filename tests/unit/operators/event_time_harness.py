@@ -16,7 +16,7 @@ from typing import Any
 
 import fsspec
 
-from onceflow.operators.base import Operator, OperatorSnapshot, RestoredState
+from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
 from onceflow.state_backends import (
     key_group_for,
     key_group_range_for_subtask,
@@ -57,7 +57,9 @@ class Harness:
         self.side: dict[str, list] = {}
 
     def _drain(self) -> None:
-        buffers = getattr(self.op, "side_outputs", None)
+        if Capability.SIDE_OUTPUTS not in self.op.capabilities:
+            return
+        buffers = self.op.side_outputs
         if buffers:
             for tag, records in buffers.items():
                 self.side.setdefault(tag, []).extend(records)

@@ -14,6 +14,7 @@ from onceflow import (
     TimestampAssigner,
     TumblingEventTimeWindows,
 )
+from onceflow.operators.base import Capability
 from onceflow.operators.event_time import check_timestamp, frozen_copy
 from onceflow.operators.testing import FakeClock, TestingSource
 
@@ -42,7 +43,7 @@ def test_monotonous_timestamps_watermark_is_the_largest(context_factory):
     h = assigner(context_factory)
     h.feed([{"ts": 1}, {"ts": 2}, {"ts": 3}])
     assert h.op.emitted_watermark == 3.0
-    assert not h.op.wants_processing_time  # no idle timeout: no ticks needed
+    assert Capability.PROCESSING_TIME not in h.op.capabilities  # no idle timeout: no ticks needed
 
 
 @pytest.mark.parametrize(
@@ -107,17 +108,17 @@ def test_restore_at_the_same_parallelism_takes_its_own_watermark_and_a_rescale_t
 def test_idle_after_the_timeout_without_records_and_active_again_with_the_next(context_factory):
     clock = FakeClock(1000.0)
     h = assigner(context_factory, max_delay=1.0, idle_timeout=5.0, clock=clock)
-    assert h.op.wants_processing_time
+    assert Capability.PROCESSING_TIME in h.op.capabilities
     h.feed([{"ts": 10.0}])
     clock.advance(4.9)
     h.tick()
-    assert not h.op.idle
+    assert not h.op.emitted_idle
     clock.advance(0.2)
     h.tick()
-    assert h.op.idle
+    assert h.op.emitted_idle
     assert h.op.emitted_watermark == 9.0  # idleness does not move event time
     h.feed([{"ts": 11.0}])
-    assert not h.op.idle
+    assert not h.op.emitted_idle
     assert h.op.emitted_watermark == 10.0
 
 
@@ -126,7 +127,7 @@ def test_a_split_that_never_sends_a_record_goes_idle_too(context_factory):
     h = assigner(context_factory, idle_timeout=1.0, clock=clock)
     clock.advance(1.0)
     h.tick()
-    assert h.op.idle
+    assert h.op.emitted_idle
     assert h.op.emitted_watermark == -math.inf
 
 

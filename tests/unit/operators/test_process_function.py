@@ -8,6 +8,7 @@ import pytest
 from event_time_harness import Harness, restored_for
 
 from onceflow import KeyedProcessFunction
+from onceflow.operators.base import Capability
 from onceflow.operators.process_function import KeyedProcessOperator
 from onceflow.operators.testing import FakeClock
 
@@ -133,7 +134,7 @@ def test_processing_time_timers_fire_when_the_clock_passes_them(context_factory)
             return [(ctx.key, timestamp)]
 
     h = harness(operator(Later(), clock), context_factory)
-    assert h.op.wants_processing_time
+    assert Capability.PROCESSING_TIME in h.op.capabilities
     h.feed([("a", 0.0, "go"), ("b", 0.0, "cancel")])
     clock.advance(4.0)
     assert h.tick() == []

@@ -16,6 +16,7 @@ from onceflow import (
     TumblingProcessingTimeWindows,
     Window,
 )
+from onceflow.operators.base import Capability
 from onceflow.operators.testing import FakeClock
 from onceflow.operators.windows import WindowOperator
 
@@ -401,7 +402,7 @@ def test_processing_time_windows_fire_when_the_clock_passes_their_end(context_fa
     op = WindowOperator(
         TumblingProcessingTimeWindows(10.0, clock=clock.now), kind="reduce", reduce_fn=lambda a, b: a + b
     )
-    assert op.wants_processing_time
+    assert Capability.PROCESSING_TIME in op.capabilities
     h = Harness(op, context_factory, key_fn=lambda r: "k")
     h.feed([1, 2])
     clock.advance(5.0)

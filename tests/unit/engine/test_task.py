@@ -1,0 +1,173 @@
+"""A subtask asks its operators' declared capabilities, once, and never probes them for hooks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyarrow as pa
+
+from onceflow.engine.channels import LocalChannel
+from onceflow.engine.elements import END_OF_DATA, Batch, Watermark
+from onceflow.engine.graph import OperatorKind, OperatorSpec
+from onceflow.engine.plan import TaskSpec
+from onceflow.engine.task import Subtask
+from onceflow.operators.base import Capability, Operator
+
+INF = math.inf
+
+
+class RecordingGate:
+    """An output gate that keeps what it is given."""
+
+    def __init__(self, tag: str | None = None) -> None:
+        self.tag = tag
+        self.records: list[Any] = []
+        self.control: list[Any] = []
+
+    def has_room(self) -> bool:
+        return True
+
+    def emit(self, records: Any) -> None:
+        self.records.append(records)
+
+    def broadcast(self, element: Any) -> None:
+        self.control.append(element)
+
+
+class Recording(Operator):
+    """Passes records on and remembers which hooks ran with what."""
+
+    capabilities = Capability.NONE
+
+    def __init__(self) -> None:
+        self.batches: list[Any] = []
+        self.watermarks: list[float] = []
+        self.ticks = 0
+
+    def process_batch(self, records: Any) -> Any:
+        self.batches.append(records)
+        return records
+
+    def on_watermark(self, watermark: float) -> list:
+        self.watermarks.append(watermark)
+        return []
+
+    def on_processing_time(self, now: float) -> list:
+        self.ticks += 1
+        return []
+
+
+def subtask(
+    operators: list[Operator], *, inputs: int = 1, gates: list[RecordingGate] | None = None
+) -> Subtask:
+    specs = [
+        OperatorSpec(
+            node_id=i, name=f"op{i}", uid=f"op{i}", kind=OperatorKind.TRANSFORM, factory=lambda i, p: None
+        )
+        for i in range(len(operators))
+    ]
+    st = Subtask(
+        task=TaskSpec(task_id=1, operators=specs, parallelism=1),
+        index=0,
+        reader=None,
+        operators=operators,
+        inputs=[LocalChannel(100) for _ in range(inputs)],
+        gates=gates if gates is not None else [RecordingGate()],
+        snapshot_sink=lambda *args: None,
+        batch_size=10,
+    )
+    st.open([None] * len(operators), {})
+    return st
+
+
+def run(st: Subtask, channel: int, *elements: Any) -> None:
+    for element in elements:
+        st.inputs[channel].put(element)
+        assert st.step()
+
+
+def test_processing_time_hooks_run_only_for_operators_that_declare_it():
+    plain, ticking = Recording(), Recording()
+    ticking.capabilities = Capability.PROCESSING_TIME
+    st = subtask([plain, ticking])
+    assert st.needs_ticks
+    st.tick(1.0)
+    assert (plain.ticks, ticking.ticks) == (0, 1)
+    assert not subtask([Recording()]).needs_ticks
+
+
+def test_side_outputs_are_drained_only_from_operators_that_declare_them():
+    class Tagging(Recording):
+        capabilities = Capability.SIDE_OUTPUTS
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.side_outputs = {}
+
+        def process_batch(self, records: Any) -> Any:
+            self.side_outputs.setdefault("odd", []).extend(r for r in records if r % 2)
+            return records
+
+    class Undeclared(Tagging):
+        capabilities = Capability.NONE
+
+    main, late = RecordingGate(), RecordingGate("odd")
+    tagging = Tagging()
+    run(subtask([tagging], gates=[main, late]), 0, Batch([1, 2, 3]))
+    assert main.records == [[1, 2, 3]]
+    assert late.records == [[1, 3]]
+    assert tagging.side_outputs == {}
+
+    main, late = RecordingGate(), RecordingGate("odd")
+    run(subtask([Undeclared()], gates=[main, late]), 0, Batch([1, 2, 3]))
+    assert late.records == []
+
+
+def test_arrow_batches_reach_operators_that_declare_arrow_input_and_rows_reach_the_others():
+    arrow, rows = Recording(), Recording()
+    arrow.capabilities = Capability.ARROW_INPUT
+    batch = pa.RecordBatch.from_pylist([{"x": 1}, {"x": 2}])
+    run(subtask([arrow, rows]), 0, Batch(batch))
+    assert arrow.batches == [batch]
+    assert rows.batches == [[{"x": 1}, {"x": 2}]]
+
+
+def test_a_declared_watermark_emitter_defines_event_time_and_stops_upstream_watermarks():
+    class Assigner(Recording):
+        capabilities = Capability.EMITS_WATERMARKS
+
+        def process_batch(self, records: Any) -> Any:
+            self.emitted_watermark = max(self.emitted_watermark, *records) - 1.0
+            return records
+
+    before, assigner, after = Recording(), Assigner(), Recording()
+    gate = RecordingGate()
+    st = subtask([before, assigner, after], gates=[gate])
+    run(st, 0, Watermark(100.0))
+    assert (before.watermarks, after.watermarks) == ([100.0], [])
+    run(st, 0, Batch([5.0, 7.0]))
+    assert after.watermarks == [6.0]
+    assert gate.control == [Watermark(6.0)]
+    assigner.emitted_idle = True
+    st.tick(1.0)  # not a processing-time operator: idleness is read after batches
+    run(st, 0, Batch([]))
+    assert gate.control[-1] == Watermark(6.0, idle=True)
+
+
+def test_input_watermarks_combine_to_the_minimum_of_the_active_inputs_and_end_with_the_last():
+    op = Recording()
+    gate = RecordingGate()
+    st = subtask([op], inputs=2, gates=[gate])
+    run(st, 0, Watermark(5.0))
+    assert op.watermarks == []
+    run(st, 1, Watermark(3.0))
+    assert op.watermarks == [3.0]
+    run(st, 1, Watermark(7.0, idle=True))
+    assert op.watermarks == [3.0, 5.0]
+    run(st, 0, Watermark(6.0, idle=True))
+    assert gate.control[-1] == Watermark(5.0, idle=True)
+    run(st, 0, END_OF_DATA)
+    run(st, 1, END_OF_DATA)
+    assert op.watermarks == [3.0, 5.0, INF]
+    assert gate.control[-1] is END_OF_DATA
