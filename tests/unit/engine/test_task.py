@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
 import pyarrow as pa
 
-from onceflow.engine.channels import LocalChannel
 from onceflow.engine.elements import END_OF_DATA, Batch, Watermark
 from onceflow.engine.graph import OperatorKind, OperatorSpec
 from onceflow.engine.plan import TaskSpec
@@ -15,6 +15,13 @@ from onceflow.engine.task import Subtask
 from onceflow.operators.base import Capability, Operator
 
 INF = math.inf
+
+
+class Inbox(deque):
+    """An input channel: ``len`` and ``poll`` are all a subtask needs."""
+
+    put = deque.append
+    poll = deque.popleft
 
 
 class RecordingGate:
@@ -72,7 +79,7 @@ def subtask(
         index=0,
         reader=None,
         operators=operators,
-        inputs=[LocalChannel(100) for _ in range(inputs)],
+        inputs=[Inbox() for _ in range(inputs)],
         gates=gates if gates is not None else [RecordingGate()],
         snapshot_sink=lambda *args: None,
         batch_size=10,
