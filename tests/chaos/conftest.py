@@ -11,17 +11,14 @@ import os
 import random
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from chaos_harness import Workload  # noqa: E402
-from oracle import write_input  # noqa: E402
+from tests.support.chaos import Workload
+from tests.support.oracles import write_input
 
 N_RECORDS = 100_000
 N_KEYS = 1_000

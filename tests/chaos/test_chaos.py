@@ -2,7 +2,7 @@
 (under the process executor a crash point in an operator kills one worker, not the run).
 
 Every test resumes by rerunning the same command until the job finishes, then
-compares the committed output with a plain-Python oracle (``oracle.py``):
+compares the committed output with a plain-Python oracle (``tests/support/oracles.py``):
 lost, duplicated, unexpected and wrong-value records must all be 0, and one
 more rerun must report "already finished" and change no file.
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from chaos_harness import ChaosRun, Workload
+
+from tests.support.chaos import ChaosRun, Workload
 
 pytestmark = pytest.mark.chaos
 
@@ -55,7 +56,7 @@ def test_random_kills(
     if not finished:
         run.run_to_completion()
     figures = run.check_final()
-    run.summary(f"test_random_kills[{executor},p={parallelism}]", figures)
+    run.report(f"test_random_kills[{executor},p={parallelism}]", figures)
 
 
 CRASH_CASES = [
@@ -142,7 +143,7 @@ def test_named_crash_points(
         run.expect_killed(outcome)
         run.run_to_completion()
     figures = run.check_final()
-    run.summary(f"test_named_crash_points[{executor},{label}:{n},p={parallelism}]", figures)
+    run.report(f"test_named_crash_points[{executor},{label}:{n},p={parallelism}]", figures)
 
 
 FAIL_AT = 90_006
@@ -171,7 +172,7 @@ def test_udf_fails_once_then_recovers(executor: str, workload: Workload, chaos_d
     assert restarts == 1, f"expected 1 restart, saw {restarts}: {outcome.stderr}; {run.where()}"
     assert "1 restart(s)" in outcome.stdout, outcome.stdout
     figures = run.check_final()
-    run.summary(f"test_udf_fails_once_then_recovers[{executor}]", figures)
+    run.report(f"test_udf_fails_once_then_recovers[{executor}]", figures)
 
 
 @pytest.mark.timeout(90)
@@ -213,7 +214,7 @@ def test_udf_always_fails(
     marker.unlink()
     run.run_to_completion()
     figures = run.check_final()
-    run.summary(f"test_udf_always_fails[{executor},attempts={attempts}]", figures)
+    run.report(f"test_udf_always_fails[{executor},attempts={attempts}]", figures)
 
 
 @pytest.mark.timeout(150)
@@ -246,4 +247,4 @@ def test_kills_during_resume(executor: str, workload: Workload, chaos_dir, chaos
     resumes = [o for o in run.runs if o.killed_by_harness and "restoring from" in o.stderr]
     print(f"chaos: {len(resumes)} kills landed after a restore had started")
     assert len(resumes) >= 4, f"only {len(resumes)} kills hit a resume; {run.where()}"
-    run.summary(f"test_kills_during_resume[{executor}]", figures)
+    run.report(f"test_kills_during_resume[{executor}]", figures)

@@ -1,7 +1,8 @@
 """Windowed chaos: SIGKILL ``onceflow run`` of an event-time job while windows are open and timers
-pending, rerun until it finishes, compare with a plain-Python oracle (FAULTS.md F23, B6).
+pending, rerun until it finishes, compare with a plain-Python oracle (no window, timer or late
+record may be lost or emitted twice after a restore).
 
-The job (``jobs/windowed_chaos_job.py``) reads an out-of-order event log with
+The job (``tests/support/jobs/windowed_chaos_job.py``) reads an out-of-order event log with
 one reader, keys it by ``key`` at parallelism 2 and runs tumbling windows
 (aggregate), session windows (process function) — both with allowed lateness and
 a late side output — and a keyed process function with one event-time timer per
@@ -11,7 +12,7 @@ record's timer is pending for 15 s of event time, so each kill lands with
 open windows and pending timers); the last run goes to the end.
 
 What the oracle can know exactly (and why): the log is built with margins, as
-in ``tests/integration/test_windows_equivalence.py``: on-time records are at
+in ``tests/support/windows_reference.py``: on-time records are at
 most ``MAX_DELAY`` behind every earlier record (never late, whatever the
 batching after a restore), late-but-allowed records are less than the allowed
 lateness behind (always counted, possibly by a re-firing), and far-too-late
@@ -31,20 +32,18 @@ have), wrong value (a window's final count or sum differs).
 
 from __future__ import annotations
 
-import bisect
 import collections
 import math
-import random
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from chaos_harness import REPO, ChaosRun, Workload, snapshot_tree
+
+from tests.support.chaos import JOBS, REPO, ChaosRun, Workload
+from tests.support.windows_reference import EventLog, window_contents
 
 pytestmark = pytest.mark.chaos
 
-JOB_FILE = Path(__file__).resolve().parent / "jobs" / "windowed_chaos_job.py"
 N = 100_000
 N_KEYS = 500
 N_FILES = 4
@@ -61,37 +60,19 @@ SLOW_US = 80
 # -- input and oracle (plain Python) --------------------------------------------------------
 
 
-def make_events(seed: int) -> tuple[list[tuple[int, str, float]], set[int]]:
-    """Events ``(id, key, ts)`` in arrival order and the ids too late for any window."""
-    rng = random.Random(seed)
-    events = []
-    for i in range(N):
-        key = f"k{rng.randrange(N_KEYS)}"
-        if rng.random() < 0.015:
-            ts = i * DT - MAX_DELAY - rng.uniform(0, LATENESS - 0.1)
-        else:
-            ts = i * DT - rng.uniform(0, MAX_DELAY)
-        events.append((i, key, ts))
-    by_key: dict[str, list[float]] = collections.defaultdict(list)
-    for _, key, ts in events:
-        by_key[key].append(ts)
-    for times in by_key.values():
-        times.sort()
-    dropped: set[int] = set()
-    for i in range(10_000, N, 71):
-        for _ in range(50):
-            key = f"k{rng.randrange(N_KEYS)}"
-            ts = i * DT - rng.uniform(30.0, 60.0)
-            times = by_key[key]
-            at = bisect.bisect_left(times, ts - GAP - 0.01)
-            if at == len(times) or times[at] > ts + GAP + 0.01:
-                _, old_key, old_ts = events[i]
-                by_key[old_key].remove(old_ts)
-                bisect.insort(times, ts)
-                events[i] = (i, key, ts)
-                dropped.add(i)
-                break
-    return events, dropped
+def event_log(seed: int) -> EventLog:
+    """The windowed job's input: far-too-late records from id 10,000 on, one in 71."""
+    return EventLog(
+        n=N,
+        n_keys=N_KEYS,
+        seed=seed,
+        first_late=10_000,
+        late_step=71,
+        dt=DT,
+        max_delay=MAX_DELAY,
+        lateness=LATENESS,
+        gap=GAP,
+    )
 
 
 def write_input(directory: Path, events) -> None:
@@ -114,34 +95,10 @@ class Oracle:
 
 
 def oracle(events, dropped) -> Oracle:
-    windows: dict[tuple, list[int]] = {}
-    timers: dict[int, str] = {}
-    by_key: dict[str, list[tuple[float, int]]] = collections.defaultdict(list)
-    for rid, key, ts in events:
-        if rid in dropped:
-            continue
-        n = math.floor(ts / TUMBLE)
-        acc = windows.setdefault(("tumbling", key, n * TUMBLE, n * TUMBLE + TUMBLE), [0, 0])
-        acc[0] += 1
-        acc[1] += rid
-        by_key[key].append((ts, rid))
-        timers[rid] = f"T,{rid},{key},{ts + TIMER_AFTER!r}"
-    for key, items in by_key.items():
-        items.sort()
-        start = end = None
-        ids: list[int] = []
-        for ts, rid in items + [(math.inf, -1)]:
-            if start is not None and ts >= end:
-                windows[("session", key, start, end)] = [len(ids), sum(ids)]
-                start = None
-            if ts == math.inf:
-                break
-            if start is None:
-                start, end, ids = ts, ts + GAP, []
-            end = max(end, ts + GAP)
-            ids.append(rid)
+    windows = window_contents(events, dropped, tumble=TUMBLE, gap=GAP)
+    timers = {rid: f"T,{rid},{key},{ts + TIMER_AFTER!r}" for rid, key, ts in events if rid not in dropped}
     late = {f"L,{kind},{rid}" for rid in dropped for kind in ("tumbling", "session")}
-    return Oracle({k: tuple(v) for k, v in windows.items()}, timers, late)
+    return Oracle(windows, timers, late)
 
 
 def compare(lines: list[str], want: Oracle, final: bool) -> dict[str, int]:
@@ -205,45 +162,22 @@ def compare(lines: list[str], want: Oracle, final: bool) -> dict[str, int]:
 # -- the harness, for this job ------------------------------------------------------------
 
 
-@dataclass
 class WindowedChaosRun(ChaosRun):
-    want: Oracle | None = None
-    committed_at_kill: list[int] = field(default_factory=list)
+    """Runs of ``windowed_chaos_job.py``, checked against the windows oracle instead of counts."""
 
-    def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
-        self.out = self.root / "out"
-        self.chk = self.root / "chk"
-        self.logs = self.root / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-
-    def command(self) -> list[str]:
+    def __init__(self, root: Path, workload: Workload, seed: int, *, want: Oracle, **kwargs) -> None:
+        self.want = want
+        self.committed_at_kill: list[int] = []
         params = {
-            "input": str(self.workload.input_dir),
-            "output": str(self.out),
-            "delay_us": str(self.delay_us),
             "max_delay": str(MAX_DELAY),
             "lateness": str(LATENESS),
             "tumble": str(TUMBLE),
             "gap": str(GAP),
             "timer_after": str(TIMER_AFTER),
         }
-        cmd = [sys.executable, "-m", "onceflow", "run", str(JOB_FILE)]
-        for name, value in params.items():
-            cmd += ["-p", f"{name}={value}"]
-        return cmd + [
-            "--checkpoint-dir",
-            str(self.chk),
-            "--checkpoint-interval",
-            "0.1",
-            "--progress",
-            "off",
-            "--parallelism",
-            str(self.parallelism),
-            "--executor",
-            self.executor,
-            *self.args,
-        ]
+        super().__init__(
+            root, workload, seed, job_file=JOBS / "windowed_chaos_job.py", params=params, **kwargs
+        )
 
     def check_intermediate(self, when: str) -> dict[str, int]:
         lines = self.committed()
@@ -258,26 +192,18 @@ class WindowedChaosRun(ChaosRun):
             self.committed_at_kill.append(len(lines))
         return figures
 
-    def check_final(self) -> dict[str, int]:
+    def final_figures(self) -> dict[str, int]:
         self.check_intermediate("final")
         figures = compare(self.committed(), self.want, final=True)
         bad = {k: figures[k] for k in ("duplicates", "lost", "unexpected", "wrong_value")}
         assert not any(bad.values()), f"final output differs from the oracle: {figures}; {self.where()}"
-        hidden = (".inprogress", ".pending", ".tmp")
-        leftovers = [p.name for p in self.out.iterdir() if p.name.endswith(hidden)]
-        assert not leftovers, f"leftover hidden files in the output: {leftovers}; {self.where()}"
-        before = snapshot_tree(self.root, skip=("logs",))
-        rerun = self.run()
-        self.expect_ok(rerun)
-        assert "already finished" in rerun.stdout, rerun.stdout
-        assert snapshot_tree(self.root, skip=("logs",)) == before, "the finished rerun changed files"
         return figures
 
 
 @pytest.fixture(scope="module")
 def windowed_workload(tmp_path_factory) -> tuple[Workload, Oracle, int]:
     seed = 4242
-    events, dropped = make_events(seed)
+    events, dropped = event_log(seed).events()
     directory = tmp_path_factory.mktemp("windowed-chaos-input")
     write_input(directory, events)
     return Workload(directory, N, N_KEYS, N_FILES), oracle(events, dropped), len(dropped)
@@ -293,12 +219,12 @@ def test_windowed_job_survives_random_kills(executor, windowed_workload, chaos_d
         chaos_dir,
         workload,
         chaos_seed,
+        want=want,
         parallelism=2,
         executor=executor,
         mode="windows",
         delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
     )
-    run.want = want
     target = 6
     finished = False
     while sum(run.kills.values()) < target:
@@ -315,7 +241,7 @@ def test_windowed_job_survives_random_kills(executor, windowed_workload, chaos_d
     final = figures["committed"]
     mid_run = [c for c in run.committed_at_kill if 0 < c < final]
     assert len(mid_run) >= 3, f"kills did not land mid-run: {run.committed_at_kill} of {final}"
-    line = run.summary(f"test_windowed_job_survives_random_kills[{executor}]", figures)
+    line = run.report(f"test_windowed_job_survives_random_kills[{executor}]", figures)
     print(
         f"{line} windows={len(want.windows)} timers={len(want.timers)} late_records={n_late} "
         f"refirings={figures['refirings']} committed_at_kills={run.committed_at_kill} repo={REPO.name}"

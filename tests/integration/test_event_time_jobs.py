@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-from onceflow.engine.testing import run_job_for_test
-from onceflow.operators.testing import Crash, Pause, TestingSink, TestingSource
 
 from onceflow import (
     Job,
@@ -19,6 +17,8 @@ from onceflow import (
     TumblingEventTimeWindows,
     TumblingProcessingTimeWindows,
 )
+from onceflow.engine.testing import run_job_for_test
+from onceflow.operators.testing import Crash, Pause, TestingSink, TestingSource
 
 
 def test_a_bad_timestamp_fails_the_job_naming_the_operator_and_the_record(executor):

@@ -33,16 +33,14 @@ test's parallelism; each window subtask then sees one FIFO channel.
 
 from __future__ import annotations
 
-import bisect
 import collections
-import math
-import random
 
 import pytest
 
 from onceflow import EventTimeSessionWindows, Job, SlidingEventTimeWindows, TumblingEventTimeWindows
 from onceflow.engine.testing import run_job_for_test
 from onceflow.operators.testing import Crash, TestingSink, TestingSource
+from tests.support.windows_reference import EventLog, window_contents
 
 SEED = 20261127
 N = 200_000
@@ -56,87 +54,27 @@ GAP = 3.0
 BATCH = 200
 
 
-# -- input ----------------------------------------------------------------------------------
+# -- input and reference (tests/support/windows_reference.py) ------------------------------
 
-
-def make_events(n: int = N, seed: int = SEED) -> tuple[list[tuple[int, str, float]], set[int]]:
-    """Return events ``(id, key, ts)`` in arrival order and the ids that must be dropped as late."""
-    rng = random.Random(seed)
-    events = []
-    for i in range(n):
-        key = f"k{rng.randrange(N_KEYS)}"
-        roll = rng.random()
-        if roll < 0.015:
-            ts = i * DT - MAX_DELAY - rng.uniform(0, LATENESS - 0.1)
-        else:
-            ts = i * DT - rng.uniform(0, MAX_DELAY)
-        events.append((i, key, ts))
-    by_key: dict[str, list[float]] = collections.defaultdict(list)
-    for _, key, ts in events:
-        by_key[key].append(ts)
-    for times in by_key.values():
-        times.sort()
-    dropped: set[int] = set()
-    horizon = SLIDE_SIZE + LATENESS + 2 * BATCH * DT + 2 * MAX_DELAY + 1.0
-    for i in range(int(horizon / DT) + 7000, n, 67):  # about 1.5%, spread out
-        for _ in range(50):
-            key = f"k{rng.randrange(N_KEYS)}"
-            ts = i * DT - rng.uniform(30.0, 60.0)
-            times = by_key[key]
-            at = bisect.bisect_left(times, ts - GAP - 0.01)
-            if at == len(times) or times[at] > ts + GAP + 0.01:  # isolated: no session to join
-                old = events[i]
-                times.remove(old[2]) if old[1] == key else by_key[old[1]].remove(old[2])
-                bisect.insort(times, ts)
-                events[i] = (i, key, ts)
-                dropped.add(i)
-                break
-    return events, dropped
+HORIZON = SLIDE_SIZE + LATENESS + 2 * BATCH * DT + 2 * MAX_DELAY + 1.0
+"""Far-too-late records start after this much event time: later than window size + lateness + a batch."""
+LOG = EventLog(
+    n=N,
+    n_keys=N_KEYS,
+    seed=SEED,
+    first_late=int(HORIZON / DT) + 7000,
+    late_step=67,  # about 1.5%, spread out
+    dt=DT,
+    max_delay=MAX_DELAY,
+    lateness=LATENESS,
+    gap=GAP,
+)
 
 
 def with_crash(events: list, at: float) -> list:
     items: list = list(events)
     items.insert(int(len(items) * at), Crash())
     return items
-
-
-# -- reference ----------------------------------------------------------------------------
-
-
-def reference(events, dropped) -> dict[tuple, tuple[int, int]]:
-    """``{(kind, key, start, end): (count, sum of ids)}`` in plain Python."""
-    out: dict[tuple, list[int]] = {}
-
-    def add(kind, key, start, end, rid):
-        acc = out.setdefault((kind, key, start, end), [0, 0])
-        acc[0] += 1
-        acc[1] += rid
-
-    by_key: dict[str, list[tuple[float, int]]] = collections.defaultdict(list)
-    for rid, key, ts in events:
-        if rid in dropped:
-            continue
-        n = math.floor(ts / TUMBLE)
-        add("tumbling", key, n * TUMBLE, n * TUMBLE + TUMBLE, rid)
-        n = math.floor(ts / SLIDE_STEP)
-        while n * SLIDE_STEP + SLIDE_SIZE > ts:
-            add("sliding", key, n * SLIDE_STEP, n * SLIDE_STEP + SLIDE_SIZE, rid)
-            n -= 1
-        by_key[key].append((ts, rid))
-    for key, clicks in by_key.items():
-        clicks.sort()
-        start, end, ids = None, None, []
-        for ts, rid in clicks + [(math.inf, -1)]:
-            if start is not None and ts >= end:
-                out[("session", key, start, end)] = [len(ids), sum(ids)]
-                start = None
-            if ts == math.inf:
-                break
-            if start is None:
-                start, end, ids = ts, ts + GAP, []
-            end = max(end, ts + GAP)
-            ids.append(rid)
-    return {k: tuple(v) for k, v in out.items()}
 
 
 def final_emissions(emitted: list[tuple]) -> tuple[dict[tuple, tuple[int, int]], int]:
@@ -206,8 +144,8 @@ def windows_job(items, sink: TestingSink, late: TestingSink) -> Job:
 
 @pytest.fixture(scope="module")
 def workload():
-    events, dropped = make_events()
-    expected = reference(events, dropped)
+    events, dropped = LOG.events()
+    expected = window_contents(events, dropped, tumble=TUMBLE, gap=GAP, slide=(SLIDE_SIZE, SLIDE_STEP))
     kinds = collections.Counter(k[0] for k in expected)
     assert min(kinds.values()) > 5_000, kinds
     assert 2_000 < len(dropped) < 4_000

@@ -1,11 +1,16 @@
-"""Subprocess chaos harness: run ``onceflow run``, kill it, check committed output, resume.
+"""The subprocess chaos harness: run ``onceflow run``, kill it, check committed output, resume.
 
-Every run is ``python -m onceflow run`` in a new session (its own process
-group) with a random ``PYTHONHASHSEED``. The harness kills the group with
-SIGKILL after a delay, or lets a crash point (``ONCEFLOW_CRASH_AT``) kill it.
-After every kill it checks the committed output only: no record twice,
-nothing outside the oracle, every key a prefix of its sequence, and nothing
-committed earlier has disappeared.
+Every run is ``python -m onceflow run JOBFILE ...`` in a new session (its own
+process group) with a ``PYTHONHASHSEED`` drawn from the test's seeded rng. A
+run ends by itself, by a crash point (``ONCEFLOW_CRASH_AT``), or by SIGKILL of
+its process group after a delay. Logs of every run are kept under ``logs``.
+
+* :class:`CliRuns`: runs of one command line against the same checkpoints; the
+  caller checks the output (connector tests: a table, a stream, a bucket).
+* :class:`ChaosRun`: runs of a job that commits lines through ``FileSink`` into
+  ``root/out``; after every kill it checks the committed output against an
+  oracle (no record twice, nothing outside the oracle, nothing committed
+  earlier gone), and at the end that a rerun says "already finished".
 """
 
 from __future__ import annotations
@@ -15,23 +20,38 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from oracle import compare, expected, identity
+from tests.support.oracles import compare, expected, identity
 
 REPO = Path(__file__).resolve().parents[2]
-JOB_FILE = Path(__file__).resolve().parent / "jobs" / "chaos_job.py"
+JOBS = Path(__file__).resolve().parent / "jobs"
+"""The job files of the chaos tests."""
+SUMMARY_FIGURES = ("committed", "expected", "duplicates", "lost", "unexpected", "wrong_value")
+"""The oracle figures a :class:`ChaosRun` summary line shows, in order."""
 RUN_TIMEOUT = 60.0
 """Hard cap on one run: longer means a hang."""
 
 
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @dataclass(frozen=True)
 class Workload:
+    """Generated input of a chaos test: a folder of files, ``n`` records over ``k`` keys."""
+
     input_dir: Path
     n: int
     k: int
@@ -43,82 +63,69 @@ class RunOutcome:
     index: int
     returncode: int
     seconds: float
+    label: str
+    """What ended the run: a harness kill label, a crash point label, or "none"."""
     killed_by_harness: bool
     crash_at: str | None
     hash_seed: int
     stdout: str
     stderr: str
 
+    @property
+    def killed(self) -> bool:
+        return self.returncode == -signal.SIGKILL
 
-@dataclass
-class ChaosRun:
-    """One job's checkpoint and output directories, and the runs made against them."""
 
-    root: Path
-    workload: Workload
-    seed: int
-    parallelism: int = 1
-    mode: str = "keyed"
-    executor: str = field(default_factory=lambda: os.environ.get("CHAOS_EXECUTOR", "local"))
-    delay_us: int = 0
-    params: dict[str, str] = field(default_factory=dict)
-    args: list[str] = field(default_factory=list)
-    rng: random.Random = field(init=False)
-    runs: list[RunOutcome] = field(default_factory=list)
-    kills: Counter = field(default_factory=Counter)
-    previous: set[str] = field(default_factory=set)
-    started: float = field(default_factory=time.monotonic)
+class CliRuns:
+    """Runs of one ``onceflow run`` command line against the same checkpoint directory.
 
-    def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
-        self.out = self.root / "out"
-        self.chk = self.root / "chk"
-        self.logs = self.root / "logs"
+    ``rng`` (seeded) draws every run's hash seed; tests draw kill delays and
+    fault plans from it too, so a seed replays the same runs.
+    """
+
+    def __init__(
+        self,
+        job_file: Path,
+        *,
+        params: dict[str, str],
+        args: Sequence[str],
+        logs: Path,
+        seed: int,
+        env: dict[str, str] | None = None,
+        run_timeout: float = RUN_TIMEOUT,
+    ) -> None:
+        self.job_file = job_file
+        self.params = params
+        self.args = list(args)
+        self.logs = logs
+        self.seed = seed
+        self.env = env or {}
+        self.run_timeout = run_timeout
+        self.rng = random.Random(seed)
+        self.runs: list[RunOutcome] = []
+        self.kills: Counter[str] = Counter()
+        self.started = time.monotonic()
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.oracle = expected(self.workload.n, self.workload.k, self.mode)
-
-    # -- context for failure messages ---------------------------------------------
 
     def where(self) -> str:
-        return f"chaos seed={self.seed} dir={self.root} (replay with CHAOS_SEED={self.seed})"
-
-    # -- running ------------------------------------------------------------------
+        return f"chaos seed={self.seed} logs={self.logs} (replay with CHAOS_SEED={self.seed})"
 
     def command(self) -> list[str]:
-        params = {
-            "input": str(self.workload.input_dir),
-            "output": str(self.out),
-            "mode": self.mode,
-            "delay_us": str(self.delay_us),
-            **self.params,
-        }
-        cmd = [sys.executable, "-m", "onceflow", "run", str(JOB_FILE)]
-        for name, value in params.items():
+        cmd = [sys.executable, "-m", "onceflow", "run", str(self.job_file)]
+        for name, value in self.params.items():
             cmd += ["-p", f"{name}={value}"]
-        cmd += [
-            "--checkpoint-dir",
-            str(self.chk),
-            "--checkpoint-interval",
-            "0.1",
-            "--progress",
-            "off",
-            "--parallelism",
-            str(self.parallelism),
-            "--executor",
-            self.executor,
-            *self.args,
-        ]
-        return cmd
+        return cmd + ["--progress", "off", *self.args]
 
     def run(
         self,
         *,
         kill_after: float | None = None,
         crash_at: str | None = None,
-        timeout: float = RUN_TIMEOUT,
+        timeout: float | None = None,
         runner_only: bool = False,
         label: str = "random",
         after_text: str | None = None,
+        during: Callable[[subprocess.Popen], None] | None = None,
     ) -> RunOutcome:
         """Start one run; SIGKILL its process group after ``kill_after`` seconds if still alive.
 
@@ -126,15 +133,17 @@ class ChaosRun:
         appears on the run's stderr (e.g. "restoring from"), not at the start.
         With ``runner_only`` only the runner process is killed; its workers (if
         any) must die with it within a few seconds, or the test fails. ``label``
-        names a harness kill in the kill statistics.
+        names a harness kill in the kill statistics. ``during(proc)`` runs in a
+        thread while the run is alive. A run that outlives ``timeout`` without
+        ``kill_after`` is a hang: AssertionError.
         """
+        timeout = self.run_timeout if timeout is None else timeout
         index = len(self.runs) + 1
         hash_seed = self.rng.randrange(2**32)
         env = {k: v for k, v in os.environ.items() if k != "ONCEFLOW_CRASH_AT"}
+        env.update(self.env)
         env["PYTHONHASHSEED"] = str(hash_seed)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        )
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
         if crash_at:
             env["ONCEFLOW_CRASH_AT"] = crash_at
         out_path = self.logs / f"run-{index:03d}.stdout"
@@ -150,6 +159,10 @@ class ChaosRun:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+            helper = None
+            if during is not None:
+                helper = threading.Thread(target=during, args=(proc,), daemon=True)
+                helper.start()
             killed = False
             try:
                 if after_text is not None and kill_after is not None:
@@ -168,20 +181,24 @@ class ChaosRun:
                     assert not survivors, (
                         f"run {index}: workers {survivors} outlived their killed runner; {self.where()}"
                     )
-                self._kill_group(proc)
+                _kill_group(proc)
                 if kill_after is None:
-                    msg = (
-                        f"run {index} did not finish within {timeout:.0f} s (hang?); "
-                        f"logs in {self.logs}; {self.where()}"
-                    )
+                    msg = f"run {index} did not finish within {timeout:.0f} s (hang?); {self.where()}"
                     raise AssertionError(msg) from None
             finally:
                 # Whatever happened, nothing of this run may survive it.
-                self._kill_group(proc)
+                _kill_group(proc)
+                if helper is not None:
+                    helper.join(timeout=10)
+        if killed:
+            label = f"{label}-runner" if runner_only else label
+        else:
+            label = (crash_at or "").split(":")[0] or "none"
         outcome = RunOutcome(
             index=index,
             returncode=proc.returncode,
             seconds=time.monotonic() - started,
+            label=label,
             killed_by_harness=killed,
             crash_at=crash_at,
             hash_seed=hash_seed,
@@ -192,22 +209,13 @@ class ChaosRun:
         with open(self.logs / "runs.jsonl", "a") as log:
             record = {k: v for k, v in outcome.__dict__.items() if k not in ("stdout", "stderr")}
             log.write(json.dumps(record) + "\n")
-        if outcome.returncode == -signal.SIGKILL:
-            if killed:
-                label = f"{label}-runner" if runner_only else label
-            else:
-                label = (crash_at or "?").split(":")[0]
+        if outcome.killed:
             self.kills[label] += 1
-            self.check_intermediate(f"after run {index} ({label}, {outcome.seconds:.2f} s)")
+            self.after_kill(outcome)
         return outcome
 
-    @staticmethod
-    def _kill_group(proc: subprocess.Popen) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
+    def after_kill(self, outcome: RunOutcome) -> None:
+        """Check what must hold after every kill; nothing here (connector tests check it themselves)."""
 
     def expect_ok(self, outcome: RunOutcome) -> None:
         assert outcome.returncode == 0, (
@@ -230,7 +238,92 @@ class ChaosRun:
         self.expect_ok(outcome)
         return outcome
 
-    # -- checks -------------------------------------------------------------------
+    def fault_plan(self, random_kills: int, labels: list[str], max_n: int = 3) -> list[tuple[str, object]]:
+        """Random kills and crash points, shuffled by the seed.
+
+        Returns ``[("random", None) | ("crash", "label:n")]``.
+        """
+        plan: list[tuple[str, object]] = [("random", None)] * random_kills
+        plan += [("crash", f"{label}:{self.rng.randint(1, max_n)}") for label in labels]
+        self.rng.shuffle(plan)
+        return plan
+
+    def summary(self, name: str, settings: dict[str, object] | None = None, **figures: object) -> str:
+        """Print and return the one ``chaos summary`` line: settings, runs and kills, then figures."""
+        line = (
+            f"chaos summary {name}: seed={self.seed} "
+            + "".join(f"{k}={v} " for k, v in (settings or {}).items())
+            + f"runs={len(self.runs)} kills={sum(self.kills.values())} "
+            f"kills_by_label={dict(sorted(self.kills.items()))} "
+            + " ".join(f"{k}={v}" for k, v in figures.items())
+            + f" wall={time.monotonic() - self.started:.1f}s"
+        )
+        print(line)
+        return line
+
+
+class ChaosRun(CliRuns):
+    """Runs of a job that reads ``workload`` and commits lines into ``root/out`` with ``FileSink``.
+
+    The command adds ``input``, ``output`` and ``delay_us`` to ``params`` and
+    the checkpoint directory ``root/chk`` (interval 0.1 s), parallelism and
+    executor to ``args``. Subclasses for other jobs override
+    :meth:`check_intermediate` and :meth:`final_figures`.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        workload: Workload,
+        seed: int,
+        *,
+        parallelism: int = 1,
+        mode: str = "keyed",
+        executor: str | None = None,
+        delay_us: int = 0,
+        params: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+        job_file: Path = JOBS / "chaos_job.py",
+    ) -> None:
+        self.root = root
+        self.workload = workload
+        self.parallelism = parallelism
+        self.mode = mode
+        self.executor = executor or os.environ.get("CHAOS_EXECUTOR", "local")
+        self.out = root / "out"
+        self.chk = root / "chk"
+        self.previous: set[str] = set()
+        self._oracle: dict[str, str] | None = None
+        super().__init__(
+            job_file,
+            params={
+                "input": str(workload.input_dir),
+                "output": str(self.out),
+                "mode": mode,
+                "delay_us": str(delay_us),
+                **(params or {}),
+            },
+            args=[
+                "--checkpoint-dir",
+                str(self.chk),
+                "--checkpoint-interval",
+                "0.1",
+                "--parallelism",
+                str(parallelism),
+                "--executor",
+                self.executor,
+                *args,
+            ],
+            logs=root / "logs",
+            seed=seed,
+        )
+
+    def where(self) -> str:
+        return f"chaos seed={self.seed} dir={self.root} (replay with CHAOS_SEED={self.seed})"
+
+    def after_kill(self, outcome: RunOutcome) -> None:
+        """Check the committed output after every kill."""
+        self.check_intermediate(f"after run {outcome.index} ({outcome.label}, {outcome.seconds:.2f} s)")
 
     def committed(self) -> list[str]:
         from onceflow.operators.files import read_committed_lines
@@ -241,8 +334,10 @@ class ChaosRun:
 
     def check_intermediate(self, when: str) -> dict[str, int]:
         """Invariants on committed output that hold at every instant, not only at the end."""
+        if self._oracle is None:
+            self._oracle = expected(self.workload.n, self.workload.k, self.mode)
         lines = self.committed()
-        figures = compare(lines, self.oracle, self.mode)
+        figures = compare(lines, self._oracle, self.mode)
         bad = {k: figures[k] for k in ("duplicates", "unexpected", "wrong_value", "not_prefix")}
         assert not any(bad.values()), f"{when}: committed output broken {bad}; {self.where()}"
         current = {identity(line, self.mode) for line in lines}
@@ -254,13 +349,18 @@ class ChaosRun:
         self.previous = current
         return figures
 
-    def check_final(self) -> dict[str, int]:
-        """Committed output equals the oracle; no leftovers; a rerun changes nothing."""
+    def final_figures(self) -> dict[str, int]:
+        """Check that the committed output equals the oracle; return the figures."""
         figures = self.check_intermediate("final")
         bad = {k: v for k, v in figures.items() if k not in ("committed", "expected") and v}
         assert not bad and figures["committed"] == figures["expected"], (
             f"final output differs from the oracle: {figures}; {self.where()}"
         )
+        return figures
+
+    def check_final(self) -> dict[str, int]:
+        """Committed output equals the oracle; no leftovers; a rerun changes nothing."""
+        figures = self.final_figures()
         leftovers = sorted(
             p.name for p in self.out.iterdir() if p.name.endswith((".inprogress", ".pending", ".tmp"))
         )
@@ -282,19 +382,24 @@ class ChaosRun:
         assert not changed, f"the 'already finished' rerun changed files {changed}; {self.where()}"
         return figures
 
-    def summary(self, test: str, figures: dict[str, int]) -> str:
-        by_label = dict(sorted(self.kills.items()))
-        line = (
-            f"chaos summary {test}: seed={self.seed} p={self.parallelism} mode={self.mode} "
-            f"executor={self.executor} "
-            f"runs={len(self.runs)} kills={sum(self.kills.values())} kills_by_label={by_label} "
-            f"committed={figures['committed']} expected={figures['expected']} "
-            f"duplicates={figures['duplicates']} lost={figures['lost']} "
-            f"unexpected={figures['unexpected']} wrong_value={figures['wrong_value']} "
-            f"wall={time.monotonic() - self.started:.1f}s"
+    def report(self, name: str, figures: dict[str, int]) -> str:
+        """Print the summary line with this run's settings and the oracle figures."""
+        return self.summary(
+            name,
+            {"p": self.parallelism, "mode": self.mode, "executor": self.executor},
+            **{
+                k: figures[k]
+                for k in ("committed", "expected", "duplicates", "lost", "unexpected", "wrong_value")
+            },
         )
-        print(line)
-        return line
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
 
 
 def _group_members(pgid: int) -> list[int]:

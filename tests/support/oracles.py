@@ -1,4 +1,4 @@
-"""Input generator and plain-Python oracle for the chaos job (no onceflow imports).
+"""Input generator and plain-Python oracle for the chaos counting job (``jobs/chaos_job.py``).
 
 Input: ``n`` records ``id,key,value`` with ``key = f"user-{id % k}"`` and
 ``value = value_of(id)``. Record ``id`` goes to file ``(id % k) % n_files``, so

@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from connector_chaos import free_port  # noqa: E402
+from tests.support.chaos import free_port
 
 PG_DSN = os.environ.get("ONCEFLOW_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("ONCEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

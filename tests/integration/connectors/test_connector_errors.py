@@ -14,7 +14,6 @@ import sys
 import uuid
 
 import pytest
-from connector_chaos import REPO, free_port
 
 from onceflow import (
     ErrorDomain,
@@ -30,6 +29,7 @@ from onceflow.engine.testing import run_job_for_test
 from onceflow.operators.postgres import PostgresSinkError
 from onceflow.operators.testing import TestingSource
 from onceflow.state_backends.key_groups import KeyGroupRange
+from tests.support.chaos import REPO, free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,7 +18,8 @@ import time
 from collections import defaultdict
 
 import pytest
-from connector_chaos import REPO, CliRuns
+
+from tests.support.chaos import REPO, CliRuns
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
@@ -86,6 +87,7 @@ def test_redis_to_postgres_is_exactly_once_under_kills(pg, rds, redis_url, chaos
         ],
         logs=tmp_path / "logs",
         seed=chaos_seed,
+        run_timeout=90.0,
     )
     where = f"seed={chaos_seed} logs={runs.logs}"
     previous: dict[str, int] = {}

@@ -10,19 +10,18 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import fsspec
 import pytest
-from connector_chaos import CliRuns
 
 from onceflow import FileSink, FileSource, Job, SinkCommitError, read_committed_lines
 from onceflow.engine.context import SubtaskContext
 from onceflow.engine.storage import CheckpointStore
 from onceflow.engine.testing import run_job_for_test
 from onceflow.state_backends.key_groups import KeyGroupRange
+from tests.support.chaos import JOBS, CliRuns
 
-JOB_FILE = Path(__file__).resolve().parent / "jobs" / "s3_counts.py"
+JOB_FILE = JOBS / "s3_counts.py"
 N_FILES, LINES_PER_FILE, N_KEYS = 4, 12_000, 300
 
 
@@ -152,6 +151,7 @@ def test_s3_chaos_kills_resume_to_the_reference_output(s3_bucket, chaos_seed, tm
         ],
         logs=tmp_path / "logs",
         seed=chaos_seed,
+        run_timeout=90.0,
     )
     where = f"seed={chaos_seed} logs={runs.logs}"
     previous: Counter = Counter()
