@@ -4,7 +4,7 @@ A channel that delivered ``Barrier(n)`` is not read again until every input
 delivered it; then the subtask snapshots and forwards the barrier. A newer
 barrier overtaking an unfinished alignment abandons the older checkpoint
 (it was aborted by the coordinator); barriers of finished or abandoned
-checkpoints are ignored.
+checkpoints, including an older barrier arriving after a newer one, are ignored.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ class BarrierAligner:
     def on_barrier(self, channel: int, checkpoint_id: int) -> AlignmentResult:
         """Record that ``channel`` delivered ``Barrier(checkpoint_id)``."""
         if checkpoint_id <= self.last_id:
+            return AlignmentResult.IGNORE
+        if self.pending_id is not None and checkpoint_id < self.pending_id:
+            # A newer barrier already abandoned this checkpoint; counting its late
+            # barrier would align the newer one before every input delivered it.
             return AlignmentResult.IGNORE
         if self.pending_id is not None and checkpoint_id > self.pending_id:
             self._reset()

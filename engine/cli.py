@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from onceflow.engine.coordinator import CoordinatorSettings
 from onceflow.engine.errors import OnceflowError, classify
 from onceflow.engine.executors.local import ExecutionSettings
-from onceflow.engine.loader import load_job, parse_params
+from onceflow.engine.loader import load_job, load_job_file, parse_params
 from onceflow.engine.plan import build_plan, describe_graph
 from onceflow.engine.progress import ProgressDisplay
 from onceflow.engine.runner import DEFAULT_CHECKPOINT_DIR, JobRunner, RestartStrategy, RunStatus
@@ -111,14 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--restart-attempts",
         type=int,
-        default=3,
-        help="restarts after a task failure before giving up (default 3)",
+        default=RestartStrategy.attempts,
+        help=f"restarts after a task failure before giving up (default {RestartStrategy.attempts})",
     )
     run.add_argument(
         "--restart-delay",
         type=float,
-        default=0.5,
-        help="first restart delay in seconds, doubled each time (default 0.5)",
+        default=RestartStrategy.initial_delay,
+        help=f"first restart delay in seconds, doubled each time (default {RestartStrategy.initial_delay:g})",
     )
     run.add_argument("--batch-size", type=_positive_int, default=1024)
     run.add_argument(
@@ -187,8 +187,8 @@ def _report(exc: BaseException, verbose: bool) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    params = parse_params(args.params)
-    job = load_job(args.jobfile, params)
+    loaded = load_job_file(args.jobfile, parse_params(args.params))
+    job = loaded.job
     settings = ExecutionSettings(
         batch_size=args.batch_size,
         channel_capacity=args.channel_capacity,
@@ -211,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
         restart=RestartStrategy(attempts=args.restart_attempts, initial_delay=args.restart_delay),
         fresh=args.fresh,
         on_tick=progress,
-        params=params,
+        params=loaded.params,
         executor=args.executor,
     )
     started = time.monotonic()

@@ -7,6 +7,7 @@ import inspect
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from onceflow.engine.api import Job
@@ -25,12 +26,29 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
+@dataclass(frozen=True)
+class LoadedJob:
+    """A built job and the parameters that identify its run."""
+
+    job: Job
+    params: dict[str, str]
+    """Every parameter of ``build()`` after its defaults were applied, as strings: the
+    run's identity, so spelling a default out or reordering ``-p`` is the same run."""
+
+
 def load_job(path: str, params: dict[str, str]) -> Job:
-    """Import ``path`` and return ``build(**params)``.
+    """Import ``path`` and return ``build(**params)``; see :func:`load_job_file`."""
+    return load_job_file(path, params).job
+
+
+def load_job_file(path: str, params: dict[str, str]) -> LoadedJob:
+    """Import ``path``, call ``build(**params)`` and return the job with its effective parameters.
 
     The module gets a name derived from the file so a worker process that
     loads the same file builds the same job (user functions never need
-    pickling).
+    pickling). The job file's folder goes first on ``sys.path`` (as for
+    ``python job.py``) and stays there, so the job imports its sibling modules
+    while loading and while running, also in forked workers.
     """
     if not os.path.isfile(path):
         msg = f"job file {path!r} not found"
@@ -44,6 +62,9 @@ def load_job(path: str, params: dict[str, str]) -> Job:
         raise JobLoadError(msg)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
@@ -66,7 +87,22 @@ def load_job(path: str, params: dict[str, str]) -> Job:
     if not isinstance(job, Job):
         msg = f"build() in {path!r} returned {type(job).__name__}, not an engine.Job"
         raise JobLoadError(msg)
-    return job
+    return LoadedJob(job, _effective_params(build, params))
+
+
+def _effective_params(build: Any, params: dict[str, str]) -> dict[str, str]:
+    """Return ``params`` with ``build()``'s defaults applied, every value as ``str`` (as ``-p`` gives it)."""
+    signature = inspect.signature(build)
+    bound = signature.bind_partial(**params)
+    bound.apply_defaults()
+    effective: dict[str, str] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            effective.update({k: v if isinstance(v, str) else str(v) for k, v in value.items()})
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            effective[name] = value if isinstance(value, str) else str(value)
+    return effective
 
 
 def _check_params(path: str, build: Any, params: dict[str, str]) -> None:

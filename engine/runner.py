@@ -53,10 +53,14 @@ class RunStatus(Enum):
 
 @dataclass(frozen=True)
 class RestartStrategy:
-    """Exponential backoff between attempts, with a bounded number of restarts."""
+    """Exponential backoff between attempts, with a bounded number of restarts.
 
-    attempts: int = 3
-    initial_delay: float = 0.5
+    The defaults wait 1 + 2 + 4 + 8 + 16 s over five restarts, so a job outlasts
+    a database or Redis restart (PostgreSQL takes 3-8 s) instead of giving up.
+    """
+
+    attempts: int = 5
+    initial_delay: float = 1.0
     multiplier: float = 2.0
     max_delay: float = 30.0
 

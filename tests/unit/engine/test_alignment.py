@@ -111,3 +111,15 @@ def test_abort_of_an_older_checkpoint_keeps_the_current_alignment() -> None:
     assert aligner.pending_id == 5
     assert aligner.blocked == [True, False]
     assert aligner.on_barrier(1, 5) is ALIGNED
+
+
+def test_stale_barrier_arriving_after_a_newer_one_is_not_counted_for_it() -> None:
+    # Input 0 skipped barrier 1 (its checkpoint was aborted) and delivered 2;
+    # input 1's late barrier 1 must not complete the alignment of checkpoint 2.
+    aligner = BarrierAligner(2)
+    assert aligner.on_barrier(0, 2) is WAIT
+
+    assert aligner.on_barrier(1, 1) is IGNORE
+    assert aligner.pending_id == 2
+    assert aligner.blocked == [True, False]
+    assert aligner.on_barrier(1, 2) is ALIGNED

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import textwrap
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 from onceflow import Job, JobLoadError, read_committed_lines
 from onceflow.engine.cli import main
-from onceflow.engine.loader import load_job, parse_params
+from onceflow.engine.loader import load_job, load_job_file, parse_params
 from onceflow.operators.files import MARKER_NAME
 
 TreeSnapshot = Callable[..., dict[str, tuple[int, bytes]]]
@@ -489,3 +491,70 @@ def test_load_job_module_builds_the_same_job_twice(
     first, second = load_job(str(path), params), load_job(str(path), params)
 
     assert first.graph.fingerprint() == second.graph.fingerprint()
+
+
+# --------------------------------------------------------------------------- issue 11, item 8
+
+
+def test_a_job_file_imports_a_module_next_to_it(tmp_path: Path, ws: Workspace, executor: str) -> None:
+    helper = f"sibling_words_{uuid.uuid4().hex[:8]}"
+    (ws.job_file.parent / f"{helper}.py").write_text("def split(line):\n    return line.split()\n")
+    job_file = ws.job_file.parent / "imports_sibling.py"
+    job_file.write_text(
+        textwrap.dedent(COUNT_JOB)
+        .replace("from onceflow import Job\n", f"from onceflow import Job\nimport {helper}\n")
+        .replace("flat_map(str.split,", f"flat_map({helper}.split,")
+    )
+
+    assert main(ws.run_args(job_file=job_file)) == 0
+    assert read_committed_lines(str(ws.out)) == EXPECTED
+
+
+def test_spelling_out_a_default_parameter_or_reordering_is_the_same_run(
+    finished: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spelled = [
+        "run",
+        str(finished.job_file),
+        "-p",
+        "name=cli-count",
+        "-p",
+        f"output={finished.out}",
+        "-p",
+        f"input={finished.input}",
+        "--checkpoint-dir",
+        str(finished.chk),
+        "--progress",
+        "off",
+        "--executor",
+        finished.executor,
+    ]
+
+    code = main(spelled)
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "already finished" in captured.out
+    assert read_committed_lines(str(finished.out)) == EXPECTED
+
+
+def test_load_job_file_returns_the_parameters_after_defaults_as_strings(
+    job_file_factory: Callable[[str, str], Path],
+) -> None:
+    path = job_file_factory(
+        """
+        from onceflow import Job, FileSink, FileSource
+
+
+        def build(input, n=10, name=None, *, flag=True):
+            job = Job("defaults")
+            job.source(FileSource(input)).sink(FileSink("out"))
+            return job
+        """,
+        "defaults_job.py",
+    )
+
+    loaded = load_job_file(str(path), {"input": "in"})
+
+    assert loaded.params == {"input": "in", "n": "10", "name": "None", "flag": "True"}
+    assert load_job_file(str(path), {"n": "10", "input": "in"}).params == loaded.params
