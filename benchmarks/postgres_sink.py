@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psycopg  # noqa: E402
+import psycopg
 
-from onceflow import PostgresSink  # noqa: E402
-from onceflow.engine.context import SubtaskContext  # noqa: E402
-from onceflow.state_backends.key_groups import KeyGroupRange  # noqa: E402
+from onceflow import PostgresSink
+from onceflow.engine.context import SubtaskContext
+from onceflow.state_backends.key_groups import KeyGroupRange
 
 COLUMNS = "id bigint PRIMARY KEY, name text, value double precision"
 

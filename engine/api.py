@@ -449,7 +449,7 @@ def _copy(fn: Any) -> Any:
     """Copy a user object per subtask, so no attribute is shared between subtasks."""
     try:
         return copy.deepcopy(fn)
-    except Exception:  # noqa: BLE001 - objects that cannot be copied are shared as they are
+    except Exception:  # objects that cannot be copied are shared as they are
         return fn
 
 

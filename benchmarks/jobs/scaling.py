@@ -15,8 +15,8 @@ from pathlib import Path
 if importlib.util.find_spec("benchmarks") is None:  # loaded by path from elsewhere: add the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.common import CountingSink, RangeSource, add_counts, int_key, spin  # noqa: E402
-from onceflow import Job  # noqa: E402
+from benchmarks.common import CountingSink, RangeSource, add_counts, int_key, spin
+from onceflow import Job
 
 
 def build(n: str = "500000", shuffle: str = "1") -> Job:
