@@ -1,0 +1,202 @@
+"""Restore: choose the checkpoint to resume from, check it fits the job, load its state.
+
+Everything is decided and loaded before any subtask starts, so a damaged
+checkpoint is found while falling back is still possible. The steps of
+:func:`select_checkpoint`:
+
+1. List ``chk-<n>`` directories newest first; skip those without ``_metadata``
+   (they never completed).
+2. Refuse a checkpoint of an incompatible job (:func:`check_compatible`; not
+   a fallback: the user must decide).
+3. Load and verify every state file (:func:`load_states`); a torn or corrupt
+   checkpoint is discarded with a warning and the previous one is tried.
+4. Delete incomplete and discarded checkpoints newer than the chosen one, and
+   finish deleting incomplete ones older than it (a deletion by retention that
+   a crash interrupted), keeping files that a completed checkpoint still
+   references (the decision is :func:`~onceflow.engine.checkpoint.retention.plan_deletions`).
+
+The next checkpoint id is above every ``chk-<n>`` still on storage. Ids must
+never be reused even after ``chk-<n>`` is gone; :func:`next_checkpoint_id` is
+the one place that rule will learn about a persisted high-water mark.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from onceflow.engine.checkpoint.metadata import CheckpointMetadata, StateHandle
+from onceflow.engine.checkpoint.retention import plan_deletions
+from onceflow.engine.checkpoint.store import CheckpointStore
+from onceflow.engine.errors import CheckpointStorageError, CorruptStateError, IncompatibleCheckpointError
+from onceflow.engine.plan import PhysicalPlan
+from onceflow.operators.base import RestoredState
+from onceflow.state_backends.arrow_snapshot import read_state_file
+from onceflow.state_backends.key_groups import HASH_FUNCTION_ID, key_group_range_for_subtask
+
+__all__ = [
+    "RestorePoint",
+    "RestoreSelection",
+    "check_compatible",
+    "load_states",
+    "next_checkpoint_id",
+    "select_checkpoint",
+]
+
+log = logging.getLogger("onceflow")
+
+StateKey = tuple[str, int]
+"""``(uid, subtask_index)`` of the subtask a restored state belongs to."""
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """The checkpoint an attempt resumes from, with every subtask's state loaded."""
+
+    metadata: CheckpointMetadata
+    states: dict[StateKey, RestoredState]
+
+    @property
+    def checkpoint_id(self) -> int:
+        """The id of the checkpoint restored."""
+        return self.metadata.checkpoint_id
+
+
+@dataclass(frozen=True)
+class RestoreSelection:
+    """What an attempt starts from: the restore point, the checkpoints kept, the next id."""
+
+    restore: RestorePoint | None
+    completed: dict[int, CheckpointMetadata] = field(default_factory=dict)
+    next_checkpoint_id: int = 1
+
+
+def next_checkpoint_id(existing: Iterable[int]) -> int:
+    """Return the id of the next checkpoint: above every id in ``existing``."""
+    return max(existing, default=0) + 1
+
+
+def select_checkpoint(
+    store: CheckpointStore, plan: PhysicalPlan, params: Mapping[str, str]
+) -> RestoreSelection:
+    """Find the newest usable checkpoint, load all its state, and clean up (steps in the module doc).
+
+    Called by the runner at the start of every attempt, while it holds the run lock.
+
+    Raises:
+        IncompatibleCheckpointError: the newest completed checkpoint belongs to
+            another job, key-group count or parameters.
+    """
+    ids = store.checkpoint_ids()
+    chosen: RestorePoint | None = None
+    doomed: list[int] = []
+    stale: list[int] = []
+    completed: dict[int, CheckpointMetadata] = {}
+    for cid in reversed(ids):
+        # Step 1
+        try:
+            meta = store.read_metadata(cid)
+        except CheckpointStorageError as exc:
+            log.warning("%s; falling back to an older checkpoint", exc)
+            doomed.append(cid)
+            continue
+        if meta is None:
+            (doomed if chosen is None else stale).append(cid)
+            continue
+        if chosen is not None:
+            completed[cid] = meta
+            continue
+        # Step 2
+        check_compatible(meta, plan, params, where=f"checkpoint {cid} in {store.paths.job_dir!r}")
+        # Step 3
+        try:
+            states = load_states(store, meta, plan)
+        except (CorruptStateError, FileNotFoundError) as exc:
+            log.warning("checkpoint %d is corrupt (%s); falling back to an older checkpoint", cid, exc)
+            doomed.append(cid)
+            continue
+        chosen = RestorePoint(meta, states)
+        completed[cid] = meta
+    # Step 4
+    store.delete_checkpoints(plan_deletions(completed, unusable=[*doomed, *stale]))
+    return RestoreSelection(chosen, completed, next_checkpoint_id(ids))
+
+
+def check_compatible(
+    meta: CheckpointMetadata, plan: PhysicalPlan, params: Mapping[str, str], *, where: str
+) -> None:
+    """Raise ``IncompatibleCheckpointError`` unless ``meta`` can restore into ``plan``.
+
+    Key groups cannot be remapped (same max parallelism and key hash), and the
+    checkpoint directory identifies one run (same parameters). A changed graph
+    is accepted when every stateful operator of the checkpoint is in the new
+    job by uid.
+    """
+    if meta.max_parallelism != plan.max_parallelism:
+        msg = (
+            f"{where} was taken with max parallelism {meta.max_parallelism}, this run "
+            f"uses {plan.max_parallelism}; key groups cannot be remapped. Use the same "
+            "--max-parallelism, or --fresh to start over"
+        )
+        raise IncompatibleCheckpointError(msg)
+    if meta.hash_function != HASH_FUNCTION_ID:
+        msg = f"{where} uses key hash {meta.hash_function!r}, not {HASH_FUNCTION_ID!r}"
+        raise IncompatibleCheckpointError(msg)
+    if dict(meta.params) != dict(params):
+        msg = (
+            f"{where} is a run of {plan.job_name!r} with parameters {dict(meta.params)}, but this run "
+            f"has {dict(params)}; the checkpoint directory identifies one run. Use another "
+            "--checkpoint-dir for the new parameters, or --fresh to start over"
+        )
+        raise IncompatibleCheckpointError(msg)
+    if meta.fingerprint == plan.fingerprint:
+        return
+    uids = plan.parallelism_by_uid()
+    missing = [u for u in meta.stateful_uids if u not in uids]
+    if missing:
+        msg = (
+            f"{where} belongs to a different job graph: its stateful operators {missing} "
+            "are not in this job. Give operators the same uid= as before, or pass --fresh "
+            "to start over"
+        )
+        raise IncompatibleCheckpointError(msg)
+    log.warning("the job graph changed since %s; restoring state by operator uid", where)
+
+
+def load_states(
+    store: CheckpointStore, meta: CheckpointMetadata, plan: PhysicalPlan
+) -> dict[StateKey, RestoredState]:
+    """Read and verify every state file of ``meta`` into each subtask's share under ``plan``.
+
+    Every subtask of an operator gets every old subtask's operator state (it
+    picks its share after a rescale) and the keyed state of its own key-group
+    range. Raises ``CorruptStateError`` or ``FileNotFoundError`` for a damaged
+    or missing file.
+    """
+    by_uid: dict[str, list[StateHandle]] = defaultdict(list)
+    for handle in meta.handles:
+        by_uid[handle.uid].append(handle)
+    states: dict[StateKey, RestoredState] = {}
+    for task in plan.tasks:
+        for op in task.operators:
+            handles = sorted(by_uid.get(op.uid, ()), key=lambda h: h.subtask)
+            if not handles:
+                continue
+            info = meta.operators.get(op.uid)
+            old_parallelism = info.parallelism if info is not None else len(handles)
+            for i in range(task.parallelism):
+                rng = key_group_range_for_subtask(plan.max_parallelism, task.parallelism, i)
+                op_states: list[tuple[int, Any]] = []
+                keyed: dict[str, dict[Any, Any]] = {}
+                for h in handles:
+                    op_state, tables = read_state_file(
+                        store.fs, h.file_handle(store.paths.resolve(h.path)), rng
+                    )
+                    op_states.append((h.subtask, op_state))
+                    for name, table in tables.items():
+                        keyed.setdefault(name, {}).update(table)
+                states[op.uid, i] = RestoredState(meta.checkpoint_id, old_parallelism, op_states, keyed)
+    return states
