@@ -392,12 +392,12 @@ def case_checkpoint_state(variant: str, n: int, tmp: str) -> dict[str, Any]:
     if restored.status.value != "already finished":
         msg = f"restore run ended {restored.status}"
         raise AssertionError(msg)
-    duration = float(meta["timings"]["duration_s"])
+    duration = meta.timings.duration_s
     return {
         "seconds": duration,
         "keys": n,
         "checkpoint_seconds": duration,
-        "checkpoint_bytes": int(meta["size_bytes"]),
+        "checkpoint_bytes": meta.size_bytes,
         "restore_seconds": restore_seconds,
     }
 
@@ -487,7 +487,7 @@ def case_timeline(variant: str, n: int, tmp: str) -> dict[str, Any]:
     # The loop ends as soon as the final checkpoint completes, before on_tick sees it.
     final = result.checkpoint_id
     if final in sampler.starts and final not in sampler.ends:
-        duration = float(runner.store.read_metadata(final)["timings"]["duration_s"])
+        duration = runner.store.read_metadata(final).timings.duration_s
         sampler.ends[final] = sampler.starts[final] + duration
         sampler.durations[final] = duration
     return {

@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Sequence
 
+from onceflow.engine.checkpoint.store import CheckpointStore, list_jobs
 from onceflow.engine.coordinator import CoordinatorSettings
 from onceflow.engine.errors import OnceflowError, classify
 from onceflow.engine.executors.local import ExecutionSettings
@@ -23,7 +24,6 @@ from onceflow.engine.loader import load_job, load_job_file, parse_params
 from onceflow.engine.plan import build_plan, describe_graph
 from onceflow.engine.progress import ProgressDisplay
 from onceflow.engine.runner import DEFAULT_CHECKPOINT_DIR, JobRunner, RestartStrategy, RunStatus
-from onceflow.engine.storage import CheckpointStore
 
 log = logging.getLogger("onceflow")
 
@@ -253,12 +253,7 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _checkpoints(args: argparse.Namespace) -> int:
-    probe = CheckpointStore(args.url, "_")
-    root = probe.paths.root
-    try:
-        jobs = sorted(p.rsplit("/", 1)[-1] for p in probe.fs.ls(root, detail=False) if probe.fs.isdir(p))
-    except FileNotFoundError:
-        jobs = []
+    jobs = list_jobs(args.url)
     if args.job:
         jobs = [j for j in jobs if j == args.job] or [args.job]
     if args.action == "list":
@@ -269,10 +264,8 @@ def _checkpoints(args: argparse.Namespace) -> int:
                 state = "complete" if meta else "incomplete"
                 extra = ""
                 if meta:
-                    final = " final" if meta.get("final") else ""
-                    extra = (
-                        f" {meta.get('size_bytes', 0):>10,} bytes  {meta['timings']['triggered_at']}{final}"
-                    )
+                    final = " final" if meta.final else ""
+                    extra = f" {meta.size_bytes:>10,} bytes  {meta.timings.triggered_at}{final}"
                 print(f"{name}  chk-{cid:<6} {state:10}{extra}")
         return EXIT_OK
     if len(jobs) != 1:
@@ -281,16 +274,16 @@ def _checkpoints(args: argparse.Namespace) -> int:
     store = CheckpointStore(args.url, jobs[0])
     ids = store.checkpoint_ids()
     if args.action == "inspect":
-        cid = (
+        chosen: int | None = (
             args.id
             if args.id is not None
             else next((i for i in reversed(ids) if store.read_metadata(i)), None)
         )
-        meta = store.read_metadata(cid) if cid is not None else None
+        meta = store.read_metadata(chosen) if chosen is not None else None
         if meta is None:
-            sys.stderr.write(f"onceflow: error: no completed checkpoint {cid} for {jobs[0]!r}\n")
+            sys.stderr.write(f"onceflow: error: no completed checkpoint {chosen} for {jobs[0]!r}\n")
             return EXIT_USAGE
-        print(json.dumps(meta, indent=2, sort_keys=True))
+        print(json.dumps(meta.to_json(), indent=2, sort_keys=True))
         return EXIT_OK
     targets = [args.id] if args.id is not None else ids
     for cid in targets:

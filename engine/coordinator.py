@@ -1,25 +1,26 @@
 """The checkpoint coordinator: a thin hub that triggers, collects acks, completes and aborts.
 
-It owns no I/O beyond calling the store to write ``_metadata`` and apply
-retention; it does not know how subtasks snapshot or where they run. The
-executor drives it with ``tick`` and feeds it acknowledgements.
+It owns no I/O and no format: a ``PendingCheckpoint`` collects the subtasks'
+``StateHandle``s, ``CheckpointMetadata.complete`` turns them into the
+checkpoint's metadata, the store writes it, and ``plan_deletions`` decides
+what retention removes. It does not know how subtasks snapshot or where they
+run. The executor drives it with ``tick`` and feeds it acknowledgements.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
 
+from onceflow.engine.checkpoint.metadata import CheckpointMetadata, JobDescription, StateHandle, Timings
+from onceflow.engine.checkpoint.retention import plan_deletions
+from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.errors import CheckpointError, CheckpointFailureReason
 from onceflow.engine.faults import CRASH_POINTS
-from onceflow.engine.storage import METADATA_FORMAT, CheckpointStore
-from onceflow.state_backends.key_groups import HASH_FUNCTION_ID
 
 log = logging.getLogger("onceflow")
 
@@ -44,9 +45,9 @@ class PendingCheckpoint:
     started: float
     started_wall: str
     awaiting: set[SubtaskKey]
-    handles: list[dict[str, Any]] = field(default_factory=list)
+    handles: list[StateHandle] = field(default_factory=list)
 
-    def acknowledge(self, key: SubtaskKey, handles: list[dict[str, Any]]) -> AckResult:
+    def acknowledge(self, key: SubtaskKey, handles: list[StateHandle]) -> AckResult:
         """Record one subtask's state files."""
         if key not in self.awaiting:
             return AckResult.DUPLICATE
@@ -58,6 +59,16 @@ class PendingCheckpoint:
     def fully_acknowledged(self) -> bool:
         """Whether every subtask has acknowledged."""
         return not self.awaiting
+
+    def to_metadata(self, job: JobDescription, duration_s: float) -> CheckpointMetadata:
+        """Describe this checkpoint, every subtask having acknowledged, ``duration_s`` after its trigger."""
+        return CheckpointMetadata.complete(
+            job,
+            checkpoint_id=self.checkpoint_id,
+            final=self.final,
+            handles=self.handles,
+            timings=Timings(triggered_at=self.started_wall, duration_s=round(duration_s, 4)),
+        )
 
 
 @dataclass(frozen=True)
@@ -95,18 +106,18 @@ class CheckpointCoordinator:
         self,
         *,
         store: CheckpointStore,
-        job_info: dict[str, Any],
+        job: JobDescription,
         subtasks: list[SubtaskKey],
         settings: CoordinatorSettings,
         first_checkpoint_id: int,
-        completed: dict[int, dict[str, Any]],
+        completed: Mapping[int, CheckpointMetadata],
         trigger_sources: Callable[[int, bool], None],
         notify_complete: Callable[[int], None],
         notify_abort: Callable[[int], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self.job_info = job_info
+        self.job = job
         self.subtasks = subtasks
         self.settings = settings
         self.next_id = first_checkpoint_id
@@ -166,7 +177,7 @@ class CheckpointCoordinator:
         self._trigger_sources(checkpoint_id, final)
         return checkpoint_id
 
-    def acknowledge(self, checkpoint_id: int, key: SubtaskKey, handles: list[dict[str, Any]]) -> AckResult:
+    def acknowledge(self, checkpoint_id: int, key: SubtaskKey, handles: list[StateHandle]) -> AckResult:
         """Take one subtask's acknowledgement; complete the checkpoint on the last one."""
         pending = self.pending
         if pending is None or pending.checkpoint_id != checkpoint_id:
@@ -204,21 +215,11 @@ class CheckpointCoordinator:
         # Step 1: every subtask acknowledged (the caller checked).
         checkpoint_id = pending.checkpoint_id
         duration = self.clock() - pending.started
-        size = sum(h["bytes"] for h in pending.handles)
-        meta = {
-            **self.job_info,
-            "format": METADATA_FORMAT,
-            "checkpoint_id": checkpoint_id,
-            "final": pending.final,
-            "hash_function": HASH_FUNCTION_ID,
-            "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-            "handles": sorted(pending.handles, key=lambda h: (h["uid"], h["subtask"])),
-            "size_bytes": size,
-            "timings": {"triggered_at": pending.started_wall, "duration_s": round(duration, 4)},
-        }
+        meta = pending.to_metadata(self.job, duration)
+        size = meta.size_bytes
         # Step 2: metadata last and atomically.
         CRASH_POINTS.hit("after_task_snapshots_before_metadata")
-        self.store.write_metadata(checkpoint_id, meta)
+        self.store.write_metadata(meta)
         self.pending = None
         self._last_end = self.clock()
         self.failures_in_a_row = 0
@@ -228,8 +229,10 @@ class CheckpointCoordinator:
         log.debug("checkpoint %d complete (%.3f s, %d bytes)", checkpoint_id, duration, size)
         CRASH_POINTS.hit("after_metadata_before_notify")
         # Step 3: retention.
-        for cid in self.store.apply_retention(self.completed, self.settings.retain):
-            self.completed.pop(cid, None)
+        deletions = plan_deletions(self.completed, retain=self.settings.retain)
+        self.store.delete_checkpoints(deletions)
+        for deletion in deletions:
+            self.completed.pop(deletion.checkpoint_id, None)
         # Step 4: notify; sinks commit.
         self._notify_complete(checkpoint_id)
         if pending.final:

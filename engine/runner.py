@@ -16,27 +16,20 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
 from onceflow.engine.api import Job
-from onceflow.engine.errors import (
-    CheckpointStorageError,
-    CorruptStateError,
-    IncompatibleCheckpointError,
-    classify,
-)
+from onceflow.engine.checkpoint.restore import select_checkpoint
+from onceflow.engine.checkpoint.store import CheckpointStore
+from onceflow.engine.errors import classify
 from onceflow.engine.executors._wiring import Attempt, ExecutionSettings
 from onceflow.engine.executors.local import LocalExecutor
 from onceflow.engine.executors.process import ProcessExecutor
 from onceflow.engine.plan import PhysicalPlan, build_plan
-from onceflow.engine.storage import CheckpointStore
-from onceflow.operators.base import RestoredState, TwoPhaseCommitWriter
-from onceflow.state_backends.arrow_snapshot import StateFileHandle, read_state_file
-from onceflow.state_backends.key_groups import HASH_FUNCTION_ID, key_group_range_for_subtask
+from onceflow.operators.base import TwoPhaseCommitWriter
 
 log = logging.getLogger("onceflow")
 
@@ -84,13 +77,6 @@ class RunResult:
     sinks: list[Any] = field(default_factory=list)
     recommitted: int = 0
     """Committables a finished job's rerun still had to commit (a crash hit before the commit)."""
-
-
-@dataclass
-class _RestorePoint:
-    checkpoint_id: int
-    meta: dict[str, Any]
-    states: dict[tuple[str, int], RestoredState]
 
 
 class JobRunner:
@@ -169,11 +155,12 @@ class JobRunner:
                 time.sleep(delay)
 
     def _attempt(self) -> RunResult:
-        restore, completed, next_id = self._select_checkpoint()
+        selection = select_checkpoint(self.store, self.plan, self.params)
+        restore = selection.restore
         restored_id = restore.checkpoint_id if restore else None
         if restore is not None:
             log.info("restoring from checkpoint %d", restored_id)
-        finished = restore is not None and restore.meta.get("final")
+        finished = restore is not None and restore.metadata.final
         executor_class = LocalExecutor if finished else EXECUTORS[self.executor]
         attempt = Attempt(
             plan=self.plan,
@@ -182,8 +169,8 @@ class JobRunner:
             attempt_id=uuid.uuid4().hex[:12],
             restored_checkpoint_id=restored_id,
             restored=restore.states if restore else {},
-            first_checkpoint_id=next_id,
-            completed=completed,
+            first_checkpoint_id=selection.next_checkpoint_id,
+            completed=selection.completed,
             params=self.params,
         )
         executor = executor_class(attempt, on_tick=self.on_tick)
@@ -215,125 +202,3 @@ class JobRunner:
             records_read=sum(st.source_records for st in executor.sources),
             sinks=sinks,
         )
-
-    # -- choosing and loading a checkpoint -------------------------------------------
-
-    def _select_checkpoint(
-        self,
-    ) -> tuple[_RestorePoint | None, dict[int, dict[str, Any]], int]:
-        """Find the newest usable checkpoint and load all its state before anything runs.
-
-        Steps:
-        1. List ``chk-<n>`` directories newest first; skip those without
-           ``_metadata`` (they never completed).
-        2. Refuse a checkpoint of an incompatible job graph (not a fallback:
-           the user must decide).
-        3. Load and verify every state file; a torn or corrupt checkpoint is
-           discarded with a warning and the previous one is tried.
-        4. Delete incomplete and discarded checkpoints newer than the chosen one,
-           and finish deleting incomplete ones older than it (a deletion by
-           retention that a crash interrupted), keeping files that a completed
-           checkpoint still references.
-        """
-        store = self.store
-        ids = store.checkpoint_ids()
-        next_id = (max(ids) + 1) if ids else 1
-        chosen: _RestorePoint | None = None
-        doomed: list[int] = []
-        stale: list[int] = []
-        completed: dict[int, dict[str, Any]] = {}
-        for cid in reversed(ids):
-            # Step 1
-            try:
-                meta = store.read_metadata(cid)
-            except CheckpointStorageError as exc:
-                log.warning("%s; falling back to an older checkpoint", exc)
-                doomed.append(cid)
-                continue
-            if meta is None:
-                (doomed if chosen is None else stale).append(cid)
-                continue
-            if chosen is not None:
-                completed[cid] = meta
-                continue
-            # Step 2
-            self._check_compatible(meta)
-            # Step 3
-            try:
-                states = self._load_states(meta)
-            except (CorruptStateError, FileNotFoundError) as exc:
-                log.warning("checkpoint %d is corrupt (%s); falling back to an older checkpoint", cid, exc)
-                doomed.append(cid)
-                continue
-            chosen = _RestorePoint(cid, meta, states)
-            completed[cid] = meta
-        # Step 4
-        for cid in doomed:
-            store.delete_checkpoint(cid)
-        referenced = {h["path"] for meta in completed.values() for h in meta.get("handles", [])}
-        for cid in stale:
-            keep = {p.rsplit("/", 1)[-1] for p in referenced if p.startswith(f"chk-{cid}/")}
-            store.delete_checkpoint(cid, keep_files=keep)
-        return chosen, completed, next_id
-
-    def _check_compatible(self, meta: dict[str, Any]) -> None:
-        plan = self.plan
-        where = f"checkpoint {meta['checkpoint_id']} in {self.store.paths.job_dir!r}"
-        if meta.get("max_parallelism") != plan.max_parallelism:
-            msg = (
-                f"{where} was taken with max parallelism {meta.get('max_parallelism')}, this run "
-                f"uses {plan.max_parallelism}; key groups cannot be remapped. Use the same "
-                "--max-parallelism, or --fresh to start over"
-            )
-            raise IncompatibleCheckpointError(msg)
-        if meta.get("hash_function") != HASH_FUNCTION_ID:
-            msg = f"{where} uses key hash {meta.get('hash_function')!r}, not {HASH_FUNCTION_ID!r}"
-            raise IncompatibleCheckpointError(msg)
-        old_params = meta.get("params", {})
-        if old_params != self.params:
-            msg = (
-                f"{where} is a run of {plan.job_name!r} with parameters {old_params}, but this run "
-                f"has {self.params}; the checkpoint directory identifies one run. Use another "
-                "--checkpoint-dir for the new parameters, or --fresh to start over"
-            )
-            raise IncompatibleCheckpointError(msg)
-        if meta.get("fingerprint") == plan.fingerprint:
-            return
-        uids = plan.parallelism_by_uid()
-        stateful = sorted({h["uid"] for h in meta.get("handles", [])})
-        missing = [u for u in stateful if u not in uids]
-        if missing:
-            msg = (
-                f"{where} belongs to a different job graph: its stateful operators {missing} "
-                "are not in this job. Give operators the same uid= as before, or pass --fresh "
-                "to start over"
-            )
-            raise IncompatibleCheckpointError(msg)
-        log.warning("the job graph changed since %s; restoring state by operator uid", where)
-
-    def _load_states(self, meta: dict[str, Any]) -> dict[tuple[str, int], RestoredState]:
-        by_uid: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for handle in meta.get("handles", []):
-            by_uid[handle["uid"]].append(handle)
-        job_dir = self.store.paths.job_dir
-        fs = self.store.fs
-        cid = meta["checkpoint_id"]
-        states: dict[tuple[str, int], RestoredState] = {}
-        for task in self.plan.tasks:
-            for op in task.operators:
-                handles = by_uid.get(op.uid)
-                if not handles:
-                    continue
-                old_parallelism = meta["operators"].get(op.uid, {}).get("parallelism", len(handles))
-                for i in range(task.parallelism):
-                    rng = key_group_range_for_subtask(self.plan.max_parallelism, task.parallelism, i)
-                    op_states: list[tuple[int, Any]] = []
-                    keyed: dict[str, dict[Any, Any]] = {}
-                    for h in sorted(handles, key=lambda h: h["subtask"]):
-                        handle = StateFileHandle.from_json({**h, "path": f"{job_dir}/{h['path']}"})
-                        op_state, tables = read_state_file(fs, handle, rng)
-                        op_states.append((h["subtask"], op_state))
-                        for name, table in tables.items():
-                            keyed.setdefault(name, {}).update(table)
-                    states[op.uid, i] = RestoredState(cid, old_parallelism, op_states, keyed)
-        return states

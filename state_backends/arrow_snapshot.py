@@ -2,7 +2,7 @@
 
 This module serializes and verifies state files on any fsspec filesystem. It does
 not choose paths, write checkpoint metadata or decide what is retained: that is
-``onceflow.engine.storage``'s job, which records each :class:`StateFileHandle` in
+``onceflow.engine.checkpoint``'s job, which records each :class:`StateFileHandle` in
 ``_metadata``.
 
 File layout (Arrow IPC *file* format, one file per operator subtask)::

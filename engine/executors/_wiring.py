@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from onceflow.engine.channels import BroadcastGate, ForwardGate, HashGate, OutputGate, RebalanceGate
+from onceflow.engine.checkpoint.metadata import CheckpointMetadata, JobDescription
+from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.context import SubtaskContext
 from onceflow.engine.coordinator import CheckpointCoordinator, CoordinatorSettings
 from onceflow.engine.graph import OperatorKind, Partitioning
 from onceflow.engine.plan import PhysicalPlan, TaskSpec
-from onceflow.engine.storage import CheckpointStore
 from onceflow.engine.task import SnapshotSink, Subtask
 from onceflow.operators.base import RestoredState
 from onceflow.state_backends.key_groups import key_group_range_for_subtask
@@ -80,7 +81,7 @@ class Attempt:
     restored_checkpoint_id: int | None
     restored: dict[tuple[str, int], RestoredState]
     first_checkpoint_id: int
-    completed: dict[int, dict[str, Any]]
+    completed: dict[int, CheckpointMetadata]
     params: dict[str, str]
 
     def subtask_settings(self) -> SubtaskSettings:
@@ -103,7 +104,7 @@ class Attempt:
         """Return this attempt's checkpoint coordinator, wired to the executor's callbacks."""
         return CheckpointCoordinator(
             store=self.store,
-            job_info=job_info(self.plan, self.params),
+            job=JobDescription.of_plan(self.plan, self.params),
             subtasks=subtasks,
             settings=self.settings.checkpoint,
             first_checkpoint_id=self.first_checkpoint_id,
@@ -194,19 +195,3 @@ def open_subtask(
     ]
     states = {op.uid: restored[op.uid, index] for op in task.operators if (op.uid, index) in restored}
     subtask.open(contexts, states)
-
-
-def job_info(plan: PhysicalPlan, params: dict[str, str]) -> dict[str, Any]:
-    """Describe the job for the start of every checkpoint's ``_metadata``."""
-    ops = {
-        op.uid: {"name": op.name, "kind": op.kind.value, "parallelism": t.parallelism}
-        for t in plan.tasks
-        for op in t.operators
-    }
-    return {
-        "job": plan.job_name,
-        "fingerprint": plan.fingerprint,
-        "max_parallelism": plan.max_parallelism,
-        "operators": ops,
-        "params": dict(params),
-    }

@@ -13,11 +13,9 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
 
 from onceflow.engine.channels import LocalChannel
+from onceflow.engine.checkpoint.writer import SnapshotWriter
 from onceflow.engine.coordinator import CheckpointCoordinator
 from onceflow.engine.errors import CheckpointFailureReason, OnceflowError
 from onceflow.engine.executors._wiring import (
@@ -27,76 +25,11 @@ from onceflow.engine.executors._wiring import (
     channel_ids,
     open_subtask,
 )
-from onceflow.engine.storage import CheckpointStore
 from onceflow.engine.task import Subtask, SubtaskStatus
-from onceflow.operators.base import OperatorSnapshot
-from onceflow.state_backends.arrow_snapshot import write_state_file
 
 __all__ = ["ExecutionSettings", "LocalExecutor", "SnapshotWriter"]
 
 log = logging.getLogger("onceflow")
-
-
-@dataclass(frozen=True)
-class _Ack:
-    checkpoint_id: int
-    key: tuple[int, int]
-    handles: list[dict[str, Any]]
-    error: BaseException | None
-
-
-class SnapshotWriter:
-    """Writes captured snapshots to storage on a background thread and reports acks.
-
-    One worker thread, so writes and deletions happen in submission order.
-    """
-
-    def __init__(self, store: CheckpointStore, max_parallelism: int) -> None:
-        self.store = store
-        self.acks: queue.SimpleQueue[_Ack] = queue.SimpleQueue()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onceflow-writer")
-        self.max_parallelism = max_parallelism
-        self.outstanding = 0
-
-    def submit(
-        self, checkpoint_id: int, key: tuple[int, int], snapshots: list[tuple[str, OperatorSnapshot]]
-    ) -> None:
-        """Queue the write of one subtask's snapshots for ``checkpoint_id``."""
-        self.outstanding += 1
-        self._pool.submit(self._write, checkpoint_id, key, snapshots)
-
-    def _write(
-        self, checkpoint_id: int, key: tuple[int, int], snapshots: list[tuple[str, OperatorSnapshot]]
-    ) -> None:
-        handles: list[dict[str, Any]] = []
-        error: BaseException | None = None
-        try:
-            paths = self.store.paths
-            for uid, snap in snapshots:
-                path = paths.state_file(checkpoint_id, uid, key[1])
-                handle = write_state_file(
-                    self.store.fs,
-                    path,
-                    keyed_state=snap.keyed_state,
-                    operator_state=snap.operator_state,
-                    max_parallelism=self.max_parallelism,
-                )
-                record = handle.to_json()
-                record["path"] = f"chk-{checkpoint_id}/{paths.state_file_name(uid, key[1])}"
-                record["uid"] = uid
-                record["subtask"] = key[1]
-                handles.append(record)
-        except Exception as exc:  # noqa: BLE001 - reported as a declined checkpoint
-            error = exc
-        self.acks.put(_Ack(checkpoint_id, key, handles, error))
-
-    def delete_later(self, checkpoint_id: int) -> None:
-        """Delete an aborted checkpoint's files after the writes queued before."""
-        self._pool.submit(self.store.delete_checkpoint, checkpoint_id)
-
-    def shutdown(self) -> None:
-        """Wait for queued work and stop the thread."""
-        self._pool.shutdown(wait=True)
 
 
 class LocalExecutor:

@@ -37,6 +37,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from onceflow.engine.channels import LocalChannel
+from onceflow.engine.checkpoint.store import CheckpointStore
+from onceflow.engine.checkpoint.writer import SnapshotWriter
 from onceflow.engine.errors import (
     CheckpointDirectoryError,
     CheckpointFailureReason,
@@ -53,9 +55,7 @@ from onceflow.engine.executors._wiring import (
     open_subtask,
     plan_edges,
 )
-from onceflow.engine.executors.local import SnapshotWriter
 from onceflow.engine.plan import PhysicalPlan
-from onceflow.engine.storage import CheckpointStore
 from onceflow.engine.task import Subtask, SubtaskStatus
 from onceflow.operators.base import RestoredState
 from onceflow.state_backends.errors import ErrorDomain

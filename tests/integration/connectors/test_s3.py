@@ -15,8 +15,8 @@ import fsspec
 import pytest
 
 from onceflow import FileSink, FileSource, Job, SinkCommitError, read_committed_lines
+from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.context import SubtaskContext
-from onceflow.engine.storage import CheckpointStore
 from onceflow.engine.testing import run_job_for_test
 from onceflow.state_backends.key_groups import KeyGroupRange
 from tests.support.chaos import JOBS, CliRuns
@@ -92,7 +92,7 @@ def test_checkpoints_and_file_output_on_s3_survive_a_failure(s3_bucket, tmp_path
     assert Counter(read_committed_lines(f"{s3_bucket}/out")) == expected_lines(counts)
     store = CheckpointStore(f"{s3_bucket}/chk", "s3_inprocess")
     ids = store.checkpoint_ids()
-    assert ids and store.read_metadata(ids[-1])["final"] is True
+    assert ids and store.read_metadata(ids[-1]).final is True
 
 
 @pytest.mark.timeout(60)

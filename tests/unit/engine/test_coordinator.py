@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
+from onceflow.engine.checkpoint.metadata import (
+    METADATA_FORMAT,
+    CheckpointMetadata,
+    JobDescription,
+    StateHandle,
+)
+from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.coordinator import AckResult, CheckpointCoordinator, CoordinatorSettings
 from onceflow.engine.errors import CheckpointError, CheckpointFailureReason
-from onceflow.engine.storage import METADATA_FORMAT, CheckpointStore
 from onceflow.state_backends.key_groups import HASH_FUNCTION_ID
 
-JOB_INFO = {"job": "wc", "fingerprint": "abc123", "max_parallelism": 128, "operators": {}}
+JOB = JobDescription(job="wc", fingerprint="abc123", max_parallelism=128, operators={}, params={"n": "3"})
 SUBTASKS = [(0, 0), (1, 0), (1, 1)]
 
 
@@ -43,18 +48,20 @@ class Calls:
 class MetadataWriteFails(CheckpointStore):
     """Stands in for a crash after every ack and before ``_metadata`` is written."""
 
-    def write_metadata(self, checkpoint_id: int, meta: dict[str, Any]) -> None:
+    def write_metadata(self, meta: CheckpointMetadata) -> None:
         msg = "simulated crash before _metadata"
         raise OSError(msg)
 
 
-def handle(uid: str, subtask: int, checkpoint_id: int, size: int = 100) -> dict[str, Any]:
-    return {
-        "uid": uid,
-        "subtask": subtask,
-        "path": f"chk-{checkpoint_id}/{uid}-{subtask}.arrow",
-        "bytes": size,
-    }
+def handle(uid: str, subtask: int, checkpoint_id: int, size: int = 100) -> StateHandle:
+    return StateHandle(
+        uid=uid,
+        subtask=subtask,
+        path=f"chk-{checkpoint_id}/{uid}-{subtask}.arrow",
+        rows=1,
+        bytes=size,
+        sha256="0" * 64,
+    )
 
 
 @pytest.fixture
@@ -83,7 +90,7 @@ def make(store: CheckpointStore, clock: FakeClock, calls: Calls) -> Callable[...
     ) -> CheckpointCoordinator:
         return CheckpointCoordinator(
             store=store_ or store,
-            job_info=dict(JOB_INFO),
+            job=JOB,
             subtasks=list(subtasks or SUBTASKS),
             settings=settings or CoordinatorSettings(interval=10.0, timeout=30.0, retain=3),
             first_checkpoint_id=first_checkpoint_id,
@@ -207,19 +214,26 @@ def test_completion_writes_metadata_with_job_info_and_sorted_handles(
     meta = store.read_metadata(1)
 
     assert meta is not None
-    assert {k: meta[k] for k in JOB_INFO} == JOB_INFO
-    assert meta["format"] == METADATA_FORMAT
-    assert meta["checkpoint_id"] == 1
-    assert meta["final"] is False
-    assert meta["hash_function"] == HASH_FUNCTION_ID
-    assert meta["size_bytes"] == 16
-    assert [(h["uid"], h["subtask"]) for h in meta["handles"]] == [
+    assert (meta.job, meta.fingerprint, meta.max_parallelism, meta.operators, meta.params) == (
+        "wc",
+        "abc123",
+        128,
+        {},
+        {"n": "3"},
+    )
+    assert meta.format == METADATA_FORMAT
+    assert meta.checkpoint_id == 1
+    assert meta.final is False
+    assert meta.hash_function == HASH_FUNCTION_ID
+    assert meta.size_bytes == 16
+    assert [(h.uid, h.subtask) for h in meta.handles] == [
         ("a", 0),
         ("count", 0),
         ("count", 1),
         ("read", 0),
     ]
-    assert meta["timings"]["triggered_at"].endswith("+00:00")
+    assert meta.timings.triggered_at.endswith("+00:00")
+    assert coordinator.completed[1] == meta
 
 
 def test_duplicate_and_unknown_acknowledgements_are_values_not_errors(
@@ -251,7 +265,9 @@ def test_final_checkpoint_finishes_the_coordinator(
 
     assert calls.triggered == [(1, True)]
     assert coordinator.finished
-    assert store.read_metadata(1)["final"] is True
+    meta = store.read_metadata(1)
+    assert meta is not None
+    assert meta.final is True
 
 
 def test_completion_applies_retention_before_notifying(

@@ -34,8 +34,8 @@ from onceflow import (
     SourceReader,
     read_committed_lines,
 )
+from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.errors import KeyEncodingError, SinkCommitError, classify
-from onceflow.engine.storage import CheckpointStore
 from onceflow.operators.errors import SinkOwnershipError, SourceError
 
 WORDS = "the quick fox jumps over the lazy dog the fox naps quick quick end".split()
@@ -214,7 +214,7 @@ def test_committed_output_equals_the_plain_python_reference(
     assert (result.attempts, result.restarts) == (1, 0)
     assert result.records_read == 4
     assert result.checkpoint_id == completed_ids(chk)[-1]
-    assert CheckpointStore(chk, "counts").read_metadata(result.checkpoint_id)["final"] is True
+    assert CheckpointStore(chk, "counts").read_metadata(result.checkpoint_id).final is True
 
 
 def test_gated_run_checkpoints_every_batch_and_equals_the_reference(

@@ -1,32 +1,48 @@
-"""Checkpoint storage: paths, metadata round trips, retention, and the run lock."""
+"""Checkpoint storage: paths, metadata round trips, deletion plans carried out, and the run lock."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from onceflow.engine.errors import CheckpointStorageError, ConcurrentRunError
-from onceflow.engine.storage import CheckpointPaths, CheckpointStore, files_safe_to_delete, retention_plan
+from onceflow.engine.checkpoint.metadata import CheckpointMetadata, StateHandle, Timings
+from onceflow.engine.checkpoint.paths import CheckpointPaths
+from onceflow.engine.checkpoint.retention import plan_deletions
+from onceflow.engine.checkpoint.store import CheckpointStore, list_jobs
+from onceflow.engine.errors import CheckpointStorageError, ConcurrentRunError, IncompatibleCheckpointError
 
 JOB = "wordcount"
 
 
-def meta(checkpoint_id: int, *files: str) -> dict[str, Any]:
+def meta(checkpoint_id: int, *files: str) -> CheckpointMetadata:
     """Metadata whose handles reference ``files`` (paths relative to the job directory)."""
     handles = [
-        {"path": f, "uid": f.rsplit("/", 1)[-1].split("-")[0], "subtask": 0, "bytes": 10} for f in files
+        StateHandle(uid=f.rsplit("/", 1)[-1].split("-")[0], subtask=0, path=f, rows=1, bytes=10, sha256="0")
+        for f in files
     ]
-    return {"checkpoint_id": checkpoint_id, "job": JOB, "handles": handles}
+    return CheckpointMetadata(
+        job=JOB,
+        fingerprint="f",
+        max_parallelism=128,
+        operators={},
+        params={},
+        checkpoint_id=checkpoint_id,
+        final=False,
+        handles=tuple(handles),
+        size_bytes=10 * len(handles),
+        timings=Timings(triggered_at="2024-01-01T00:00:00+00:00", duration_s=0.5),
+    )
 
 
-def own(checkpoint_id: int) -> dict[str, Any]:
+def own(checkpoint_id: int) -> CheckpointMetadata:
     """Metadata of a checkpoint referencing only its own state file."""
     return meta(checkpoint_id, f"chk-{checkpoint_id}/count-0.arrow")
 
@@ -36,13 +52,13 @@ def put(store: CheckpointStore, path: str, data: bytes) -> None:
     store.fs.pipe_file(path, data)
 
 
-def write_checkpoint(store: CheckpointStore, m: dict[str, Any]) -> None:
+def write_checkpoint(store: CheckpointStore, m: CheckpointMetadata) -> None:
     """Put a checkpoint's state files, then its metadata, like the engine does."""
-    for h in m["handles"]:
-        path = f"{store.paths.job_dir}/{h['path']}"
+    for h in m.handles:
+        path = store.paths.resolve(h.path)
         if not store.fs.exists(path):
-            put(store, path, b"state of " + h["path"].encode())
-    store.write_metadata(m["checkpoint_id"], m)
+            put(store, path, b"state of " + h.path.encode())
+    store.write_metadata(m)
 
 
 @pytest.fixture(params=["file", "memory"])
@@ -63,6 +79,8 @@ def test_paths_format_every_checkpoint_file() -> None:
     assert paths.metadata(7) == "s3://bucket/prefix/wc/chk-7/_metadata"
     assert CheckpointPaths.state_file_name("count", 3) == "count-3.arrow"
     assert paths.state_file(7, "count", 3) == "s3://bucket/prefix/wc/chk-7/count-3.arrow"
+    assert CheckpointPaths.relative_state_file(7, "count", 3) == "chk-7/count-3.arrow"
+    assert paths.resolve("chk-7/count-3.arrow") == paths.state_file(7, "count", 3)
     assert paths.lock == "s3://bucket/prefix/wc/_lock"
 
 
@@ -108,8 +126,14 @@ def test_local_store_resolves_a_relative_directory_to_an_absolute_one(
 # --------------------------------------------------------------------------- metadata
 
 
+def test_names_in_checkpoint_dir_keeps_only_that_directory() -> None:
+    paths = {"chk-1/a-0.arrow", "chk-12/b-0.arrow", "chk-1x/c-0.arrow", "shared/d.arrow"}
+
+    assert CheckpointPaths.names_in_checkpoint_dir(1, paths) == {"a-0.arrow"}
+
+
 def test_write_then_read_metadata_round_trips(store: CheckpointStore) -> None:
-    m = {**own(3), "final": True, "timings": {"duration_s": 0.5}, "size_bytes": 10}
+    m = replace(own(3), final=True)
 
     write_checkpoint(store, m)
 
@@ -120,11 +144,13 @@ def test_write_then_read_metadata_round_trips(store: CheckpointStore) -> None:
 def test_metadata_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     store = CheckpointStore(str(tmp_path / "chk"), JOB)
 
-    store.write_metadata(1, own(1))
-    store.write_metadata(1, {**own(1), "final": True})
+    store.write_metadata(own(1))
+    store.write_metadata(replace(own(1), final=True))
 
     assert sorted(p.name for p in (tmp_path / "chk" / JOB / "chk-1").iterdir()) == ["_metadata"]
-    assert store.read_metadata(1)["final"] is True
+    read = store.read_metadata(1)
+    assert read is not None
+    assert read.final is True
 
 
 def test_missing_metadata_means_the_checkpoint_does_not_exist(store: CheckpointStore) -> None:
@@ -137,7 +163,16 @@ def test_missing_metadata_means_the_checkpoint_does_not_exist(store: CheckpointS
 
 @pytest.mark.parametrize(
     "content",
-    [b"{not json", b"", b"\xff\xfe", b"[1, 2]", b'{"checkpoint_id": 8}', b'{"job": "wordcount"}'],
+    [
+        b"{not json",
+        b"",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'{"checkpoint_id": 8}',
+        b'{"job": "wordcount"}',
+        b'{"checkpoint_id": 5}',
+        b'{"checkpoint_id": true}',
+    ],
 )
 def test_corrupt_metadata_raises_checkpoint_storage_error(store: CheckpointStore, content: bytes) -> None:
     put(store, store.paths.metadata(5), content)
@@ -145,6 +180,30 @@ def test_corrupt_metadata_raises_checkpoint_storage_error(store: CheckpointStore
     with pytest.raises(CheckpointStorageError, match="is corrupt") as info:
         store.read_metadata(5)
     assert "chk-5/_metadata" in str(info.value)
+
+
+def test_metadata_with_a_mistyped_field_is_corrupt(store: CheckpointStore) -> None:
+    good = own(5).to_json()
+    good["handles"][0]["bytes"] = "ten"
+    put(store, store.paths.metadata(5), json.dumps(good).encode())
+
+    with pytest.raises(CheckpointStorageError, match="is corrupt: expected an integer"):
+        store.read_metadata(5)
+
+
+def test_metadata_of_a_newer_format_is_refused_not_treated_as_corrupt(store: CheckpointStore) -> None:
+    newer = {**own(5).to_json(), "format": 99}
+    put(store, store.paths.metadata(5), json.dumps(newer).encode())
+
+    with pytest.raises(IncompatibleCheckpointError, match="format 99"):
+        store.read_metadata(5)
+
+
+def test_list_jobs_names_the_job_directories(store: CheckpointStore) -> None:
+    write_checkpoint(store, own(1))
+    write_checkpoint(CheckpointStore(store.url, "another"), own(1))
+
+    assert list_jobs(store.url) == ["another", JOB]
 
 
 def test_checkpoint_ids_are_numeric_ascending_and_skip_other_names(store: CheckpointStore) -> None:
@@ -172,52 +231,23 @@ def test_delete_checkpoint_removes_metadata_and_files(store: CheckpointStore) ->
     store.delete_checkpoint(1)  # deleting again is harmless
 
 
-# --------------------------------------------------------------------------- retention (pure)
+# --------------------------------------------------------------------------- deletion plans carried out
 
 
-def test_retention_plan_deletes_all_but_the_newest() -> None:
-    assert retention_plan([4, 1, 3, 2, 5], 2) == [1, 2, 3]
-    assert retention_plan([1, 2], 3) == []
-    assert retention_plan([], 1) == []
-    assert retention_plan([7], 1) == []
-
-
-@pytest.mark.parametrize("retain", [0, -1])
-def test_retention_plan_refuses_to_keep_nothing(retain: int) -> None:
-    with pytest.raises(ValueError, match="at least one"):
-        retention_plan([1, 2], retain)
-
-
-def test_files_safe_to_delete_spares_files_a_retained_checkpoint_references() -> None:
-    doomed = meta(1, "chk-1/count-0.arrow", "chk-1/read-0.arrow", "chk-1/write-0.arrow")
-    retained = [
-        meta(2, "chk-1/count-0.arrow", "chk-2/read-0.arrow"),
-        meta(3, "chk-1/write-0.arrow", "chk-3/read-0.arrow"),
-    ]
-
-    assert files_safe_to_delete(doomed, retained) == ["chk-1/read-0.arrow"]
-
-
-def test_files_safe_to_delete_with_nothing_retained_deletes_everything() -> None:
-    doomed = meta(1, "chk-1/a-0.arrow", "chk-1/b-0.arrow")
-
-    assert files_safe_to_delete(doomed, []) == ["chk-1/a-0.arrow", "chk-1/b-0.arrow"]
-    assert files_safe_to_delete({"checkpoint_id": 1}, [doomed]) == []
-
-
-def test_apply_retention_keeps_the_newest_n(store: CheckpointStore) -> None:
+def test_retention_keeps_the_newest_n(store: CheckpointStore) -> None:
     completed = {n: own(n) for n in range(1, 6)}
     for m in completed.values():
         write_checkpoint(store, m)
 
-    deleted = store.apply_retention(completed, 2)
+    deletions = plan_deletions(completed, retain=2)
+    store.delete_checkpoints(deletions)
 
-    assert deleted == [1, 2, 3]
+    assert [d.checkpoint_id for d in deletions] == [1, 2, 3]
     assert store.checkpoint_ids() == [4, 5]
     assert [store.read_metadata(n) for n in (4, 5)] == [own(4), own(5)]
 
 
-def test_apply_retention_never_deletes_a_file_a_retained_checkpoint_references(
+def test_retention_never_deletes_a_file_a_retained_checkpoint_references(
     store: CheckpointStore,
 ) -> None:
     shared = "chk-1/count-0.arrow"
@@ -228,7 +258,10 @@ def test_apply_retention_never_deletes_a_file_a_retained_checkpoint_references(
     for m in completed.values():
         write_checkpoint(store, m)
 
-    assert store.apply_retention(completed, 1) == [1]
+    deletions = plan_deletions(completed, retain=1)
+    store.delete_checkpoints(deletions)
+
+    assert [d.checkpoint_id for d in deletions] == [1]
 
     job_dir = store.paths.job_dir
     assert store.read_metadata(1) is None
