@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Sequence
 
+from onceflow.engine.checkpoint.paths import CheckpointPaths
 from onceflow.engine.checkpoint.store import CheckpointStore, list_jobs
 from onceflow.engine.coordinator import CoordinatorSettings
 from onceflow.engine.errors import OnceflowError, classify
@@ -266,7 +267,7 @@ def _checkpoints(args: argparse.Namespace) -> int:
                 if meta:
                     final = " final" if meta.final else ""
                     extra = f" {meta.size_bytes:>10,} bytes  {meta.timings.triggered_at}{final}"
-                print(f"{name}  chk-{cid:<6} {state:10}{extra}")
+                print(f"{name}  {CheckpointPaths.checkpoint_dir_name(cid):<10} {state:10}{extra}")
         return EXIT_OK
     if len(jobs) != 1:
         sys.stderr.write(f"onceflow: error: name the job with --job (found: {jobs or 'none'})\n")
