@@ -459,7 +459,7 @@ class TimelineSampler:
             self.sizes[done.checkpoint_id] = done.size_bytes
         if now - self.last >= self.every:
             self.last = now
-            self.samples.append((now - self.t0, sum(st.source_records for st in executor.sources)))
+            self.samples.append((now - self.t0, sum(m.source_records for m in executor.metrics())))
 
 
 def case_timeline(variant: str, n: int, tmp: str) -> dict[str, Any]:

@@ -1,66 +1,22 @@
-"""Bounded channels between subtasks and the output gates that partition into them.
+"""Output gates: how a subtask's output batches are partitioned over the channels of an edge.
 
 This is the per-record path: a gate sees each record once (the hash gate calls
 the key function and one dict lookup per record); everything else is per batch.
-An executor may swap ``LocalChannel`` for another implementation with the same
-four methods (``put``, ``poll``, ``has_room``, ``__len__``).
+The channels themselves belong to a transport (:mod:`onceflow.engine.transport`);
+a gate only calls ``put`` and ``has_room`` on them.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from itertools import compress
 from operator import not_
-from typing import Any, Protocol
+from typing import Any
 
 from onceflow.engine.elements import Batch
 from onceflow.engine.errors import KeyEncodingError, OperatorError
 from onceflow.state_backends.errors import ErrorDomain
 from onceflow.state_backends.key_groups import key_group_for, subtask_for_key_group
-
-
-class Channel(Protocol):
-    """A FIFO of elements from one producer subtask to one consumer subtask."""
-
-    def put(self, element: Any) -> None:
-        """Append an element; the producer checks ``has_room`` first."""
-
-    def poll(self) -> Any:
-        """Remove and return the oldest element, or None when empty."""
-
-    def has_room(self) -> bool:
-        """Whether the producer may put more (the backpressure signal)."""
-
-    def __len__(self) -> int: ...
-
-
-class LocalChannel:
-    """A deque bounded by ``capacity`` elements, for producers and consumers in one thread.
-
-    The bound is checked before a producer steps, so one step may overshoot it
-    by the output of a single batch; memory stays bounded all the same.
-    """
-
-    __slots__ = ("queue", "capacity", "name", "put", "poll_left")
-
-    def __init__(self, capacity: int, name: str = "") -> None:
-        self.queue: deque = deque()
-        self.capacity = capacity
-        self.name = name
-        self.put = self.queue.append
-        self.poll_left = self.queue.popleft
-
-    def poll(self) -> Any:
-        """Return the oldest element or None."""
-        return self.poll_left() if self.queue else None
-
-    def has_room(self) -> bool:
-        """Whether fewer than ``capacity`` elements are queued."""
-        return len(self.queue) < self.capacity
-
-    def __len__(self) -> int:
-        return len(self.queue)
 
 
 class OutputGate:
@@ -180,8 +136,8 @@ class HashGate(OutputGate):
         err.__cause__ = exc
         return err
 
-    def emit(self, records: list) -> None:
-        """Split the batch by key into one keyed batch per channel."""
+    def emit(self, records: Any) -> None:
+        """Split the batch (a list, or an Arrow batch) by key into one keyed batch per channel."""
         if type(records) is not list:  # an Arrow batch from map_batches: keys need rows
             records = records.to_pylist()
         try:

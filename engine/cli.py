@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from onceflow.engine.checkpoint.paths import CheckpointPaths
 from onceflow.engine.checkpoint.store import CheckpointStore, list_jobs
@@ -32,7 +33,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # noqa: D102 - argparse hook
+    def error(self, message: str) -> NoReturn:  # noqa: D102 - argparse hook
         self.print_usage(sys.stderr)
         sys.stderr.write(f"onceflow: error: {message}\n")
         raise SystemExit(EXIT_USAGE)

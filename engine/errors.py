@@ -114,6 +114,7 @@ class WorkerError(OperatorError):
         subtask_index: int,
         checkpoint_id: int | None,
         cause_type: str = "",
+        symptom: bool = False,
     ) -> None:
         super().__init__(
             message,
@@ -126,6 +127,8 @@ class WorkerError(OperatorError):
         self.failure = failure
         self.cause_type = cause_type
         """Class name of the original exception's cause (it stayed in the worker)."""
+        self.symptom = symptom
+        """A broken connection to a peer worker: most likely the effect of that peer's failure."""
 
 
 class CheckpointFailureReason(str, Enum):

@@ -1,15 +1,17 @@
 """Live progress of a run: a redrawn table on a terminal, plain log lines otherwise.
 
-It reads counters the subtasks keep anyway (records per operator, steps
-blocked by full channels) and the coordinator's last checkpoint; it never
-touches the per-record path.
+It reads the counters every executor reports (:class:`SubtaskMetrics`: records
+per operator, steps blocked by full channels) and the coordinator's last
+checkpoint; it never touches the per-record path.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any
+from typing import IO
+
+from onceflow.engine.executors.base import Executor
 
 
 class ProgressDisplay:
@@ -30,7 +32,7 @@ class ProgressDisplay:
         self._prev_counts: dict[str, int] = {}
         self._drawn = 0
 
-    def __call__(self, executor: Any, now: float) -> None:
+    def __call__(self, executor: Executor, now: float) -> None:
         """Render if the interval passed."""
         if now - self._last < self.interval:
             return
@@ -47,7 +49,7 @@ class ProgressDisplay:
             self.stream.write("onceflow: " + " | ".join([lines[0], *ops]) + "\n")
         self.stream.flush()
 
-    def render(self, executor: Any, elapsed: float) -> list[str]:
+    def render(self, executor: Executor, elapsed: float) -> list[str]:
         """Return the lines of one progress frame."""
         coordinator = executor.coordinator
         chk = coordinator.last_completed
@@ -57,23 +59,24 @@ class ProgressDisplay:
             else "no checkpoint yet"
         )
         lines = [f"[{time.monotonic() - self._start:6.1f}s] {executor.plan.job_name}: {chk_text}"]
-        counts: dict[str, tuple[int, float]] = {}
-        for st in executor.subtasks:
-            if st.reader is not None:
-                uid = st.task.operators[0].uid
-                counts[uid] = (counts.get(uid, (0, 0.0))[0] + st.source_records, 0.0)
-            for spec, n in zip(st.specs, st.records_in):
-                counts[spec.uid] = (counts.get(spec.uid, (0, 0.0))[0] + n, 0.0)
+        plan = executor.plan
+        counts: dict[str, int] = {}
         backpressure: dict[int, float] = {}
-        for st in executor.subtasks:
-            total = st.steps + st.blocked_steps
+        for m in executor.metrics():
+            task = plan.task(m.key[0])
+            specs = task.operators
+            if task.is_source:
+                uid = specs[0].uid
+                counts[uid] = counts.get(uid, 0) + m.source_records
+                specs = specs[1:]
+            for spec, n in zip(specs, m.records_in):
+                counts[spec.uid] = counts.get(spec.uid, 0) + n
+            total = m.steps + m.blocked_steps
             if total:
-                backpressure[st.task.task_id] = max(
-                    backpressure.get(st.task.task_id, 0.0), st.blocked_steps / total
-                )
-        for task in executor.plan.tasks:
+                backpressure[task.task_id] = max(backpressure.get(task.task_id, 0.0), m.blocked_steps / total)
+        for task in plan.tasks:
             for op in task.operators:
-                n = counts.get(op.uid, (0, 0.0))[0]
+                n = counts.get(op.uid, 0)
                 rate = (n - self._prev_counts.get(op.uid, 0)) / elapsed if elapsed > 0 else 0.0
                 self._prev_counts[op.uid] = n
                 bp = backpressure.get(task.task_id, 0.0)
@@ -85,8 +88,9 @@ class ProgressDisplay:
 
 
 def _size(n: int) -> str:
+    size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -26,6 +25,7 @@ from onceflow.engine.checkpoint.restore import select_checkpoint
 from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.errors import classify
 from onceflow.engine.executors._wiring import Attempt, ExecutionSettings
+from onceflow.engine.executors.base import Executor, TickHook
 from onceflow.engine.executors.local import LocalExecutor
 from onceflow.engine.executors.process import ProcessExecutor
 from onceflow.engine.plan import PhysicalPlan, build_plan
@@ -34,7 +34,7 @@ from onceflow.operators.base import TwoPhaseCommitWriter
 log = logging.getLogger("onceflow")
 
 DEFAULT_CHECKPOINT_DIR = ".onceflow/checkpoints"
-EXECUTORS: dict[str, Any] = {"local": LocalExecutor, "process": ProcessExecutor}
+EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "process": ProcessExecutor}
 
 
 class RunStatus(Enum):
@@ -92,7 +92,7 @@ class JobRunner:
         settings: ExecutionSettings | None = None,
         restart: RestartStrategy | None = None,
         fresh: bool = False,
-        on_tick: Callable[[LocalExecutor, float], None] | None = None,
+        on_tick: TickHook | None = None,
         params: dict[str, str] | None = None,
         executor: str = "local",
     ) -> None:
@@ -161,7 +161,6 @@ class JobRunner:
         if restore is not None:
             log.info("restoring from checkpoint %d", restored_id)
         finished = restore is not None and restore.metadata.final
-        executor_class = LocalExecutor if finished else EXECUTORS[self.executor]
         attempt = Attempt(
             plan=self.plan,
             store=self.store,
@@ -173,12 +172,14 @@ class JobRunner:
             completed=selection.completed,
             params=self.params,
         )
-        executor = executor_class(attempt, on_tick=self.on_tick)
         sinks = [op.config["sink"] for t in self.plan.tasks for op in t.operators if "sink" in op.config]
         if finished:
-            ops = [op for st in executor.subtasks for op in st.ops]
+            # Opening the subtasks (in this process, whatever the executor) re-commits what a
+            # crash left pending; nothing runs.
+            opened = LocalExecutor(attempt, on_tick=self.on_tick)
+            ops = [op for st in opened.subtasks for op in st.ops]
             recommitted = sum(op.recommitted for op in ops if isinstance(op, TwoPhaseCommitWriter))
-            executor.close()
+            opened.close()
             return RunResult(
                 RunStatus.ALREADY_FINISHED,
                 self.job.name,
@@ -189,6 +190,7 @@ class JobRunner:
                 sinks=sinks,
                 recommitted=recommitted,
             )
+        executor = EXECUTORS[self.executor](attempt, on_tick=self.on_tick)
         executor.run()
         last = executor.coordinator.last_completed
         return RunResult(
@@ -199,6 +201,6 @@ class JobRunner:
             restored_id,
             0,
             checkpoints_completed=executor.coordinator.completed_count,
-            records_read=sum(st.source_records for st in executor.sources),
+            records_read=sum(m.source_records for m in executor.metrics()),
             sinks=sinks,
         )

@@ -1,8 +1,9 @@
 """Wiring shared by executors: which channels a plan needs and how a subtask is assembled.
 
-A subtask is built from the plan, its index and the channel objects an
-executor supplies, so executors differ only in where subtasks run and what
-their channels are (deques in one process, pipes between processes).
+A subtask is built from the plan, its index and the channel ends a transport
+supplies, so executors differ only in where subtasks run (placement) and what
+their channels are (the transport: deques in one process, pipes between
+processes).
 """
 
 from __future__ import annotations
@@ -19,17 +20,9 @@ from onceflow.engine.coordinator import CheckpointCoordinator, CoordinatorSettin
 from onceflow.engine.graph import OperatorKind, Partitioning
 from onceflow.engine.plan import PhysicalPlan, TaskSpec
 from onceflow.engine.task import SnapshotSink, Subtask
+from onceflow.engine.transport.base import ChannelEnd, ChannelId
 from onceflow.operators.base import RestoredState
 from onceflow.state_backends.key_groups import key_group_range_for_subtask
-
-
-@dataclass(frozen=True, order=True)
-class ChannelId:
-    """One channel: edge number ``edge`` (in plan order), upstream subtask ``src``, downstream ``dst``."""
-
-    edge: int
-    src: int
-    dst: int
 
 
 def plan_edges(plan: PhysicalPlan) -> list[Any]:
@@ -39,7 +32,7 @@ def plan_edges(plan: PhysicalPlan) -> list[Any]:
 
 def channel_ids(plan: PhysicalPlan) -> list[ChannelId]:
     """Every channel the plan needs: forward edges i->i, all others all-to-all."""
-    ids = []
+    ids: list[ChannelId] = []
     for n, edge in enumerate(plan_edges(plan)):
         pu = plan.task(edge.upstream_task).parallelism
         pv = plan.task(edge.downstream_task).parallelism
@@ -119,7 +112,7 @@ def build_subtask(
     plan: PhysicalPlan,
     task: TaskSpec,
     index: int,
-    channel: Callable[[ChannelId], Any],
+    channel: Callable[[ChannelId], ChannelEnd],
     snapshot_sink: SnapshotSink,
     settings: SubtaskSettings,
 ) -> Subtask:

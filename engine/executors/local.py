@@ -1,49 +1,41 @@
-"""The local executor: every subtask in this process, stepped by a cooperative scheduler.
+"""The local executor: every subtask in this process, stepped by the scheduler on one thread.
 
-One thread steps each runnable subtask one batch at a time, round-robin. In
-CPython, threads per subtask would share one core anyway and pay for lock
-hand-offs on every queue operation; a scheduler loop pays a method call per
-batch and is deterministic, which tests and debugging value. State files are
-written by a background writer thread, so processing continues meanwhile.
+The embedded default, deterministic enough for tests and debugging. Channels
+are in-process deques (:mod:`onceflow.engine.transport.local`), the
+coordinator is called directly, and state files are written by a background
+writer thread, so processing continues meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import time
-from collections.abc import Callable
+from typing import Any
 
-from onceflow.engine.channels import LocalChannel
 from onceflow.engine.checkpoint.writer import SnapshotWriter
-from onceflow.engine.coordinator import CheckpointCoordinator
 from onceflow.engine.errors import CheckpointFailureReason, OnceflowError
-from onceflow.engine.executors._wiring import (
-    Attempt,
-    ExecutionSettings,
-    build_subtask,
-    channel_ids,
-    open_subtask,
-)
+from onceflow.engine.executors._wiring import Attempt, ExecutionSettings, build_subtask, open_subtask
+from onceflow.engine.executors.base import Executor, SubtaskMetrics, TickHook
+from onceflow.engine.scheduler import Round, Scheduler
 from onceflow.engine.task import Subtask, SubtaskStatus
+from onceflow.engine.transport.local import LocalTransport
 
 __all__ = ["ExecutionSettings", "LocalExecutor", "SnapshotWriter"]
 
 log = logging.getLogger("onceflow")
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     """Builds channels and subtasks from a plan and runs them to the final checkpoint."""
 
-    def __init__(
-        self, attempt: Attempt, *, on_tick: Callable[[LocalExecutor, float], None] | None = None
-    ) -> None:
+    def __init__(self, attempt: Attempt, *, on_tick: TickHook | None = None) -> None:
         self.plan = attempt.plan
         self.settings = attempt.settings
         self.writer = SnapshotWriter(attempt.store, attempt.plan.max_parallelism)
         self.subtasks: list[Subtask] = []
         self.sources: list[Subtask] = []
         self._on_tick = on_tick
+        self._closed = False
         self._build(attempt)
         self.coordinator = attempt.coordinator(
             [st.key for st in self.subtasks],
@@ -51,18 +43,22 @@ class LocalExecutor:
             notify_complete=self._notify_complete,
             notify_abort=self._notify_abort,
         )
+        self.scheduler = Scheduler(
+            self.subtasks,
+            self.writer,
+            acknowledge=self._acknowledge,
+            end_round=self._end_round,
+            idle=self._idle,
+        )
 
     # -- building ------------------------------------------------------------
 
     def _build(self, attempt: Attempt) -> None:
-        cap = self.settings.channel_capacity
-        channels = {cid: LocalChannel(cap, str(cid)) for cid in channel_ids(self.plan)}
+        transport = LocalTransport(self.settings.channel_capacity)
         settings = attempt.subtask_settings()
         for task in self.plan.tasks:
             for i in range(task.parallelism):
-                subtask = build_subtask(
-                    self.plan, task, i, channels.__getitem__, self.writer.submit, settings
-                )
+                subtask = build_subtask(self.plan, task, i, transport.channel, self.writer.submit, settings)
                 self.subtasks.append(subtask)
                 if task.is_source:
                     self.sources.append(subtask)
@@ -83,70 +79,37 @@ class LocalExecutor:
             subtask.notify_checkpoint_aborted(checkpoint_id)
         self.writer.delete_later(checkpoint_id)
 
-    def _drain_acks(self, timeout: float | None = None) -> bool:
-        acks = self.writer.acks
-        got = False
-        while True:
-            try:
-                ack = acks.get(timeout=timeout) if timeout and not got else acks.get_nowait()
-            except queue.Empty:
-                return got
-            got = True
-            self.writer.outstanding -= 1
-            if ack.error is not None:
-                detail = f"writing state of subtask {ack.key} failed: {ack.error!r}"
-                self.coordinator.decline(ack.checkpoint_id, CheckpointFailureReason.WRITE_FAILED, detail)
-            else:
-                self.coordinator.acknowledge(ack.checkpoint_id, ack.key, ack.handles)
+    # -- scheduler callbacks -------------------------------------------------
 
-    # -- running -------------------------------------------------------------
+    def _acknowledge(self, ack: Any) -> None:
+        if ack.error is not None:
+            detail = f"writing state of subtask {ack.key} failed: {ack.error!r}"
+            self.coordinator.decline(ack.checkpoint_id, CheckpointFailureReason.WRITE_FAILED, detail)
+        else:
+            self.coordinator.acknowledge(ack.checkpoint_id, ack.key, ack.handles)
 
-    def run(self) -> None:
-        """Step subtasks until the final checkpoint completed and every sink committed."""
-        subtasks = self.subtasks
+    def _end_round(self, now: float) -> Round:
         coordinator = self.coordinator
-        clock = time.monotonic
-        idle_rounds = 0
-        ticking = [st for st in subtasks if st.needs_ticks]
-        try:
-            while not coordinator.finished:
-                progressed = False
-                for subtask in subtasks:
-                    while subtask.step():
-                        progressed = True
-                        if subtask.reader is not None:
-                            break
-                self._drain_acks()
-                now = clock()
-                for subtask in ticking:
-                    subtask.tick(now)
-                coordinator.tick(now, drained=all(st.status is SubtaskStatus.DRAINED for st in subtasks))
-                if self._on_tick is not None:
-                    self._on_tick(self, now)
-                if progressed:
-                    idle_rounds = 0
-                    continue
-                idle_rounds += 1
-                if self.writer.outstanding:
-                    self._drain_acks(timeout=0.05)
-                elif idle_rounds > 2:
-                    self._idle_wait(coordinator)
-        finally:
-            self.close()
+        if coordinator.finished:
+            return Round.STOP
+        coordinator.tick(now, drained=all(st.status is SubtaskStatus.DRAINED for st in self.subtasks))
+        if self._on_tick is not None:
+            self._on_tick(self, now)
+        return Round.STOP if coordinator.finished else Round.IDLE
 
-    def close(self) -> None:
-        """Close every subtask and wait for queued state writes; never raises."""
-        for subtask in self.subtasks:
-            subtask.close()
-        self.writer.shutdown()
+    def _idle(self, idle_rounds: int) -> None:
+        if self.writer.outstanding:
+            self.scheduler.drain_acks(timeout=0.05)
+        elif idle_rounds > 2:
+            self._idle_wait()
 
-    def _idle_wait(self, coordinator: CheckpointCoordinator) -> None:
+    def _idle_wait(self) -> None:
         """Nothing can move: wait for an unbounded source, or report a deadlock."""
         waiting_sources = [
             st for st in self.sources if st.status is SubtaskStatus.RUNNING and st.has_output_room()
         ]
         timers = any(st.needs_ticks and st.status is SubtaskStatus.RUNNING for st in self.subtasks)
-        if waiting_sources or timers or coordinator.pending is not None:
+        if waiting_sources or timers or self.coordinator.pending is not None:
             time.sleep(0.001)
             return
         stuck = [
@@ -156,3 +119,25 @@ class LocalExecutor:
         ]
         msg = "internal error: no subtask can make progress (deadlock):\n  " + "\n  ".join(stuck)
         raise OnceflowError(msg)
+
+    # -- running -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Step subtasks until the final checkpoint completed and every sink committed."""
+        try:
+            self.scheduler.run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close every subtask and wait for queued state writes; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        for subtask in self.subtasks:
+            subtask.close()
+        self.writer.shutdown()
+
+    def metrics(self) -> list[SubtaskMetrics]:
+        """Return every subtask's counters now."""
+        return [SubtaskMetrics.of(st) for st in self.subtasks]

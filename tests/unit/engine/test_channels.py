@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from onceflow.engine.channels import BroadcastGate, ForwardGate, HashGate, LocalChannel, RebalanceGate
+
+from onceflow.engine.channels import BroadcastGate, ForwardGate, HashGate, RebalanceGate
 from onceflow.engine.elements import END_OF_DATA, Barrier, Batch
 from onceflow.engine.errors import KeyEncodingError, OperatorError
+from onceflow.engine.transport.local import LocalChannel
 from onceflow.state_backends.errors import ErrorDomain
 from onceflow.state_backends.key_groups import key_group_for, subtask_for_key_group
 

@@ -1,0 +1,89 @@
+"""What every executor offers the runner: the ``Executor`` contract and typed subtask metrics.
+
+An executor places an attempt's subtasks (one process, worker processes, Ray
+actors), connects them with a transport and runs them with the scheduler. It
+does not choose checkpoints or restart anything; the runner does.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from onceflow.engine.coordinator import CheckpointCoordinator
+from onceflow.engine.executors._wiring import Attempt
+from onceflow.engine.plan import PhysicalPlan
+from onceflow.engine.task import Subtask, SubtaskStatus
+
+__all__ = ["Executor", "SubtaskMetrics", "TickHook"]
+
+
+@dataclass(frozen=True, slots=True)
+class SubtaskMetrics:
+    """Counters of one subtask at one moment, as the progress display and the runner read them."""
+
+    key: tuple[int, int]
+    """``(task_id, subtask_index)``."""
+    source_records: int
+    """Records its source reader produced (0 when the task has no source)."""
+    records_in: tuple[int, ...]
+    """Records into each operator of the chain after the source, in chain order."""
+    steps: int
+    blocked_steps: int
+    """Steps skipped because a downstream channel was full (backpressure)."""
+    status: SubtaskStatus
+
+    @classmethod
+    def of(cls, subtask: Subtask) -> SubtaskMetrics:
+        """Read a subtask's counters now."""
+        return cls(
+            subtask.key,
+            subtask.source_records,
+            tuple(subtask.records_in),
+            subtask.steps,
+            subtask.blocked_steps,
+            subtask.status,
+        )
+
+    @classmethod
+    def initial(cls, plan: PhysicalPlan, key: tuple[int, int]) -> SubtaskMetrics:
+        """Return the counters of a subtask that has not reported yet."""
+        task = plan.task(key[0])
+        chain = len(task.operators) - 1 if task.is_source else len(task.operators)
+        return cls(key, 0, (0,) * chain, 0, 0, SubtaskStatus.RUNNING)
+
+
+TickHook = Callable[["Executor", float], None]
+"""Called with the executor and the monotonic time after every scheduler round (progress, benchmarks)."""
+
+
+class Executor(ABC):
+    """Runs one attempt of a job: places its subtasks, moves their elements, reaches the final checkpoint.
+
+    Life cycle: construct from an :class:`Attempt` (subtasks are built and
+    opened, or workers started, and ``coordinator`` exists), then ``run()``
+    once, which returns when the final checkpoint completed and every sink
+    committed, or raises when a task failed. ``close()`` releases everything
+    (it also cancels an attempt that has not finished); ``run`` calls it on
+    the way out, and calling it again does nothing.
+    """
+
+    plan: PhysicalPlan
+    coordinator: CheckpointCoordinator
+
+    @abstractmethod
+    def __init__(self, attempt: Attempt, *, on_tick: TickHook | None = None) -> None:
+        """Prepare the attempt; raise a usage error for settings this executor cannot honour."""
+
+    @abstractmethod
+    def run(self) -> None:
+        """Run until the final checkpoint completed and every sink committed; then close."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop every subtask and release processes, threads and pipes; never raises."""
+
+    @abstractmethod
+    def metrics(self) -> list[SubtaskMetrics]:
+        """Return the latest counters of every subtask of the plan (a worker's may lag ~0.5 s)."""
