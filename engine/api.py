@@ -65,6 +65,7 @@ class Job:
             uid=uid,
             description=type(source).__name__,
             inputs=[],
+            method=f"source:{type(source).__name__}",
         )
         return Stream(self, [(node, _FORWARD)])
 
@@ -79,6 +80,7 @@ class Job:
         uid: str | None,
         description: str,
         inputs: list[_Input],
+        method: str | None = None,
     ) -> int:
         if name is not None and (not isinstance(name, str) or not name):
             msg = f"operator name must be a non-empty string, got {name!r}"
@@ -108,10 +110,14 @@ class Job:
             factory=factory,
             parallelism=parallelism,
             description=description,
+            method=method or default_name,
+            explicit_uid=uid is not None,
         )
         self.graph.add_operator(spec)
         for upstream, edge in inputs:
             self.graph.connect(upstream, node_id, edge)
+        # A new operator changes the downstream structure of everything upstream of it.
+        self.graph.assign_default_uids()
         return node_id
 
 
@@ -146,6 +152,7 @@ class Stream:
         name: str | None,
         parallelism: int | None,
         uid: str | None,
+        method: str | None = None,
     ) -> int:
         return self._job._add(  # noqa: SLF001 - Stream and Job are one API
             kind,
@@ -156,6 +163,7 @@ class Stream:
             uid=uid,
             description=describe_callable(fn) if fn is not None else "",
             inputs=self._inputs,
+            method=method,
         )
 
     def _transform(
@@ -332,6 +340,7 @@ class Stream:
             name,
             parallelism,
             uid,
+            method=f"sink:{type(sink).__name__}",
         )
         spec = self._job.graph.spec(node)
         spec.description = type(sink).__name__

@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
+from onceflow.engine.api import Job
 from onceflow.engine.checkpoint.paths import CheckpointPaths
 from onceflow.engine.checkpoint.store import CheckpointStore, list_jobs
 from onceflow.engine.coordinator import CoordinatorSettings
@@ -191,6 +192,7 @@ def _report(exc: BaseException, verbose: bool) -> int:
 def _run(args: argparse.Namespace) -> int:
     loaded = load_job_file(args.jobfile, parse_params(args.params))
     job = loaded.job
+    _warn_about_default_uids(job)
     settings = ExecutionSettings(
         batch_size=args.batch_size,
         channel_capacity=args.channel_capacity,
@@ -243,6 +245,19 @@ def _run(args: argparse.Namespace) -> int:
         if where is not None:
             print(f"onceflow: output in {where}")
     return EXIT_OK
+
+
+def _warn_about_default_uids(job: Job) -> None:
+    unnamed = job.graph.stateful_without_uid()
+    if unnamed:
+        names = ", ".join(repr(spec.name) for spec in unnamed)
+        log.warning(
+            "stateful operators without uid=: %s; a default uid follows the operator's position in "
+            "the job graph, so after any change of the graph's structure its checkpointed state "
+            "is not restored (the run is refused). Give each a stable uid=, e.g. "
+            '.reduce(fn, name="count", uid="count")',
+            names,
+        )
 
 
 def _graph(args: argparse.Namespace) -> int:

@@ -57,6 +57,11 @@ class OperatorSpec:
     parallelism: int | None = None
     description: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    method: str = ""
+    """The call that made the operator (``reduce``, ``stateful_map``, ``source:FileSource``,
+    ``sink:FileSink``...): its kind of state, as far as uids are concerned."""
+    explicit_uid: bool = False
+    """True if the job passed ``uid=``; else :meth:`JobGraph.assign_default_uids` derives ``uid``."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,53 @@ class JobGraph:
         """Return all specs in a deterministic topological order."""
         order = nx.lexicographical_topological_sort(self.dag)
         return [self.spec(n) for n in order]
+
+    def assign_default_uids(self) -> None:
+        """Give every operator without ``uid=`` the uid its position in the whole graph derives.
+
+        The default uid is ``<name>-<digest>``, the digest covering the
+        operator's method and the structure upstream *and* downstream of it
+        (methods, partitionings, side-output tags and positions among
+        siblings, not functions or parallelism), as Flink hashes its stream
+        graph. So identical runs agree, and any structural change, even an
+        operator of the same kind and name inserted before this one, gives
+        every affected operator a new uid: its old state is then unmatched
+        instead of handed to another operator. Called after every change of
+        the graph; cheap for graphs of hundreds of operators.
+        """
+        digests = self._structure_digests()
+        for node, digest in digests.items():
+            spec = self.spec(node)
+            if not spec.explicit_uid:
+                spec.uid = f"{spec.name}-{digest}"
+
+    def _structure_digests(self) -> dict[int, str]:
+        dag = self.dag
+        order = list(nx.lexicographical_topological_sort(dag))
+        roots = sorted(n for n in dag.nodes if dag.in_degree(n) == 0)
+
+        def edge_label(u: int, v: int) -> list[str]:
+            edge = self.edge(u, v)
+            return [edge.partitioning.value, edge.tag or ""]
+
+        upstream: dict[int, str] = {}
+        for node in order:
+            parents = sorted(
+                [upstream[p], *edge_label(p, node), str(list(dag.successors(p)).index(node))]
+                for p in dag.predecessors(node)
+            )
+            root = [str(roots.index(node))] if node in roots else []
+            upstream[node] = _digest([self.spec(node).kind.value, self.spec(node).method, root, parents])
+        downstream: dict[int, str] = {}
+        for node in reversed(order):
+            children = sorted([downstream[c], *edge_label(node, c)] for c in dag.successors(node))
+            downstream[node] = _digest([self.spec(node).kind.value, self.spec(node).method, children])
+        return {node: _digest([upstream[node], downstream[node]])[:12] for node in order}
+
+    def stateful_without_uid(self) -> list[OperatorSpec]:
+        """Return the sources, keyed operators and sinks that have no explicit ``uid=``."""
+        stateful = (OperatorKind.SOURCE, OperatorKind.KEYED, OperatorKind.SINK)
+        return [s for s in self.specs() if s.kind in stateful and not s.explicit_uid]
 
     def by_uid(self) -> dict[str, OperatorSpec]:
         """Return specs indexed by uid."""
@@ -175,3 +227,7 @@ class JobGraph:
         )
         blob = json.dumps({"nodes": nodes, "edges": edges}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _digest(parts: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()

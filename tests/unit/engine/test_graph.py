@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 
 from onceflow import FileSink, FileSource, Job, JobDefinitionError, Partitioning
-from onceflow.engine.graph import OperatorKind
+from onceflow.engine.graph import OperatorKind, OperatorSpec
 from onceflow.engine.plan import build_plan
+
+
+def by_name(job: Job) -> dict[str, OperatorSpec]:
+    return {s.name: s for s in job.graph.specs()}
 
 
 def source() -> FileSource:
@@ -104,7 +113,8 @@ def test_duplicate_name_with_explicit_uid_is_accepted() -> None:
 
     uids = [s.uid for s in job.graph.specs()]
     assert len(uids) == len(set(uids))
-    assert "clean" in uids and "clean-2" in uids
+    assert "clean-2" in uids
+    assert [u for u in uids if u.startswith("clean-") and u != "clean-2"]
 
 
 def test_stream_unioned_with_itself_is_refused() -> None:
@@ -129,7 +139,7 @@ def test_parallelism_below_one_or_not_an_int_is_refused(parallelism: object) -> 
 def test_validate_reports_parallelism_below_one_set_on_a_spec() -> None:
     job = Job("specpar")
     job.source(source(), name="read").map(str.upper, name="upper").sink(sink(), name="write")
-    job.graph.by_uid()["upper"].parallelism = 0
+    by_name(job)["upper"].parallelism = 0
 
     assert problems_of(job) == ["operator 'upper' has parallelism 0; use >= 1"]
 
@@ -247,16 +257,16 @@ def test_valid_job_passes_validation() -> None:
 # --------------------------------------------------------------------------- uids and edges
 
 
-def test_default_uids_derive_from_names() -> None:
+def test_default_uids_are_the_name_and_a_digest_explicit_uids_are_kept() -> None:
     job = wordcount()
 
-    assert [(s.name, s.uid) for s in job.graph.specs()] == [
-        ("read", "read"),
-        ("split", "split"),
-        ("pair", "pair"),
-        ("count", "count"),
-        ("write", "write"),
-    ]
+    uids = [(s.name, s.uid) for s in job.graph.specs()]
+
+    assert [name for name, _ in uids] == ["read", "split", "pair", "count", "write"]
+    assert uids[3] == ("count", "count")
+    for name, uid in uids[:3] + uids[4:]:
+        assert re.fullmatch(rf"{name}-[0-9a-f]{{12}}", uid), uid
+    assert [s.explicit_uid for s in job.graph.specs()] == [False, False, False, True, False]
 
 
 def test_unnamed_operators_get_distinct_stable_default_uids() -> None:
@@ -270,7 +280,79 @@ def test_unnamed_operators_get_distinct_stable_default_uids() -> None:
 
     assert first == second
     assert len(set(first)) == len(first)
-    assert first[:3] == ["source", "map", "map-2"]
+    assert [u.rsplit("-", 1)[0] for u in first[:3]] == ["source", "map", "map-2"]
+
+
+def counting_job(*, inserted: str | None = None, parallelism: int | None = None, step: int = 1) -> Job:
+    """Words counted by an unnamed keyed operator; ``inserted`` puts one of that kind before it."""
+    job = Job("counting")
+    words = job.source(source(), name="read", uid="read").map(lambda w: (w, step), parallelism=parallelism)
+    if inserted == "reduce":
+        words = words.key_by(lambda kv: kv[0]).reduce(lambda a, b: b)
+    elif inserted == "stateful_map":
+        words = words.key_by(lambda kv: kv[0]).stateful_map(lambda s, kv: (s, kv))
+    words.key_by(lambda kv: kv[0]).reduce(lambda a, b: (a[0], a[1] + b[1])).sink(sink(), uid="write")
+    return job
+
+
+def keyed_uids(job: Job) -> list[str]:
+    return [s.uid for s in job.graph.specs() if s.kind is OperatorKind.KEYED]
+
+
+@pytest.mark.parametrize("inserted", ["reduce", "stateful_map"])
+def test_an_operator_inserted_before_a_count_gives_the_count_and_its_neighbours_new_default_uids(
+    inserted: str,
+) -> None:
+    before = {s.name: s.uid for s in counting_job().graph.specs()}
+    after = counting_job(inserted=inserted)
+
+    [old_count] = keyed_uids(counting_job())
+
+    assert old_count not in {s.uid for s in after.graph.specs()}
+    assert before["map"] not in {s.uid for s in after.graph.specs()}  # its downstream changed
+    assert {s.uid for s in after.graph.specs() if s.explicit_uid} == {"read", "write"}
+
+
+def test_default_uids_ignore_functions_and_parallelism() -> None:
+    uids = [s.uid for s in counting_job().graph.specs()]
+
+    assert [s.uid for s in counting_job(step=2).graph.specs()] == uids
+    assert [s.uid for s in counting_job(parallelism=4).graph.specs()] == uids
+
+
+def test_default_uids_of_identical_branches_differ_and_follow_their_downstream() -> None:
+    def build(tail: bool) -> Job:
+        job = Job("branches")
+        lines = job.source(source(), name="read")
+        lines.key_by(len).reduce(max).sink(sink("a"), uid="a")
+        second = lines.key_by(len).reduce(max)
+        (second.map(str) if tail else second).sink(sink("b"), uid="b")
+        return job
+
+    plain, tailed = keyed_uids(build(False)), keyed_uids(build(True))
+
+    assert len(set(plain)) == 2
+    assert plain[0] == tailed[0]  # the first branch did not change
+    assert plain[1] != tailed[1]
+
+
+def test_default_uids_are_the_same_in_another_process_with_another_hash_seed() -> None:
+    code = (
+        "import sys; sys.path.insert(0, 'tests/unit/engine'); import test_graph; "
+        "print([s.uid for s in test_graph.counting_job(inserted='reduce').graph.specs()])"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+
+    assert out.stdout.strip() == str([s.uid for s in counting_job(inserted="reduce").graph.specs()])
+
+
+def test_stateful_operators_without_uid_are_sources_keyed_operators_and_sinks() -> None:
+    job = Job("unnamed-state")
+    job.source(source(), name="read").map(str.upper).key_by(len).reduce(max, uid="count").sink(sink())
+
+    assert [s.name for s in job.graph.stateful_without_uid()] == ["read", "sink"]
 
 
 def test_key_by_marks_the_edge_as_hash_partitioned_with_the_key_function() -> None:
@@ -281,8 +363,8 @@ def test_key_by_marks_the_edge_as_hash_partitioned_with_the_key_function() -> No
     pairs = job.source(source(), name="read").map(lambda w: (w, 1), name="pair")
     pairs.key_by(key).reduce(lambda a, b: a, name="count").sink(sink())
 
-    by_uid = job.graph.by_uid()
-    edge = job.graph.edge(by_uid["pair"].node_id, by_uid["count"].node_id)
+    specs = by_name(job)
+    edge = job.graph.edge(specs["pair"].node_id, specs["count"].node_id)
     assert edge.partitioning is Partitioning.HASH
     assert edge.key_fn is key
 

@@ -558,3 +558,23 @@ def test_load_job_file_returns_the_parameters_after_defaults_as_strings(
 
     assert loaded.params == {"input": "in", "n": "10", "name": "None", "flag": "True"}
     assert load_job_file(str(path), {"n": "10", "input": "in"}).params == loaded.params
+
+
+def test_run_warns_once_about_stateful_operators_without_uid(
+    ws: Workspace, job_file_factory: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    unnamed = job_file_factory(COUNT_JOB.replace(', uid="count"', ""), "unnamed_count.py")
+
+    assert main(ws.run_args(job_file=unnamed)) == 0
+
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "without uid=" in line]
+    assert len(warnings) == 1
+    assert "'count'" in warnings[0] and "'read'" not in warnings[0]
+
+
+def test_run_does_not_warn_when_every_stateful_operator_has_a_uid(
+    ws: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(ws.run_args()) == 0
+
+    assert "without uid=" not in capsys.readouterr().err
