@@ -104,11 +104,10 @@ def build_plan(graph: JobGraph, *, default_parallelism: int = 1, max_parallelism
     # Step 2
     parts: dict[tuple[int, int], Partitioning] = {}
     for u, v in dag.edges:
-        e = graph.edge(u, v)
-        p = e.partitioning
-        if p is Partitioning.FORWARD and par[u] != par[v]:
-            p = Partitioning.REBALANCE
-        parts[u, v] = p
+        partitioning = graph.edge(u, v).partitioning
+        if partitioning is Partitioning.FORWARD and par[u] != par[v]:
+            partitioning = Partitioning.REBALANCE
+        parts[u, v] = partitioning
     # Step 3
     chain_of: dict[int, int] = {}
     tasks: list[TaskSpec] = []
@@ -135,8 +134,8 @@ def build_plan(graph: JobGraph, *, default_parallelism: int = 1, max_parallelism
         tu, tv = chain_of[u], chain_of[v]
         if tu == tv:
             continue
-        spec = graph.edge(u, v)
-        edge = TaskEdge(tu, tv, parts[u, v], spec.key_fn, spec.tag)
+        edge_spec = graph.edge(u, v)
+        edge = TaskEdge(tu, tv, parts[u, v], edge_spec.key_fn, edge_spec.tag)
         tasks[tu].outputs.append(edge)
         tasks[tv].inputs.append(edge)
     return PhysicalPlan(
