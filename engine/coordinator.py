@@ -157,13 +157,15 @@ class CheckpointCoordinator:
             self.trigger(final=False)
 
     def trigger(self, *, final: bool) -> int:
-        """Start checkpoint ``next_id``: the sources snapshot and inject barriers."""
+        """Start checkpoint ``next_id``: take the id (``_checkpoint_ids``), then the sources snapshot."""
         if self.pending is not None:
             msg = "a checkpoint is already pending"
             raise RuntimeError(msg)
         if final:
             CRASH_POINTS.hit("end_of_input_before_final_checkpoint")
         checkpoint_id = self.next_id
+        # The id is taken before anything of it exists, so no rerun reuses it (see restore).
+        self.store.write_checkpoint_id_mark(checkpoint_id)
         self.next_id += 1
         now = self.clock()
         self._last_trigger = now

@@ -14,6 +14,7 @@ Layout::
     <checkpoint-dir>/<job>/chk-<n>/_metadata             written last, atomically
     <checkpoint-dir>/<job>/chk-<n>/<uid>-<subtask>.arrow
     <checkpoint-dir>/<job>/_lock                         held while a runner runs
+    <checkpoint-dir>/<job>/_checkpoint_ids               the highest checkpoint id ever started
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = ["CheckpointPaths"]
 _CHK_PREFIX = "chk-"
 _CHK = re.compile(rf"^{_CHK_PREFIX}(\d+)$")
 _METADATA = "_metadata"
+_ID_MARK = "_checkpoint_ids"
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,22 @@ class CheckpointPaths:
         """
         prefix = f"{cls.checkpoint_dir_name(checkpoint_id)}/"
         return frozenset(p[len(prefix) :] for p in relative if p.startswith(prefix))
+
+    # -- checkpoint id high-water mark ----------------------------------------
+
+    @property
+    def checkpoint_id_mark(self) -> str:
+        """``_checkpoint_ids``: the highest checkpoint id this run ever started.
+
+        Written when a checkpoint is triggered, so an id is never reused, even
+        after its ``chk-<n>`` was aborted, damaged or deleted.
+        """
+        return f"{self.job_dir}/{_ID_MARK}"
+
+    @property
+    def checkpoint_id_mark_temp(self) -> str:
+        """Where ``_checkpoint_ids`` is written before the atomic rename on a local disk (hidden)."""
+        return f"{self.job_dir}/.{_ID_MARK}.tmp"
 
     # -- run lock ------------------------------------------------------------
 

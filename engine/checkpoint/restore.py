@@ -9,15 +9,20 @@ checkpoint is found while falling back is still possible. The steps of
 2. Refuse a checkpoint of an incompatible job (:func:`check_compatible`; not
    a fallback: the user must decide).
 3. Load and verify every state file (:func:`load_states`); a torn or corrupt
-   checkpoint is discarded with a warning and the previous one is tried.
+   checkpoint is discarded and the previous one is tried. Every checkpoint
+   skipped in steps 1 and 3 is named in a warning with the one restored instead.
 4. Delete incomplete and discarded checkpoints newer than the chosen one, and
    finish deleting incomplete ones older than it (a deletion by retention that
    a crash interrupted), keeping files that a completed checkpoint still
    references (the decision is :func:`~onceflow.engine.checkpoint.retention.plan_deletions`).
 
-The next checkpoint id is above every ``chk-<n>`` still on storage. Ids must
-never be reused even after ``chk-<n>`` is gone; :func:`next_checkpoint_id` is
-the one place that rule will learn about a persisted high-water mark.
+Checkpoint ids are never reused: the next id is above every ``chk-<n>`` still
+on storage and above the high-water mark ``_checkpoint_ids``, which the
+coordinator writes when it triggers a checkpoint, so an id stays taken after
+its ``chk-<n>`` was aborted, damaged or deleted (:func:`next_checkpoint_id`).
+A sink that committed checkpoint n therefore never sees a different
+checkpoint n again; and a restore behind its commits is refused by the sink
+(:class:`~onceflow.operators.base.TwoPhaseCommitWriter`).
 """
 
 from __future__ import annotations
@@ -74,9 +79,13 @@ class RestoreSelection:
     next_checkpoint_id: int = 1
 
 
-def next_checkpoint_id(existing: Iterable[int]) -> int:
-    """Return the id of the next checkpoint: above every id in ``existing``."""
-    return max(existing, default=0) + 1
+def next_checkpoint_id(existing: Iterable[int], started: int = 0) -> int:
+    """Return the id of the next checkpoint: above every id in ``existing`` and above ``started``.
+
+    ``started`` is the high-water mark, the highest id this run ever started
+    (:meth:`CheckpointStore.read_checkpoint_id_mark`).
+    """
+    return max(max(existing, default=0), started) + 1
 
 
 def select_checkpoint(
@@ -91,7 +100,9 @@ def select_checkpoint(
             another job, key-group count or parameters.
     """
     ids = store.checkpoint_ids()
+    started = store.read_checkpoint_id_mark()
     chosen: RestorePoint | None = None
+    skipped: list[tuple[int, str]] = []
     doomed: list[int] = []
     stale: list[int] = []
     completed: dict[int, CheckpointMetadata] = {}
@@ -100,10 +111,13 @@ def select_checkpoint(
         try:
             meta = store.read_metadata(cid)
         except CheckpointStorageError as exc:
-            log.warning("%s; falling back to an older checkpoint", exc)
+            if chosen is None:
+                skipped.append((cid, str(exc)))
             doomed.append(cid)
             continue
         if meta is None:
+            if chosen is None:
+                skipped.append((cid, "no _metadata: it never completed, or its _metadata was lost"))
             (doomed if chosen is None else stale).append(cid)
             continue
         if chosen is not None:
@@ -115,14 +129,17 @@ def select_checkpoint(
         try:
             states = load_states(store, meta, plan)
         except (CorruptStateError, FileNotFoundError) as exc:
-            log.warning("checkpoint %d is corrupt (%s); falling back to an older checkpoint", cid, exc)
+            skipped.append((cid, f"a state file is damaged or missing: {exc}"))
             doomed.append(cid)
             continue
         chosen = RestorePoint(meta, states)
         completed[cid] = meta
+    instead = f"restoring from checkpoint {chosen.checkpoint_id}" if chosen else "starting from the beginning"
+    for cid, reason in skipped:
+        log.warning("checkpoint %d is unusable (%s); %s", cid, reason, instead)
     # Step 4
     store.delete_checkpoints(plan_deletions(completed, unusable=[*doomed, *stale]))
-    return RestoreSelection(chosen, completed, next_checkpoint_id(ids))
+    return RestoreSelection(chosen, completed, next_checkpoint_id(ids, started))
 
 
 def check_compatible(

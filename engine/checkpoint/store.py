@@ -113,12 +113,52 @@ class CheckpointStore:
         fsync, ``os.replace``, fsync of the directory. Object stores and
         ``memory://``: one put of the whole file, which they make visible at once.
         """
-        data = encode_metadata(meta)
         path = self.paths.metadata(meta.checkpoint_id)
+        self._write_atomically(path, self.paths.metadata_temp(meta.checkpoint_id), encode_metadata(meta))
+
+    # -- checkpoint id high-water mark ----------------------------------------------
+
+    def read_checkpoint_id_mark(self) -> int:
+        """Return the highest checkpoint id this run ever started (0 when none was, or after ``--fresh``).
+
+        Raises:
+            CheckpointDirectoryError: the mark exists but holds no checkpoint id.
+        """
+        path = self.paths.checkpoint_id_mark
+        try:
+            data = self.fs.cat_file(path)
+        except FileNotFoundError:
+            return 0
+        text = data.decode("ascii", errors="replace").strip()
+        if not text.isdigit():
+            msg = (
+                f"{path!r} is corrupt: expected the highest checkpoint id this run started, found "
+                f"{text[:40]!r}. Delete it to let ids continue after the newest chk-<n> (a sink still "
+                "refuses a restore behind what it committed), or rerun with --fresh to start over"
+            )
+            raise CheckpointDirectoryError(msg)
+        return int(text)
+
+    def write_checkpoint_id_mark(self, checkpoint_id: int) -> None:
+        """Record ``checkpoint_id`` as the highest id started, atomically, before its sources snapshot."""
+        data = f"{checkpoint_id}\n".encode("ascii")
+        self._write_atomically(self.paths.checkpoint_id_mark, self.paths.checkpoint_id_mark_temp, data)
+
+    def delete_checkpoint_id_mark(self) -> None:
+        """Forget the highest id started (``--fresh``: ids start again at 1)."""
+        try:
+            self.fs.rm_file(self.paths.checkpoint_id_mark)
+        except FileNotFoundError:
+            pass
+
+    def _write_atomically(self, path: str, tmp: str, data: bytes) -> None:
+        """Local: write ``tmp``, fsync, ``os.replace`` onto ``path``, fsync the directory.
+
+        Object stores and ``memory://``: one put of the whole file, which they make visible at once.
+        """
         if not self.is_local:
             self.fs.pipe_file(path, data)
             return
-        tmp = self.paths.metadata_temp(meta.checkpoint_id)
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
         with open(tmp, "wb") as f:

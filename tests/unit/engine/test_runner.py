@@ -353,7 +353,10 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
         ).run()
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(f"checkpoint {latest} is corrupt" in w for w in warnings), warnings
+    assert any(
+        f"checkpoint {latest} is unusable" in w and f"restoring from checkpoint {previous}" in w
+        for w in warnings
+    ), warnings
     assert f"restoring from checkpoint {previous}" in caplog.messages
     assert result.restored_from == previous
     assert read_committed_lines(str(out)) == running_counts(WORDS)
@@ -376,8 +379,59 @@ def test_corrupt_metadata_of_the_latest_checkpoint_falls_back_to_the_previous_on
             executor=executor,
         ).run()
 
-    assert any("is corrupt" in m and "falling back" in m for m in caplog.messages)
+    assert any(
+        f"checkpoint {latest} is unusable" in m and "is corrupt" in m and f"from checkpoint {previous}" in m
+        for m in caplog.messages
+    ), caplog.messages
     assert result.restored_from == previous
+    assert read_committed_lines(str(out)) == running_counts(WORDS)
+
+
+def test_a_deleted_newest_checkpoint_never_gets_its_id_again(
+    tmp_path: Path, chk: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    completed = kill_midway(out, chk, fail_at=8, executor="local")
+    latest, previous = completed[-1], completed[-2]
+    store = CheckpointStore(chk, "counts")
+    started = store.read_checkpoint_id_mark()
+    assert started >= latest
+    store.delete_checkpoint(latest)
+    taken: list[int] = []
+    write_mark = CheckpointStore.write_checkpoint_id_mark
+
+    def spy(self: CheckpointStore, checkpoint_id: int) -> None:
+        taken.append(checkpoint_id)
+        write_mark(self, checkpoint_id)
+
+    monkeypatch.setattr(CheckpointStore, "write_checkpoint_id_mark", spy)
+
+    result = JobRunner(
+        count_job(GatedSource(WORDS), out), checkpoint_dir=chk, settings=FAST_CHECKPOINTS
+    ).run()
+
+    assert result.restored_from == previous
+    assert taken and taken[0] == started + 1, (taken, started)
+    assert read_committed_lines(str(out)) == running_counts(WORDS)
+
+
+def test_fresh_starts_the_checkpoint_ids_again(
+    tmp_path: Path, chk: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    kill_midway(out, chk, fail_at=8, executor="local")
+    assert CheckpointStore(chk, "counts").read_checkpoint_id_mark() > 1
+    taken: list[int] = []
+    write_mark = CheckpointStore.write_checkpoint_id_mark
+    monkeypatch.setattr(
+        CheckpointStore, "write_checkpoint_id_mark", lambda self, n: (taken.append(n), write_mark(self, n))
+    )
+
+    JobRunner(
+        count_job(GatedSource(WORDS), out), checkpoint_dir=chk, settings=FAST_CHECKPOINTS, fresh=True
+    ).run()
+
+    assert taken[0] == 1, taken
     assert read_committed_lines(str(out)) == running_counts(WORDS)
 
 
