@@ -117,6 +117,17 @@ class CommitBook:
             statements.count_earlier_commits(self.marker), (self.job, self.sink, self.target, self.attempt)
         ).fetchone()
 
+    def last_committed_checkpoint(self, control: Any) -> int | None:
+        """Return the newest checkpoint id this sink committed into the target: any subtask, any attempt.
+
+        Marker rows commit with their data, so a prepared but uncommitted
+        transaction does not count. None when nothing was committed.
+        """
+        row = control.execute(
+            statements.last_committed_checkpoint(self.marker), (self.job, self.sink, self.target)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def forget_earlier_commits(self, control: Any) -> None:
         """Delete the marker rows of other attempts (``--fresh``); their rows stay in the table."""
         control.execute(

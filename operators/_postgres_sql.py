@@ -136,6 +136,15 @@ def count_earlier_commits(marker: Any) -> Any:
     )
 
 
+def last_committed_checkpoint(marker: Any) -> Any:
+    """Parameters: job, sink, target. The newest checkpoint id committed, by any subtask and attempt."""
+    return (
+        _sql()
+        .SQL("SELECT max(checkpoint_id) FROM {} WHERE job = %s AND sink = %s AND target = %s")
+        .format(marker)
+    )
+
+
 def forget_earlier_commits(marker: Any) -> Any:
     """Parameters: job, sink, target, attempt. Deletes the marker rows of other attempts."""
     return (

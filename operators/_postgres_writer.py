@@ -366,6 +366,18 @@ class PostgresSinkWriter(TwoPhaseCommitWriter):
         del self._prepared_upserts[checkpoint_id]
         self._buffer.put_back(rows)
 
+    def last_committed_checkpoint(self) -> int | None:
+        """Return the newest checkpoint whose transaction any subtask of this sink committed (marker rows).
+
+        Raises:
+            PostgresUnavailableError: the server cannot be reached.
+        """
+        try:
+            return self._opened(self._book).last_committed_checkpoint(self._control)
+        except self._psycopg.OperationalError as exc:
+            msg = "while reading the last committed checkpoint"
+            raise self._unavailable(msg, exc) from exc
+
     def abort_leftovers(self, keep: Sequence[Any]) -> None:
         """Roll back every prepared transaction of this job and sink that nothing owes.
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from onceflow.operators.errors import SinkAheadOfCheckpointError
 from onceflow.state_backends.key_groups import KeyGroupRange
 
 log = logging.getLogger("onceflow")
@@ -268,6 +269,13 @@ class TwoPhaseCommitWriter(Operator):
        one; a late one for an already committed id is a no-op.
     5. ``restore_state`` re-commits the restored committables (``commit`` must be
        idempotent), then ``abort_leftovers`` removes what later attempts left.
+
+    A restore never goes behind the sink: a subclass that records the
+    checkpoint id of each commit with the commit reports the newest one in
+    ``last_committed_checkpoint``, and ``restore_state`` refuses
+    (:class:`~onceflow.operators.errors.SinkAheadOfCheckpointError`) a restore
+    of an older checkpoint, before anything is committed or aborted. Checkpoint
+    ids are never reused, so a newer commit means newer checkpoints were lost.
     """
 
     capabilities = Capability.TWO_PHASE_COMMIT
@@ -307,6 +315,17 @@ class TwoPhaseCommitWriter(Operator):
     def abort_leftovers(self, keep: Sequence[Any]) -> None:
         """Remove this sink's uncommitted output except ``keep`` (committables still owed)."""
 
+    def last_committed_checkpoint(self) -> int | None:
+        """Return the newest checkpoint id this sink committed in this run, by any subtask; None if unknown.
+
+        Called once per restore, after ``open``. Counts every subtask of the
+        checkpointed run (old subtasks too, after a rescale) and every earlier
+        attempt, but not a ``--fresh`` start's predecessors. None (the default)
+        skips the check: a sink that can take back committed output (FileSink
+        deletes part files newer than the restored checkpoint) needs none.
+        """
+        return None
+
     def owns_committable(self, old_subtask_index: int, old_parallelism: int) -> bool:
         """Decide which restored subtask's committables this subtask re-commits."""
         return old_subtask_index % self.ctx.parallelism == self.ctx.subtask_index
@@ -332,7 +351,13 @@ class TwoPhaseCommitWriter(Operator):
             self.commit(self._pending.pop(n))
 
     def restore_state(self, restored: RestoredState) -> None:
-        """Re-commit the restored checkpoint's committables, then abort everything else."""
+        """Refuse a restore behind the sink, re-commit the restored checkpoint's committables, abort the rest.
+
+        Raises:
+            SinkAheadOfCheckpointError: the sink committed a newer checkpoint
+                than ``restored`` (see the class docstring).
+        """
+        self._refuse_restore_behind(restored.checkpoint_id)
         owed = [
             (n, committable)
             for old_index, state in restored.operator_states
@@ -345,6 +370,27 @@ class TwoPhaseCommitWriter(Operator):
                 self.recommitted += 1
         if self.ctx.subtask_index == 0:
             self.abort_leftovers([c for _, state in restored.operator_states for _, c in (state or [])])
+
+    def _refuse_restore_behind(self, restored: int) -> None:
+        committed = self.last_committed_checkpoint()
+        if committed is None or committed <= restored:
+            return
+        ctx = self.ctx
+        if committed == restored + 1:
+            lost, their = f"checkpoint {committed} completed but is now", "its"
+        else:
+            lost, their = f"checkpoints {restored + 1} to {committed} are", "their"
+        msg = (
+            f"sink {ctx.operator_name!r} (uid {ctx.uid!r}) of job {ctx.job_name!r} already committed "
+            f"checkpoint {committed}, but this run would restore checkpoint {restored}: {lost} missing "
+            f"or damaged in the checkpoint directory. Rerunning from checkpoint {restored} would "
+            f"write {their} output twice, so the run is refused. Either put "
+            f"the lost checkpoint back (the whole chk-{committed} directory, e.g. from a backup) and "
+            f"rerun, or rerun with --fresh to start over: --fresh replaces the output where the sink "
+            f"can; where it cannot (rows in a table, entries in a stream), remove this job's earlier "
+            f"output first"
+        )
+        raise SinkAheadOfCheckpointError(msg, committed, restored)
 
 
 def describe_callable(fn: Callable[..., Any]) -> str:

@@ -10,6 +10,7 @@ draws the whole of it)::
     ├── SinkError                    user: the output destination cannot be used
     │   ├── SinkOwnershipError       the directory belongs to another job or sink
     │   ├── SinkOutputExistsError    a fresh run would mix with an earlier run's output
+    │   ├── SinkAheadOfCheckpointError  the sink committed beyond the checkpoint being restored
     │   └── SinkCommitError          external: a completed checkpoint's output is gone
 
 Retrying cannot help a ``user`` error, so the runner fails the job at once.
@@ -20,6 +21,7 @@ from __future__ import annotations
 from onceflow.state_backends.errors import ErrorDomain, OnceflowError
 
 __all__ = [
+    "SinkAheadOfCheckpointError",
     "SinkCommitError",
     "SinkError",
     "SinkOutputExistsError",
@@ -56,6 +58,20 @@ class SinkOwnershipError(SinkError):
 
 class SinkOutputExistsError(SinkError):
     """A fresh run found committed output of an earlier run; ``--fresh`` replaces it."""
+
+
+class SinkAheadOfCheckpointError(SinkError):
+    """The sink committed a checkpoint newer than the one being restored: that one was lost or damaged.
+
+    Restoring would write the output of the checkpoints in between a second
+    time, so the run is refused. The user puts the lost checkpoint back, or
+    starts over with ``--fresh``. Retrying cannot help.
+    """
+
+    def __init__(self, message: str, committed: int | None = None, restored: int | None = None) -> None:
+        super().__init__(message)  # args stay (message,): the error pickles across processes
+        self.committed = committed
+        self.restored = restored
 
 
 class SinkCommitError(SinkError):

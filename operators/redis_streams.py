@@ -181,6 +181,8 @@ class RedisStreamSourceReader(SourceReader):
         self._streams = streams
         self._client: Any = None
         self._last: dict[str, str] = {}
+        self._batch: list[tuple[str, str, dict[str, str]]] = []
+        """The last batch returned, for :meth:`batch_position` on the error path."""
         self._end: dict[str, str | None] = {}
         self._done: set[str] = set()
         self._idle_until = 0.0
@@ -289,7 +291,16 @@ class RedisStreamSourceReader(SourceReader):
             self._idle_until = time.monotonic() + self._source.idle_poll
         else:
             self._idle_until = 0.0
+        self._batch = records
         return records
+
+    def batch_position(self, index: int | None) -> dict[str, Any] | None:
+        """Return ``{"stream", "id"}`` of entry ``index`` of the last batch; None for the whole batch."""
+        batch = self._batch
+        if index is None or not 0 <= index < len(batch):
+            return None
+        stream, entry_id, _ = batch[index]
+        return {"stream": stream, "id": entry_id}
 
     def snapshot_state(self, checkpoint_id: int) -> dict[str, dict[str, Any]]:
         """Return ``{stream: {"last": id, "end": id or None}}`` for every owned stream."""
@@ -502,6 +513,19 @@ class RedisStreamSinkWriter(TwoPhaseCommitWriter):
                 f"restarted without persistence, or the key deleted?)"
             )
             raise SinkCommitError(msg)
+
+    def last_committed_checkpoint(self) -> int | None:
+        """Return the newest checkpoint committed by any subtask (old ones of a rescale too), or None.
+
+        The commit script records it per subtask in the same atomic call that
+        appends the entries.
+        """
+        redis = _import_redis()
+        try:
+            committed = self._client.hvals(self._committed_key)
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        return max((int(value) for value in committed), default=None)
 
     def abort_leftovers(self, keep: Sequence[Any]) -> None:
         """Delete staging lists that no restored committable owns, except the current attempt's."""
