@@ -2,7 +2,9 @@
 
 Exit codes: 0 the job finished and everything is committed; 1 the job failed;
 2 a usage error (bad arguments, job file, parameters, checkpoint directory,
-or a connector set up wrongly). Errors print one line plus a hint; the
+or a connector set up wrongly); 130/143 a run stopped by SIGINT/SIGTERM at a
+committed checkpoint (:mod:`onceflow.engine.stopping`; a second signal exits at
+once with the same code). Errors print one line plus a hint; the
 traceback only with ``--verbose``.
 """
 
@@ -27,6 +29,7 @@ from onceflow.engine.loader import load_job, load_job_file, parse_params
 from onceflow.engine.plan import build_plan, describe_graph
 from onceflow.engine.progress import ProgressDisplay
 from onceflow.engine.runner import DEFAULT_CHECKPOINT_DIR, JobRunner, RestartStrategy, RunStatus
+from onceflow.engine.stopping import StopRequest, handle_stop_signals
 
 log = logging.getLogger("onceflow")
 
@@ -190,6 +193,11 @@ def _report(exc: BaseException, verbose: bool) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    with handle_stop_signals(StopRequest()) as stop:
+        return _run_until_done_or_stopped(args, stop)
+
+
+def _run_until_done_or_stopped(args: argparse.Namespace, stop: StopRequest) -> int:
     loaded = load_job_file(args.jobfile, parse_params(args.params))
     job = loaded.job
     _warn_about_default_uids(job)
@@ -217,10 +225,18 @@ def _run(args: argparse.Namespace) -> int:
         on_tick=progress,
         params=loaded.params,
         executor=args.executor,
+        stop=stop,
     )
     started = time.monotonic()
     result = runner.run()
     elapsed = time.monotonic() - started
+    if result.status is RunStatus.STOPPED:
+        print(
+            f"onceflow: job {job.name!r} stopped at checkpoint {result.checkpoint_id} "
+            f"({stop.signal_name}) after {elapsed:.1f} s: its output is committed; rerun the same "
+            "command to resume from it"
+        )
+        return stop.exit_code
     if result.status is RunStatus.ALREADY_FINISHED and result.recommitted:
         print(
             f"onceflow: job {job.name!r} already finished at checkpoint {result.checkpoint_id}; "

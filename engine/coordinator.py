@@ -100,6 +100,12 @@ class CheckpointCoordinator:
     2. ``_metadata`` is written last and atomically: now n exists;
     3. retention removes checkpoints beyond the newest ``retain``;
     4. every subtask is notified, so sinks commit n's output.
+
+    Three kinds of checkpoint end the same way: periodic ones (every
+    ``interval``), the *final* one (every subtask drained; ``finished`` after
+    it, and its metadata says ``final``), and the *stop* one (``request_stop``
+    after the executor stopped the sources; ``finished`` and ``stopped`` after
+    it, but its metadata is not final: a rerun resumes from it and reads on).
     """
 
     def __init__(
@@ -129,6 +135,10 @@ class CheckpointCoordinator:
         self.pending: PendingCheckpoint | None = None
         self.last_completed: CompletedCheckpoint | None = None
         self.finished = False
+        self.stopped = False
+        """The stop checkpoint (``request_stop``) completed and was committed."""
+        self._stop_requested = False
+        self._stop_checkpoint_id: int | None = None
         self.failures_in_a_row = 0
         self.aborted_count = 0
         self.completed_count = 0
@@ -141,6 +151,8 @@ class CheckpointCoordinator:
 
         ``drained`` says every subtask has ended its input: then the final
         checkpoint is triggered as soon as none is pending, whatever the interval.
+        After ``request_stop`` (and unless drained), the stop checkpoint is
+        triggered the same way, again after an abort of it.
         """
         pending = self.pending
         if pending is not None:
@@ -149,6 +161,10 @@ class CheckpointCoordinator:
             return
         if drained:
             self.trigger(final=True)
+            return
+        if self._stop_requested:
+            CRASH_POINTS.hit("during_graceful_stop")
+            self._stop_checkpoint_id = self.trigger(final=False)
             return
         if (
             now - self._last_trigger >= self.settings.interval
@@ -178,6 +194,20 @@ class CheckpointCoordinator:
         )
         self._trigger_sources(checkpoint_id, final)
         return checkpoint_id
+
+    def request_stop(self) -> None:
+        """Take a stop checkpoint as soon as none is pending, then finish (``stopped``).
+
+        The caller has stopped every source first, so the stop checkpoint's
+        barriers follow the last records read and it covers all of them. A
+        checkpoint pending now completes or aborts as usual before it.
+        """
+        self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether ``request_stop`` was called."""
+        return self._stop_requested
 
     def acknowledge(self, checkpoint_id: int, key: SubtaskKey, handles: list[StateHandle]) -> AckResult:
         """Take one subtask's acknowledgement; complete the checkpoint on the last one."""
@@ -239,3 +269,5 @@ class CheckpointCoordinator:
         self._notify_complete(checkpoint_id)
         if pending.final:
             self.finished = True
+        elif checkpoint_id == self._stop_checkpoint_id:
+            self.finished = self.stopped = True

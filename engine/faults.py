@@ -14,7 +14,8 @@ Labels used by the engine and the shipped connectors:
 ``after_metadata_before_notify``, ``mid_commit``,
 ``after_pending_rename_before_commit_rename``, ``during_restore``,
 ``during_commit_on_restore`` (before each committable a restored sink
-re-commits), ``end_of_input_before_final_checkpoint``, ``mid_checkpoint_delete``
+re-commits), ``end_of_input_before_final_checkpoint``, ``during_graceful_stop``
+(the sources stopped, the stop checkpoint not yet triggered), ``mid_checkpoint_delete``
 (a checkpoint's ``_metadata`` is gone, its files not yet: retention, abort or
 ``--fresh`` interrupted). The PostgreSQL sink adds ``after_prepare_before_ack``
 and ``after_commit_prepared_before_bookkeeping``.

@@ -3,8 +3,9 @@
 States of a run::
 
     LOCKED -> RESTORING -> RUNNING -> FINISHED
-                 ^            |
-                 +-- FAILED <-+   (bounded restarts with backoff)
+                 ^            |  |
+                 +-- FAILED <-+  +-> STOPPED   (a first SIGINT/SIGTERM: a stop checkpoint, committed)
+                 (bounded restarts with backoff)
 
 The runner owns the lock on the checkpoint directory for the whole run, so two
 runners never write the same checkpoints. Where and how subtasks execute is the
@@ -29,6 +30,7 @@ from onceflow.engine.executors.base import Executor, TickHook
 from onceflow.engine.executors.local import LocalExecutor
 from onceflow.engine.executors.process import ProcessExecutor
 from onceflow.engine.plan import PhysicalPlan, build_plan
+from onceflow.engine.stopping import StopRequest
 from onceflow.operators.base import TwoPhaseCommitWriter
 
 log = logging.getLogger("onceflow")
@@ -42,6 +44,8 @@ class RunStatus(Enum):
 
     FINISHED = "finished"
     ALREADY_FINISHED = "already finished"
+    STOPPED = "stopped"
+    """A stop request ended the run at a committed, non-final checkpoint; a rerun resumes from it."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class JobRunner:
         on_tick: TickHook | None = None,
         params: dict[str, str] | None = None,
         executor: str = "local",
+        stop: StopRequest | None = None,
     ) -> None:
         if executor not in EXECUTORS:
             msg = f"unknown executor {executor!r}; choose one of {sorted(EXECUTORS)}"
@@ -110,6 +115,8 @@ class JobRunner:
         self.restart = restart or RestartStrategy()
         self.fresh = fresh
         self.on_tick = on_tick
+        self.stop = stop or StopRequest()
+        """Set (by a signal handler) to stop gracefully; see :mod:`onceflow.engine.stopping`."""
         self.store = CheckpointStore(checkpoint_dir, job.name)
 
     def run(self) -> RunResult:
@@ -153,7 +160,20 @@ class JobRunner:
                     failures,
                     self.restart.attempts,
                 )
-                time.sleep(delay)
+                self._backoff(delay)
+
+    def _backoff(self, delay: float) -> None:
+        """Sleep ``delay`` seconds before a restart, cut short by a stop request.
+
+        A stop still restarts: the restored attempt resolves what the failed one
+        left prepared or pending, then stops at once at a stop checkpoint.
+        """
+        deadline = time.monotonic() + delay
+        while not self.stop.requested:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(remaining, 0.05))
 
     def _attempt(self) -> RunResult:
         selection = select_checkpoint(self.store, self.plan, self.params)
@@ -172,6 +192,7 @@ class JobRunner:
             first_checkpoint_id=selection.next_checkpoint_id,
             completed=selection.completed,
             params=self.params,
+            stop=self.stop,
         )
         sinks = [op.config["sink"] for t in self.plan.tasks for op in t.operators if "sink" in op.config]
         if finished:
@@ -195,7 +216,7 @@ class JobRunner:
         executor.run()
         last = executor.coordinator.last_completed
         return RunResult(
-            RunStatus.FINISHED,
+            RunStatus.STOPPED if executor.coordinator.stopped else RunStatus.FINISHED,
             self.job.name,
             last.checkpoint_id if last else None,
             1,

@@ -39,6 +39,8 @@ class SubtaskStatus(Enum):
     RUNNING = "running"
     DRAINED = "drained"
     """All input ended and ``finish`` ran; still forwards barriers until the final checkpoint."""
+    STOPPED = "stopped"
+    """A source that stopped reading (graceful stop); its input did not end, it still takes checkpoints."""
     CLOSED = "closed"
 
 
@@ -344,6 +346,15 @@ class Subtask:
         self.status = SubtaskStatus.DRAINED
 
     # -- checkpoints ---------------------------------------------------------
+
+    def stop_reading(self) -> None:
+        """Source only: poll no more records (a graceful stop); nothing ends, checkpoints go on.
+
+        The reader is not told its input finished, so the checkpoint taken next
+        records where it stopped and a rerun reads on from there.
+        """
+        if self.reader is not None and self.status is SubtaskStatus.RUNNING:
+            self.status = SubtaskStatus.STOPPED
 
     def trigger_checkpoint(self, checkpoint_id: int, final: bool) -> None:
         """Source only: snapshot offsets and emit the barrier, with nothing in between."""

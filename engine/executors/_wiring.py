@@ -9,7 +9,7 @@ processes).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from onceflow.engine.channels import BroadcastGate, ForwardGate, HashGate, OutputGate, RebalanceGate
@@ -19,6 +19,7 @@ from onceflow.engine.context import SubtaskContext
 from onceflow.engine.coordinator import CheckpointCoordinator, CoordinatorSettings
 from onceflow.engine.graph import OperatorKind, Partitioning
 from onceflow.engine.plan import PhysicalPlan, TaskSpec
+from onceflow.engine.stopping import StopRequest
 from onceflow.engine.task import SnapshotSink, Subtask
 from onceflow.engine.transport.base import ChannelEnd, ChannelId
 from onceflow.operators.base import RestoredState
@@ -76,6 +77,8 @@ class Attempt:
     first_checkpoint_id: int
     completed: dict[int, CheckpointMetadata]
     params: dict[str, str]
+    stop: StopRequest = field(default_factory=StopRequest)
+    """Set by a first SIGINT/SIGTERM: the executor stops the sources and ends at a stop checkpoint."""
 
     def subtask_settings(self) -> SubtaskSettings:
         """Return what every subtask of this attempt shares."""

@@ -35,6 +35,7 @@ class LocalExecutor(Executor):
         self.subtasks: list[Subtask] = []
         self.sources: list[Subtask] = []
         self._on_tick = on_tick
+        self._stop = attempt.stop
         self._closed = False
         self._build(attempt)
         self.coordinator = attempt.coordinator(
@@ -92,6 +93,12 @@ class LocalExecutor(Executor):
         coordinator = self.coordinator
         if coordinator.finished:
             return Round.STOP
+        if self._stop.requested and not coordinator.stop_requested:
+            # Sources first, so the stop checkpoint's barriers follow their last records.
+            log.warning("%s", self._stop.announcement())
+            for source in self.sources:
+                source.stop_reading()
+            coordinator.request_stop()
         coordinator.tick(now, drained=all(st.status is SubtaskStatus.DRAINED for st in self.subtasks))
         if self._on_tick is not None:
             self._on_tick(self, now)
@@ -109,7 +116,8 @@ class LocalExecutor(Executor):
             st for st in self.sources if st.status is SubtaskStatus.RUNNING and st.has_output_room()
         ]
         timers = any(st.needs_ticks and st.status is SubtaskStatus.RUNNING for st in self.subtasks)
-        if waiting_sources or timers or self.coordinator.pending is not None:
+        coordinator = self.coordinator
+        if waiting_sources or timers or coordinator.pending is not None or coordinator.stop_requested:
             time.sleep(0.001)
             return
         stuck = [

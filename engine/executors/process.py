@@ -58,6 +58,7 @@ class ProcessExecutor(Executor):
         self.store = store
         self.settings = settings
         self._on_tick = on_tick
+        self._stop = attempt.stop
         self.workers_count = max(t.parallelism for t in plan.tasks)
         keys = [(t.task_id, i) for t in plan.tasks for i in range(t.parallelism)]
         self._metrics = {key: SubtaskMetrics.initial(plan, key) for key in keys}
@@ -194,12 +195,27 @@ class ProcessExecutor(Executor):
                         self._broadcast(("stop",))
                         stop_sent = True
                     continue
+                if self._stop.requested and not coordinator.stop_requested:
+                    self._stop_sources()
                 now = clock()
                 coordinator.tick(now, drained=len(self._drained) == total)
                 if self._on_tick is not None:
                     self._on_tick(self, now)
         finally:
             self.close()
+
+    def _stop_sources(self) -> None:
+        """Graceful stop: the source workers stop reading, then the coordinator takes the stop checkpoint.
+
+        A worker obeys its commands in order, so its sources stop before the
+        stop checkpoint's trigger reaches them. Workers ignore SIGINT and
+        SIGTERM (a signal to the whole process group reaches them too): this
+        process drives the stop.
+        """
+        log.warning("%s", self._stop.announcement())
+        for w in self._source_workers:
+            self._send(w, ("stop-sources",))
+        self.coordinator.request_stop()
 
     def _receive(self) -> None:
         """Handle what the workers sent within 20 ms; raise the first failure, if any."""

@@ -9,7 +9,8 @@ reports back over the control pipe. The runner side is
 :mod:`onceflow.engine.executors.process`.
 
 Control messages, runner to worker: ``("trigger", n, final)``,
-``("complete", n)``, ``("abort", n)``, ``("stop",)``. Worker to runner:
+``("complete", n)``, ``("abort", n)``, ``("stop-sources",)`` (a graceful
+stop: the sources read no more), ``("stop",)``. Worker to runner:
 ``("ack", n, key, handles)``, ``("decline", n, key, detail)``,
 ``("drained", key)``, ``("metrics", [SubtaskMetrics])``, ``("stopped",)``,
 ``("error", report)`` (see :func:`describe`).
@@ -142,6 +143,10 @@ class Worker:
                 for subtask in self.subtasks:
                     subtask.notify_checkpoint_aborted(command[1])
                 self.writer.delete_later(command[1])
+            elif kind == "stop-sources":
+                for source in self.sources:
+                    source.stop_reading()
+                outcome = Round.PROGRESSED
             elif kind == "stop":
                 stopping = True
             elif kind == "receiver-failed":
@@ -188,7 +193,10 @@ def worker_main(
 ) -> None:
     """Entry point of a forked worker: run, report ``stopped`` or ``error``, then exit."""
     _die_with_parent(parent_pid)
+    # A Ctrl-C or a SIGTERM to the whole process group reaches the workers too; the runner
+    # drives the graceful stop (and a second signal kills the runner, and so the workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # `kill -USR1` dumps a hung worker; not possible when stderr has no file descriptor (a
     # captured or notebook stream), and that must not kill the worker before it can report
     with contextlib.suppress(OSError, ValueError, RuntimeError, AttributeError):
