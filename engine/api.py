@@ -14,6 +14,15 @@ Example::
         .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count", uid="count")
         .map(lambda kv: f"{kv[0]},{kv[1]}")
         .sink(FileSink("out/wordcount"), name="write"))
+
+Bad records: every operator call takes ``on_error="fail"`` (the default) or
+``"dead_letter"``, which sends a record whose function raises to the sink of
+``job.dead_letters(...)`` as a JSON line and goes on::
+
+    (job.source(FileSource("data/events"))
+        .map(json.loads, name="parse", on_error="dead_letter")
+        ...)
+    job.dead_letters(FileSink("out/dead-letters"))
 """
 
 from __future__ import annotations
@@ -23,7 +32,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from onceflow.engine.errors import JobDefinitionError
-from onceflow.engine.graph import EdgeSpec, JobGraph, OperatorKind, OperatorSpec, Partitioning
+from onceflow.engine.graph import (
+    DEAD_LETTER_TAG,
+    EdgeSpec,
+    JobGraph,
+    OnError,
+    OperatorKind,
+    OperatorSpec,
+    Partitioning,
+)
 from onceflow.operators.base import Sink, Source, describe_callable
 from onceflow.operators.keyed import ReduceOperator, StatefulMapOperator
 from onceflow.operators.transforms import FilterOperator, FlatMapOperator, MapBatchesOperator, MapOperator
@@ -69,6 +86,49 @@ class Job:
         )
         return Stream(self, [(node, _FORWARD)])
 
+    def dead_letters(
+        self,
+        sink: Sink,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
+    ) -> None:
+        """Send the records of every ``on_error="dead_letter"`` operator whose function raised to ``sink``.
+
+        Each dead letter is one ``str``: a JSON object with ``operator``,
+        ``subtask``, ``error`` (``{"type", "message"}``), ``record`` (its repr,
+        cut to about 1,000 characters) and, where known, ``source``: for a
+        ``FileSource`` the ``file`` and ``line`` (1-based) of the record when
+        the failing operator reads the source's batch directly, else the
+        ``file`` and the ``lines`` ``[first, last]`` of the source batch it came
+        from; for a ``RedisStreamSource`` the ``stream`` and entry ``id``. The
+        sink is an ordinary transactional sink, so dead letters are committed
+        exactly once with the checkpoint that covers them. One per job.
+        """
+        if not isinstance(sink, Sink):
+            msg = f"dead_letters() needs an operators.Sink (e.g. FileSink), got {sink!r}"
+            raise JobDefinitionError(msg)
+        if self.graph.dead_letter_sink is not None:
+            existing = self.graph.spec(self.graph.dead_letter_sink).name
+            msg = f"job {self.name!r} already sends dead letters to {existing!r}; call dead_letters() once"
+            raise JobDefinitionError(msg)
+        node = self._add(
+            OperatorKind.SINK,
+            "dead_letters",
+            lambda i, p: sink.create_writer(i, p),
+            name=name,
+            parallelism=parallelism,
+            uid=uid,
+            description=type(sink).__name__,
+            inputs=[],
+            method=f"dead_letters:{type(sink).__name__}",
+        )
+        self.graph.spec(node).config["sink"] = sink
+        self.graph.dead_letter_sink = node
+        self.graph.connect_dead_letters()
+        self.graph.assign_default_uids()
+
     def _add(
         self,
         kind: OperatorKind,
@@ -81,6 +141,7 @@ class Job:
         description: str,
         inputs: list[_Input],
         method: str | None = None,
+        on_error: OnError = OnError.FAIL,
     ) -> int:
         if name is not None and (not isinstance(name, str) or not name):
             msg = f"operator name must be a non-empty string, got {name!r}"
@@ -112,10 +173,12 @@ class Job:
             description=description,
             method=method or default_name,
             explicit_uid=uid is not None,
+            on_error=on_error,
         )
         self.graph.add_operator(spec)
         for upstream, edge in inputs:
             self.graph.connect(upstream, node_id, edge)
+        self.graph.connect_dead_letters()
         # A new operator changes the downstream structure of everything upstream of it.
         self.graph.assign_default_uids()
         return node_id
@@ -125,6 +188,23 @@ def _check_fn(fn: Any, method: str) -> None:
     if not callable(fn):
         msg = f"{method}() needs a callable, got {fn!r}"
         raise JobDefinitionError(msg)
+
+
+def _on_error(value: Any, method: str, *, dead_letters: bool = True) -> OnError:
+    """Validate an ``on_error=`` argument; ``dead_letters=False`` where records cannot be isolated yet."""
+    try:
+        mode = OnError(value)
+    except ValueError:
+        msg = f"{method}(): on_error must be 'fail' or 'dead_letter', got {value!r}"
+        raise JobDefinitionError(msg) from None
+    if mode is OnError.DEAD_LETTER and not dead_letters:
+        msg = (
+            f"{method}() does not support on_error='dead_letter' yet (its function does not see one "
+            "record at a time); do the part that can fail in a map/filter/flat_map with "
+            "on_error='dead_letter' before it"
+        )
+        raise JobDefinitionError(msg)
+    return mode
 
 
 class Stream:
@@ -153,6 +233,7 @@ class Stream:
         parallelism: int | None,
         uid: str | None,
         method: str | None = None,
+        on_error: OnError = OnError.FAIL,
     ) -> int:
         return self._job._add(  # noqa: SLF001 - Stream and Job are one API
             kind,
@@ -164,6 +245,7 @@ class Stream:
             description=describe_callable(fn) if fn is not None else "",
             inputs=self._inputs,
             method=method,
+            on_error=on_error,
         )
 
     def _transform(
@@ -175,9 +257,12 @@ class Stream:
         parallelism: int | None,
         uid: str | None,
         timestamp_fn: Callable[[Any], float] | None = None,
+        on_error: OnError = OnError.FAIL,
     ) -> Stream:
         _check_fn(fn, method)
-        node = self._then(OperatorKind.TRANSFORM, method, lambda i, p: make(), fn, name, parallelism, uid)
+        node = self._then(
+            OperatorKind.TRANSFORM, method, lambda i, p: make(), fn, name, parallelism, uid, on_error=on_error
+        )
         return Stream(self._job, [(node, _FORWARD)], timestamp_fn)
 
     def map(
@@ -187,9 +272,11 @@ class Stream:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Replace every record by ``fn(record)``."""
-        return self._transform("map", lambda: MapOperator(fn), fn, name, parallelism, uid)
+        mode = _on_error(on_error, "map")
+        return self._transform("map", lambda: MapOperator(fn), fn, name, parallelism, uid, on_error=mode)
 
     def filter(
         self,
@@ -198,10 +285,12 @@ class Stream:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Keep the records for which ``fn(record)`` is truthy."""
+        mode = _on_error(on_error, "filter")
         return self._transform(
-            "filter", lambda: FilterOperator(fn), fn, name, parallelism, uid, self._timestamp_fn
+            "filter", lambda: FilterOperator(fn), fn, name, parallelism, uid, self._timestamp_fn, mode
         )
 
     def assign_timestamps(
@@ -213,6 +302,7 @@ class Stream:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Give records an event time (seconds) and emit watermarks ``max_delay`` behind the largest.
 
@@ -223,6 +313,7 @@ class Stream:
         from onceflow.operators.event_time import TimestampAssigner
 
         _check_fn(timestamp_fn, "assign_timestamps")
+        _on_error(on_error, "assign_timestamps", dead_letters=False)
         if max_delay < 0 or (idle_timeout is not None and idle_timeout <= 0):
             msg = (
                 "assign_timestamps: max_delay must be >= 0 and idle_timeout > 0, "
@@ -252,6 +343,9 @@ class Stream:
         if len(self._inputs) != 1:
             msg = "side_output() needs the stream of a single operator, not a union"
             raise JobDefinitionError(msg)
+        if str(tag) == DEAD_LETTER_TAG:
+            msg = f"side-output tag {DEAD_LETTER_TAG!r} is reserved for dead letters; use job.dead_letters()"
+            raise JobDefinitionError(msg)
         node = self._inputs[0][0]
         return Stream(self._job, [(node, EdgeSpec(Partitioning.FORWARD, tag=str(tag)))])
 
@@ -262,9 +356,13 @@ class Stream:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Replace every record by the items of ``fn(record)``."""
-        return self._transform("flat_map", lambda: FlatMapOperator(fn), fn, name, parallelism, uid)
+        mode = _on_error(on_error, "flat_map")
+        return self._transform(
+            "flat_map", lambda: FlatMapOperator(fn), fn, name, parallelism, uid, on_error=mode
+        )
 
     def map_batches(
         self,
@@ -274,8 +372,10 @@ class Stream:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Apply ``fn`` to a whole batch: a list, or with ``arrow=True`` an Arrow RecordBatch."""
+        _on_error(on_error, "map_batches", dead_letters=False)
         return self._transform(
             "map_batches", lambda: MapBatchesOperator(fn, arrow=arrow), fn, name, parallelism, uid
         )
@@ -372,6 +472,7 @@ class KeyedStream:
         name: str | None,
         parallelism: int | None,
         uid: str | None,
+        on_error: OnError = OnError.FAIL,
     ) -> Stream:
         _check_fn(fn, method)
         node = self._job._add(  # noqa: SLF001 - KeyedStream and Job are one API
@@ -383,6 +484,7 @@ class KeyedStream:
             uid=uid,
             description=describe_callable(fn),
             inputs=self._inputs,
+            on_error=on_error,
         )
         return Stream(self._job, [(node, _FORWARD)])
 
@@ -393,9 +495,15 @@ class KeyedStream:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
-        """Fold each key's records with ``fn(acc, record)``, emitting the running value."""
-        return self._keyed("reduce", lambda: ReduceOperator(fn), fn, name, parallelism, uid)
+        """Fold each key's records with ``fn(acc, record)``, emitting the running value.
+
+        With ``on_error="dead_letter"`` a record for which ``fn`` raises leaves
+        its key's value as it was.
+        """
+        mode = _on_error(on_error, "reduce")
+        return self._keyed("reduce", lambda: ReduceOperator(fn), fn, name, parallelism, uid, mode)
 
     def stateful_map(
         self,
@@ -404,9 +512,15 @@ class KeyedStream:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
-        """Call ``fn(state_or_None, record) -> (new_state_or_None, output_or_None)`` per record."""
-        return self._keyed("stateful_map", lambda: StatefulMapOperator(fn), fn, name, parallelism, uid)
+        """Call ``fn(state_or_None, record) -> (new_state_or_None, output_or_None)`` per record.
+
+        With ``on_error="dead_letter"`` a record for which ``fn`` raises (or
+        returns something that is not a pair) leaves its key's state as it was.
+        """
+        mode = _on_error(on_error, "stateful_map")
+        return self._keyed("stateful_map", lambda: StatefulMapOperator(fn), fn, name, parallelism, uid, mode)
 
     def process(
         self,
@@ -415,6 +529,7 @@ class KeyedStream:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Run a keyed process function: named per-key state, timers and side outputs.
 
@@ -427,6 +542,7 @@ class KeyedStream:
         if not callable(getattr(fn, "process_element", None)):
             msg = f"process() needs an object with process_element(value, ctx), got {fn!r}"
             raise JobDefinitionError(msg)
+        _on_error(on_error, "process", dead_letters=False)
         timestamp_fn = self._timestamp_fn
         return self._keyed(
             "process",
@@ -526,9 +642,11 @@ class WindowedStream:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Fold each window's records with ``fn``; emit ``(key, window, value)`` when it fires."""
         _check_fn(fn, "reduce")
+        _on_error(on_error, "window reduce", dead_letters=False)
         return self._window("reduce", {"reduce_fn": fn}, fn, name, parallelism, uid)
 
     def aggregate(
@@ -541,6 +659,7 @@ class WindowedStream:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Aggregate incrementally and emit ``(key, window, result(acc))`` when a window fires.
 
@@ -549,6 +668,7 @@ class WindowedStream:
         """
         for f, label in ((add, "add"), (merge, "merge"), (result, "result"), (init, "init")):
             _check_fn(f, f"aggregate {label}")
+        _on_error(on_error, "window aggregate", dead_letters=False)
         fns = {"add_fn": add, "merge_fn": merge, "result_fn": result, "init_fn": init}
         return self._window("aggregate", fns, add, name, parallelism, uid)
 
@@ -559,7 +679,9 @@ class WindowedStream:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Call ``fn(key, window, values)`` when a window fires; emit the items it returns."""
         _check_fn(fn, "process")
+        _on_error(on_error, "window process", dead_letters=False)
         return self._window("process", {"process_fn": fn}, fn, name, parallelism, uid)

@@ -31,6 +31,19 @@ class Partitioning(str, Enum):
     """Every batch to every downstream subtask."""
 
 
+class OnError(str, Enum):
+    """What happens to a record whose user function raises (an operator's ``on_error=``)."""
+
+    FAIL = "fail"
+    """Fail the attempt; the error names the operator, the record and where it came from."""
+    DEAD_LETTER = "dead_letter"
+    """Send the record, with the error, to the job's dead-letter sink and go on."""
+
+
+DEAD_LETTER_TAG = "onceflow.dead_letters"
+"""The side-output tag of the edges from ``on_error="dead_letter"`` operators to the dead-letter sink."""
+
+
 class OperatorKind(str, Enum):
     """The role of a node, which decides how a task drives it."""
 
@@ -62,6 +75,8 @@ class OperatorSpec:
     ``sink:FileSink``...): its kind of state, as far as uids are concerned."""
     explicit_uid: bool = False
     """True if the job passed ``uid=``; else :meth:`JobGraph.assign_default_uids` derives ``uid``."""
+    on_error: OnError = OnError.FAIL
+    """What a record whose user function raises does: fail the attempt, or become a dead letter."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,8 @@ class JobGraph:
     def __init__(self, name: str) -> None:
         self.name = name
         self.dag: nx.DiGraph = nx.DiGraph()
+        self.dead_letter_sink: int | None = None
+        """The node of ``job.dead_letters(sink)``, if the job set one."""
 
     def add_operator(self, spec: OperatorSpec) -> None:
         """Add a node."""
@@ -100,6 +117,26 @@ class JobGraph:
             )
             raise JobDefinitionError(msg)
         self.dag.add_edge(upstream, downstream, edge=edge)
+
+    def connect_dead_letters(self) -> None:
+        """Add the missing edges from every ``on_error="dead_letter"`` operator to the dead-letter sink.
+
+        Called after every change of the graph, whichever of the operator and
+        ``job.dead_letters`` came first; without a dead-letter sink it does
+        nothing and :meth:`validate` reports the operators.
+        """
+        sink = self.dead_letter_sink
+        if sink is None:
+            return
+        for spec in self.specs():
+            if spec.on_error is OnError.DEAD_LETTER and not self.dag.has_edge(spec.node_id, sink):
+                self.dag.add_edge(
+                    spec.node_id, sink, edge=EdgeSpec(Partitioning.FORWARD, tag=DEAD_LETTER_TAG)
+                )
+
+    def is_dead_letter_edge(self, upstream: int, downstream: int) -> bool:
+        """Whether the edge carries dead letters (it then never ends a chain nor counts as an output)."""
+        return self.edge(upstream, downstream).tag == DEAD_LETTER_TAG
 
     def spec(self, node_id: int) -> OperatorSpec:
         """Return the spec of a node."""
@@ -169,8 +206,10 @@ class JobGraph:
         """Check the graph before anything runs; raise one error listing every violation.
 
         Checks: the graph is acyclic, it has a source, uids are unique, every
-        operator reaches a sink, and explicit forward edges join equal
-        parallelism (when both sides set one).
+        operator reaches a sink (dead-letter edges do not count), explicit
+        forward edges join equal parallelism (when both sides set one), and
+        operators with ``on_error="dead_letter"`` have a dead-letter sink and
+        the other way round.
         """
         problems: list[str] = []
         if not nx.is_directed_acyclic_graph(self.dag):
@@ -193,9 +232,10 @@ class JobGraph:
         if specs and not sinks:
             problems.append("the job has no sink; end every stream with .sink(...)")
         elif sinks:
+            main = nx.subgraph_view(self.dag, filter_edge=lambda u, v: not self.is_dead_letter_edge(u, v))
             reaching = set(sinks)
             for sink in sinks:
-                reaching |= nx.ancestors(self.dag, sink)
+                reaching |= nx.ancestors(main, sink)
             for n in sorted(set(self.dag.nodes) - reaching):
                 problems.append(
                     f"operator {self.spec(n).name!r} leads to no sink; "
@@ -209,9 +249,29 @@ class JobGraph:
                     f"forward edge {self.spec(u).name!r} -> {self.spec(v).name!r} joins "
                     f"parallelism {pu} to {pv}; use .rebalance() or equal parallelism"
                 )
+        problems.extend(self._dead_letter_problems())
         if problems:
             msg = f"job {self.name!r} is invalid:\n  - " + "\n  - ".join(problems)
             raise JobDefinitionError(msg)
+
+    def _dead_letter_problems(self) -> list[str]:
+        asking = [s.name for s in self.specs() if s.on_error is OnError.DEAD_LETTER]
+        if self.dead_letter_sink is None:
+            if not asking:
+                return []
+            names = ", ".join(repr(n) for n in asking)
+            return [
+                f"operator(s) {names} send failing records to dead letters (on_error='dead_letter') "
+                "but the job has no dead-letter sink; add one with job.dead_letters(FileSink(...)) "
+                "or use on_error='fail'"
+            ]
+        if not asking:
+            name = self.spec(self.dead_letter_sink).name
+            return [
+                f"dead-letter sink {name!r} would never receive a record: no operator has "
+                "on_error='dead_letter'; remove job.dead_letters(...) or set on_error='dead_letter'"
+            ]
+        return []
 
     def fingerprint(self) -> str:
         """Return a digest of the topology (uids, kinds, edges), independent of parallelism."""

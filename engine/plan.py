@@ -86,7 +86,12 @@ def build_plan(graph: JobGraph, *, default_parallelism: int = 1, max_parallelism
     2. Resolve default edges: forward when both sides have equal parallelism,
        else rebalance.
     3. Chain ``u -> v`` when the edge is forward, parallelism is equal, ``u``
-       has one output and ``v`` one input.
+       has one output and ``v`` one input. Dead-letter edges do not count as
+       outputs: an ``on_error="dead_letter"`` operator stays chained, and any
+       operator of a chain can send dead letters.
+    4. Turn the edges between chains into task edges; the dead-letter edges of
+       several operators of one chain become one task edge (one copy of each
+       dead letter).
     """
     graph.validate()
     dag = graph.dag
@@ -120,7 +125,7 @@ def build_plan(graph: JobGraph, *, default_parallelism: int = 1, max_parallelism
                 parts[u, n] is Partitioning.FORWARD
                 and graph.edge(u, n).tag is None
                 and par[u] == par[n]
-                and dag.out_degree(u) == 1
+                and _main_out_degree(graph, u) == 1
                 and graph.spec(u).kind is not OperatorKind.SINK
             ):
                 task = tasks[chain_of[u]]
@@ -130,10 +135,16 @@ def build_plan(graph: JobGraph, *, default_parallelism: int = 1, max_parallelism
         task = TaskSpec(task_id=len(tasks), operators=[spec], parallelism=par[n])
         tasks.append(task)
         chain_of[n] = task.task_id
+    # Step 4
+    dead_letter_edges: set[tuple[int, int]] = set()
     for u, v in dag.edges:
         tu, tv = chain_of[u], chain_of[v]
         if tu == tv:
             continue
+        if graph.is_dead_letter_edge(u, v):
+            if (tu, tv) in dead_letter_edges:
+                continue
+            dead_letter_edges.add((tu, tv))
         edge_spec = graph.edge(u, v)
         edge = TaskEdge(tu, tv, parts[u, v], edge_spec.key_fn, edge_spec.tag)
         tasks[tu].outputs.append(edge)
@@ -144,6 +155,11 @@ def build_plan(graph: JobGraph, *, default_parallelism: int = 1, max_parallelism
         max_parallelism=max_parallelism,
         fingerprint=graph.fingerprint(),
     )
+
+
+def _main_out_degree(graph: JobGraph, node: int) -> int:
+    """Count the edges out of ``node`` other than dead-letter edges."""
+    return sum(1 for v in graph.dag.successors(node) if not graph.is_dead_letter_edge(node, v))
 
 
 def describe_graph(graph: JobGraph) -> str:

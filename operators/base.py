@@ -224,6 +224,18 @@ class SourceReader:
         """Return the offsets reached (a picklable value)."""
         return None
 
+    def batch_position(self, index: int | None) -> dict[str, Any] | None:
+        """Say where record ``index`` of the last polled batch came from, or (None) the whole batch.
+
+        Called on the error path only, right after the batch failed in the
+        operators chained to this reader, to name a bad record's origin in an
+        error or a dead letter (e.g. ``{"file": ..., "line": ...}``). A JSON-able
+        dict, or None when the reader cannot tell (the default). Must be cheap
+        to support: ``poll_batch`` may remember a reference, never build
+        anything per record.
+        """
+        return None
+
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
         """Checkpoint ``checkpoint_id`` is durable (a log source may acknowledge upstream)."""
 

@@ -20,7 +20,7 @@ start with ``.`` or ``_``, so only committed output is ever read.
 from __future__ import annotations
 
 import logging
-from typing import IO
+from typing import IO, Any
 
 from fsspec import AbstractFileSystem
 from fsspec.spec import AbstractBufferedFile
@@ -128,6 +128,11 @@ class FileSourceReader(SourceReader):
         self._handle: IO[bytes] | None = None
         self._buffer: list[bytes] = []
         """Lines read from the current file beyond ``max_records``, returned by the next poll."""
+        self._batch: tuple[str, int, int] = ("", 0, 0)
+        """The last batch returned: file, byte offset of its first line, number of lines."""
+        self._line_mark: tuple[str, int, int] = ("", 0, 1)
+        """A known line start: file, byte offset, line number; where :meth:`batch_position` counts from."""
+
 
     @property
     def files(self) -> list[str]:
@@ -192,8 +197,43 @@ class FileSourceReader(SourceReader):
             chunk = b"".join(lines)
             records = self._decode(path, start, chunk)
             self._offsets[path] = start + len(chunk)
+            self._batch = (path, start, len(records))
             return records
         return None
+
+    def batch_position(self, index: int | None) -> dict[str, Any] | None:
+        """Return ``{"file", "line"}`` of record ``index`` of the last batch, or ``{"file", "lines"}``.
+
+        ``lines`` is ``[first, last]`` of the whole batch (``index`` None, when
+        the caller no longer knows which line a record was). Lines count from 1.
+        The reader keeps byte offsets, not line numbers, so the line of the
+        batch's first byte is counted here, on the error path only, from the
+        last position counted (one pass over each file however many records fail).
+        """
+        path, start, n = self._batch
+        if not path:
+            return None
+        first = self._line_at(path, start)
+        if index is None:
+            return {"file": path, "lines": [first, first + max(n - 1, 0)]}
+        return {"file": path, "line": first + index}
+
+    def _line_at(self, path: str, offset: int) -> int:
+        mark_path, mark, line = self._line_mark
+        if mark_path != path or mark > offset:
+            mark, line = 0, 1
+        assert self._fs is not None, "called before open"
+        with self._fs.open(path, "rb") as handle:
+            handle.seek(mark)
+            todo = offset - mark
+            while todo > 0:
+                block = handle.read(min(todo, 1 << 20))
+                if not block:
+                    break
+                line += block.count(b"\n")
+                todo -= len(block)
+        self._line_mark = (path, offset, line)
+        return line
 
     def _read_lines(self, path: str, start: int) -> list[bytes]:
         handle = self._handle

@@ -5,6 +5,12 @@ checked and routed by its stable hash, so the per-record path is one dict
 lookup and one user call. State lives in ``HeapKeyedState`` tables keyed by
 the user's key; the snapshot is a shallow copy (values are immutable by
 contract), partitioned into key groups when written.
+
+When the user function raises for a record, the loop stops there: the records
+before it were applied once (state and output), the failing one changed
+nothing (the function raised before any write), and the operator raises a
+:class:`~onceflow.operators.bad_records.BatchFailure` saying which; the runtime
+passes the rest of the batch in again, so no record is ever applied twice.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from onceflow.operators.bad_records import failure_at
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
 from onceflow.state_backends.heap import HeapKeyedState
 
@@ -44,18 +51,22 @@ class ReduceOperator(_KeyedOperator):
         self.fn = fn
 
     def process_keyed_batch(self, records: list, keys: list) -> list:
-        """Update and emit the running value of every record's key."""
+        """Update and emit the running value of every record's key; ``BatchFailure`` if ``fn`` raises."""
         fn = self.fn
         values = self.values
         get = values.get
         out: list = []
         append = out.append
-        for record, key in zip(records, keys):
-            previous = get(key, _MISSING)
-            if previous is not _MISSING:
-                record = fn(previous, record)
-            values[key] = record
-            append(record)
+        remaining = iter(records)
+        try:
+            for record, key in zip(remaining, keys):
+                previous = get(key, _MISSING)
+                if previous is not _MISSING:
+                    record = fn(previous, record)
+                values[key] = record
+                append(record)
+        except Exception as exc:
+            raise failure_at(records, remaining, exc, out) from None
         return out
 
 
@@ -72,18 +83,22 @@ class StatefulMapOperator(_KeyedOperator):
         self.fn = fn
 
     def process_keyed_batch(self, records: list, keys: list) -> list:
-        """Run the user function against each key's state."""
+        """Run the user function against each key's state; ``BatchFailure`` if ``fn`` raises."""
         fn = self.fn
         values = self.values
         get = values.get
         out: list = []
         append = out.append
-        for record, key in zip(records, keys):
-            new_state, output = fn(get(key), record)
-            if new_state is None:
-                values.pop(key, None)
-            else:
-                values[key] = new_state
-            if output is not None:
-                append(output)
+        remaining = iter(records)
+        try:
+            for record, key in zip(remaining, keys):
+                new_state, output = fn(get(key), record)
+                if new_state is None:
+                    values.pop(key, None)
+                else:
+                    values[key] = new_state
+                if output is not None:
+                    append(output)
+        except Exception as exc:
+            raise failure_at(records, remaining, exc, out) from None
         return out

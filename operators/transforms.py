@@ -1,6 +1,10 @@
 """Stateless per-record transforms, each a batch-at-a-time loop over a user function.
 
 Cost per record: one call of the user function inside a list comprehension.
+When the user function raises, the operator tells the runtime which record
+failed (:func:`~onceflow.operators.bad_records.failure_at`); the outputs of
+the records before it are recomputed only if the runtime goes on with the
+batch, which is safe because these functions are pure.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from onceflow.operators.bad_records import failure_at
 from onceflow.operators.base import Capability, Operator
 
 
@@ -20,7 +25,14 @@ class MapOperator(Operator):
         self.fn = fn
 
     def process_batch(self, records: list) -> list:
-        """Return ``[fn(r) for r in records]``."""
+        """Return ``[fn(r) for r in records]``; raise ``BatchFailure`` if ``fn`` raises."""
+        remaining = iter(records)
+        try:
+            return list(map(self.fn, remaining))
+        except Exception as exc:
+            raise failure_at(records, remaining, exc, self._apply) from None
+
+    def _apply(self, records: list) -> list:
         return list(map(self.fn, records))
 
 
@@ -33,7 +45,14 @@ class FilterOperator(Operator):
         self.fn = fn
 
     def process_batch(self, records: list) -> list:
-        """Return the records that pass."""
+        """Return the records that pass; raise ``BatchFailure`` if ``fn`` raises."""
+        remaining = iter(records)
+        try:
+            return list(filter(self.fn, remaining))
+        except Exception as exc:
+            raise failure_at(records, remaining, exc, self._apply) from None
+
+    def _apply(self, records: list) -> list:
         return list(filter(self.fn, records))
 
 
@@ -46,7 +65,15 @@ class FlatMapOperator(Operator):
         self.fn = fn
 
     def process_batch(self, records: list) -> list:
-        """Return the concatenated outputs."""
+        """Return the concatenated outputs; raise ``BatchFailure`` if ``fn`` (or its iterable) raises."""
+        fn = self.fn
+        remaining = iter(records)
+        try:
+            return [item for record in remaining for item in fn(record)]
+        except Exception as exc:
+            raise failure_at(records, remaining, exc, self._apply) from None
+
+    def _apply(self, records: list) -> list:
         fn = self.fn
         return [item for record in records for item in fn(record)]
 

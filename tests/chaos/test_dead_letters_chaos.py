@@ -1,0 +1,203 @@
+"""Dead letters under SIGKILL: main output exact for the good records, each bad record a dead letter once.
+
+The job (``tests/support/jobs/dead_letters_job.py``) reads 50,000 lines in 4
+files (all lines of a key in one file, in id order), of which a seeded few
+hundred are malformed; ``parse`` (``on_error="dead_letter"``) sends those to
+the dead-letter sink, and the keyed ``count`` (``stateful_map``, also
+``on_error="dead_letter"``) raises for records whose value is a multiple of
+``POISON``, which must leave their key's count untouched. Every run is killed
+with SIGKILL at a random moment (seeded) until at least 6 kills, then the job
+runs to the end.
+
+Oracle (plain Python): the running count per key over the good records, one
+line ``id,key,count`` each; one dead letter per malformed line naming
+operator ``parse``, the file and the line number and the line's repr; one per
+poisoned record naming operator ``count``. After every kill: no line or dead
+letter committed twice, none that the oracle lacks, nothing committed before
+gone. At the end: both outputs exactly the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.chaos import JOBS, REPO, ChaosRun, Workload
+
+pytestmark = pytest.mark.chaos
+
+N = 50_000
+N_KEYS = 500
+N_FILES = 4
+N_BAD = 300
+POISON = 1009
+SLOW_US = 60
+"""Spin per record in ``parse``: a full run takes about 4 s, so random kills land mid-run."""
+
+
+def value_of(rid: int) -> int:
+    return (rid * 7919) % 10007
+
+
+@dataclass
+class Oracle:
+    main: dict[str, str]
+    """Record id -> ``id,key,count`` line."""
+    letters: dict[tuple, str]
+    """Identity of a dead letter -> the repr of its record: ``("parse", file, line)`` or ``("count", id)``."""
+
+
+def write_input(directory: Path, seed: int) -> Oracle:
+    """Write the input (malformed lines drawn with ``seed``) and return the oracle of both outputs."""
+    rng = random.Random(seed)
+    bad = set(rng.sample(range(N), N_BAD))
+    directory.mkdir(parents=True, exist_ok=True)
+    files: list[list[str]] = [[] for _ in range(N_FILES)]
+    main: dict[str, str] = {}
+    letters: dict[tuple, str] = {}
+    counts: Counter[str] = Counter()
+    for rid in range(N):
+        key = f"user-{rid % N_KEYS}"
+        f = (rid % N_KEYS) % N_FILES
+        name = f"in-{f:02d}.csv"
+        if rid in bad:
+            line = rng.choice(
+                [f"garbage {rid}", f"{rid},{key}", f"{rid},{key},NaN-{rid}", "", f"{rid},{key},1,2"]
+            )
+            files[f].append(line)
+            letters["parse", name, len(files[f])] = repr(line)
+            continue
+        files[f].append(f"{rid},{key},{value_of(rid)}")
+        if value_of(rid) % POISON == 0:
+            letters["count", rid] = repr((rid, key, value_of(rid)))
+            continue
+        counts[key] += 1
+        main[str(rid)] = f"{rid},{key},{counts[key]}"
+    for f, lines in enumerate(files):
+        (directory / f"in-{f:02d}.csv").write_text("".join(line + "\n" for line in lines))
+    return Oracle(main, letters)
+
+
+def letter_identity(line: str) -> tuple:
+    letter = json.loads(line)
+    if letter["operator"] == "parse":
+        source = letter["source"]
+        return ("parse", Path(source["file"]).name, source["line"])
+    return ("count", int(letter["record"].strip("()").split(",")[0]))
+
+
+class DeadLetterChaosRun(ChaosRun):
+    """Runs of ``dead_letters_job.py``: main output and dead letters checked against the oracle."""
+
+    def __init__(self, root: Path, workload: Workload, seed: int, *, want: Oracle, **kwargs) -> None:
+        self.want = want
+        self.dead = root / "dead"
+        self.previous_letters: set[tuple] = set()
+        self.committed_at_kill: list[int] = []
+        params = {"dead_letters": str(root / "dead"), "poison": str(POISON)}
+        super().__init__(root, workload, seed, job_file=JOBS / "dead_letters_job.py", params=params, **kwargs)
+
+    def letters(self) -> list[str]:
+        from onceflow.operators.files import read_committed_lines
+
+        return read_committed_lines(str(self.dead)) if self.dead.exists() else []
+
+    def check_intermediate(self, when: str) -> dict[str, int]:
+        lines = self.committed()
+        ids = Counter(line.split(",", 1)[0] for line in lines)
+        letters = Counter(letter_identity(line) for line in self.letters())
+        letter_records = {letter_identity(line): json.loads(line)["record"] for line in self.letters()}
+        figures = {
+            "committed": len(lines),
+            "expected": len(self.want.main),
+            "duplicates": sum(c - 1 for c in ids.values() if c > 1),
+            "unexpected": sum(1 for i in ids if i not in self.want.main),
+            "wrong_value": sum(
+                1 for line in lines if self.want.main.get(line.split(",", 1)[0], line) != line
+            ),
+            "lost": sum(1 for i in self.want.main if i not in ids),
+            "letters": sum(letters.values()),
+            "letters_expected": len(self.want.letters),
+            "letter_duplicates": sum(c - 1 for c in letters.values() if c > 1),
+            "letter_unexpected": sum(1 for k in letters if k not in self.want.letters),
+            "letter_wrong_record": sum(
+                1 for k, r in letter_records.items() if k in self.want.letters and self.want.letters[k] != r
+            ),
+            "letters_lost": sum(1 for k in self.want.letters if k not in letters),
+        }
+        broken = {
+            k: figures[k]
+            for k in (
+                "duplicates",
+                "unexpected",
+                "wrong_value",
+                "letter_duplicates",
+                "letter_unexpected",
+                "letter_wrong_record",
+            )
+            if figures[k]
+        }
+        assert not broken, f"{when}: committed output broken {broken}; {self.where()}"
+        current = set(ids)
+        vanished = self.previous - current
+        assert not vanished, f"{when}: {len(vanished)} committed lines disappeared; {self.where()}"
+        self.previous = current
+        gone = self.previous_letters - set(letters)
+        assert not gone, f"{when}: {len(gone)} committed dead letters disappeared; {self.where()}"
+        self.previous_letters = set(letters)
+        if when.startswith("after run"):
+            self.committed_at_kill.append(len(lines))
+        return figures
+
+    def final_figures(self) -> dict[str, int]:
+        figures = self.check_intermediate("final")
+        assert figures["lost"] == 0 and figures["committed"] == figures["expected"], (
+            f"final main output differs from the oracle: {figures}; {self.where()}"
+        )
+        assert figures["letters_lost"] == 0 and figures["letters"] == figures["letters_expected"], (
+            f"final dead letters differ from the oracle: {figures}; {self.where()}"
+        )
+        return figures
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_dead_letters_are_exact_under_random_kills(executor, tmp_path_factory, chaos_dir, chaos_seed) -> None:
+    """Kill at >= 6 random moments, then finish: main output and dead letters exactly the oracle."""
+    input_dir = tmp_path_factory.mktemp("dead-letters-input")
+    want = write_input(input_dir, chaos_seed)
+    workload = Workload(input_dir, N, N_KEYS, N_FILES)
+    run = DeadLetterChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        want=want,
+        parallelism=2,
+        executor=executor,
+        delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
+    )
+    finished = False
+    while sum(run.kills.values()) < 6:
+        outcome = run.run(kill_after=run.rng.uniform(0.8, 2.5))
+        if outcome.returncode == 0:
+            finished = True
+            break
+        run.expect_killed(outcome)
+    kills = sum(run.kills.values())
+    assert kills >= 6, f"the job finished after only {kills} kills; {run.where()}"
+    if not finished:
+        run.run_to_completion()
+    figures = run.check_final()
+    mid_run = [c for c in run.committed_at_kill if 0 < c < figures["committed"]]
+    assert len(mid_run) >= 3, f"kills did not land mid-run: {run.committed_at_kill}; {run.where()}"
+    run.summary(
+        f"test_dead_letters_are_exact_under_random_kills[{executor}]",
+        {"p": run.parallelism, "executor": run.executor, "repo": REPO.name},
+        **figures,
+        committed_at_kills=run.committed_at_kill,
+    )
