@@ -7,6 +7,11 @@ chain is compiled once into local references: each operator's declared
 ``Capability`` flags become the index lists ``_wm_ops``, ``_time_ops``,
 ``_side_ops`` and ``_arrow_input``, so per batch the cost is a few attribute
 loads and one call per operator, and no operator is ever probed for a hook.
+
+Bad records take an error path that the loop never enters otherwise: an
+operator whose user function raised reports which records failed
+(``BatchFailure``); :meth:`Subtask._isolate` fails the attempt naming the
+record, or sends it to the dead-letter edge and goes on with the rest.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from enum import Enum
 from typing import Any
 
 from onceflow.engine.alignment import AlignmentResult, BarrierAligner
+from onceflow.engine.dead_letters import dead_letter, describe_position, describe_record
 from onceflow.engine.elements import END_OF_DATA, Barrier, Batch, EndOfData, Watermark
 from onceflow.engine.errors import OperatorError
 from onceflow.engine.faults import CRASH_POINTS
+from onceflow.engine.graph import DEAD_LETTER_TAG, OnError, OperatorSpec
 from onceflow.engine.plan import TaskSpec
+from onceflow.operators.bad_records import BatchFailure
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState, SourceReader
 from onceflow.operators.watermarks import InputWatermarks, WatermarkUpdate
 from onceflow.state_backends.errors import ErrorDomain, OnceflowError
@@ -92,6 +100,8 @@ class Subtask:
         self._side_ops = [i for i, c in enumerate(capabilities) if Capability.SIDE_OUTPUTS in c]
         self._arrow_input = [Capability.ARROW_INPUT in c for c in capabilities]
         self._last_tick = 0.0
+        self._isolating_source_batch = False
+        """Error path: :meth:`_isolate` is pushing the rest of a source batch down the chain."""
         # metrics, read by the progress display
         self.records_in = [0] * len(operators)
         self.records_out = 0
@@ -239,8 +249,14 @@ class Subtask:
                 i += 1
         except OperatorError:
             raise
+        except BatchFailure as failure:
+            head_keys = keys if i == 0 and start == 0 and self._keyed_head else None
+            from_source = self._in_source_batch(start)
+            self._isolate(i, records, head_keys, failure, from_source=from_source, exact=i == start == 0)
+            return
         except Exception as exc:
-            raise self._error(self.specs[i], exc, "process") from exc
+            where = describe_position(self._position(None)) if self._in_source_batch(start) else ""
+            raise self._error(self.specs[i], exc, "process", where) from exc
         if len(records) and self.gates:
             self.records_out += len(records)
             for gate in self.gates:
@@ -401,12 +417,118 @@ class Subtask:
             except Exception as exc:
                 raise self._error(spec, exc, "abort") from exc
 
+    # -- bad records (the error path) --------------------------------------------
+
+    def _isolate(
+        self,
+        i: int,
+        records: list,
+        keys: list | None,
+        failure: BatchFailure,
+        *,
+        from_source: bool,
+        exact: bool,
+    ) -> None:
+        """Operator ``i`` raised ``failure`` for ``records``: deal with each bad record, go on with the rest.
+
+        Steps:
+        1. With ``on_error="fail"`` raise an ``OperatorError`` naming the
+           failed record (and its source position); else make it a dead letter.
+        2. Push the outputs of the records applied so far down the chain.
+        3. Pass the records after it (which the operator has not touched) to
+           it again, on its fast path; on another ``BatchFailure`` go to step 1.
+        4. Emit the dead letters on the dead-letter edge, in the same step as
+           the batch, so the next barrier covers them (exactly once).
+
+        ``from_source``: the records stem from the reader's last batch (this
+        subtask reads a source and is pushing that batch). ``exact``: ``records``
+        *is* that batch, so a record's index there is its source position;
+        otherwise a dead letter names the whole source batch's position.
+        """
+        spec = self.specs[i]
+        op = self.ops[i]
+        letters: list[str] = []
+        offset = 0
+        while True:
+            # Step 1
+            at = offset + failure.index
+            record = records[at]
+            position = self._position(at if exact else None) if from_source else None
+            if spec.on_error is not OnError.DEAD_LETTER:
+                raise self._record_error(spec, failure.error, record, position) from failure.error
+            letters.append(
+                dead_letter(
+                    operator=spec.name,
+                    subtask=self.index,
+                    error=failure.error,
+                    record=record,
+                    source=position,
+                )
+            )
+            # Step 2
+            self._push_rest(failure.outputs, i + 1, from_source=from_source)
+            # Step 3
+            offset = at + 1
+            if offset >= len(records):
+                break
+            try:
+                rest = records[offset:]
+                out = op.process_batch(rest) if keys is None else op.process_keyed_batch(rest, keys[offset:])
+            except BatchFailure as again:
+                failure = again
+                continue
+            except Exception as exc:
+                raise self._error(spec, exc, "process") from exc
+            self._push_rest(out, i + 1, from_source=from_source)
+            break
+        # Step 4
+        for gate in self.side_gates.get(DEAD_LETTER_TAG, ()):
+            gate.emit(letters)
+
+    def _push_rest(self, records: list, start: int, *, from_source: bool) -> None:
+        """Push part of a batch on from operator ``start``, keeping what is known of its source."""
+        previous, self._isolating_source_batch = self._isolating_source_batch, from_source
+        try:
+            self._push(records, None, start)
+        finally:
+            self._isolating_source_batch = previous
+
+    def _in_source_batch(self, start: int) -> bool:
+        """Whether the records being pushed from operator ``start`` come from the reader's last batch."""
+        return self.reader is not None and (start == 0 or self._isolating_source_batch)
+
+    def _position(self, index: int | None) -> dict[str, Any] | None:
+        """Ask the reader where record ``index`` of its last batch (or the whole batch) came from."""
+        if self.reader is None:
+            return None
+        try:
+            return self.reader.batch_position(index)
+        except Exception:  # the position is a courtesy: never hide the record's own error
+            log.debug("batch_position failed", exc_info=True)
+            return None
+
+    def _record_error(
+        self, spec: OperatorSpec, exc: Exception, record: Any, position: dict[str, Any] | None
+    ) -> OperatorError:
+        """Build the fail-fast error of a bad record: operator, record, source position and the fix."""
+        err = self._error(
+            spec,
+            exc,
+            "process",
+            f" on record {describe_record(record)}{describe_position(position)}",
+        )
+        err.args = (
+            f"{err.args[0]}; to send such records to a dead-letter sink and go on, pass "
+            "on_error='dead_letter' to this operator and set job.dead_letters(sink)",
+        )
+        return err
+
     # -- errors ----------------------------------------------------------------
 
-    def _error(self, spec: Any, exc: BaseException, phase: str) -> OperatorError:
+    def _error(self, spec: Any, exc: BaseException, phase: str, detail: str = "") -> OperatorError:
         domain = exc.domain if isinstance(exc, OnceflowError) else ErrorDomain.USER
         where = f"operator {spec.name!r} (uid {spec.uid!r}), subtask {self.index}"
-        msg = f"{where} failed in {phase}: {type(exc).__name__}: {exc}"
+        msg = f"{where} failed in {phase}{detail}: {type(exc).__name__}: {exc}"
         err = OperatorError(
             msg,
             operator=spec.name,
