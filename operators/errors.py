@@ -6,7 +6,8 @@ draws the whole of it)::
     OnceflowError
     ├── SourceError                  user: the input cannot be read as configured
     │   ├── SourceNotFoundError      (also a FileNotFoundError)
-    │   └── SourceDecodeError        (also a ValueError)
+    │   ├── SourceDecodeError        (also a ValueError)
+    │   └── SourceChangedError       input a checkpoint started is gone or different
     ├── SinkError                    user: the output destination cannot be used
     │   ├── SinkOwnershipError       the directory belongs to another job or sink
     │   ├── SinkOutputExistsError    a fresh run would mix with an earlier run's output
@@ -26,6 +27,7 @@ __all__ = [
     "SinkError",
     "SinkOutputExistsError",
     "SinkOwnershipError",
+    "SourceChangedError",
     "SourceDecodeError",
     "SourceError",
     "SourceNotFoundError",
@@ -44,6 +46,15 @@ class SourceNotFoundError(SourceError, FileNotFoundError):
 
 class SourceDecodeError(SourceError, ValueError):
     """Input bytes do not decode with the configured encoding; the message names file and offset."""
+
+
+class SourceChangedError(SourceError):
+    """Input that the restored checkpoint had started reading is missing or different now.
+
+    A file renamed, deleted or rewritten, a Redis stream deleted or trimmed: resuming
+    would read records again or skip them, so the run is refused, naming the input.
+    Retrying cannot help; putting the input back as it was, or ``--fresh``, does.
+    """
 
 
 class SinkError(OnceflowError):

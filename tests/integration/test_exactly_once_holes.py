@@ -215,3 +215,65 @@ def test_unmatched_state_names_the_operators_without_uid_and_can_be_dropped_on_p
     assert error and "'reduce-" in error[0] and "uid=" in error[0], f"seed={seed}: {refused.stderr}"
     assert dropped.returncode == 0, f"seed={seed}: {dropped.stderr}"
     assert "reduce-" in dropped.stderr, f"seed={seed}: dropping state must be said: {dropped.stderr}"
+
+
+# --------------------------------------------------------------------------- hole 3: input identity
+
+LINES_JOB = """
+    import time
+    from onceflow import FileSink, FileSource, Job
+
+
+    def slow(line):
+        time.sleep(0.0005)
+        return line
+
+
+    def build(input, output):
+        job = Job("holes-files")
+        (
+            job.source(FileSource(input, read_size=512), name="read", uid="read")
+            .map(slow, name="slow")
+            .sink(FileSink(output), name="write", uid="write")
+        )
+        return job
+"""
+
+
+@pytest.mark.parametrize("change", ["renamed", "rewritten"])
+def test_input_files_renamed_or_rewritten_after_a_kill_are_refused_not_read_again(
+    tmp_path: Path, seed: int, change: str
+) -> None:
+    rng = random.Random(seed)
+    inp, out, chk = tmp_path / "in", tmp_path / "out", tmp_path / "chk"
+    inp.mkdir()
+    expected: list[str] = []
+    for f in range(4):
+        content = [f"f{f}-{i}-{rng.randrange(10**6)}" for i in range(1500)]
+        (inp / f"part-{f}.txt").write_text("\n".join(content) + "\n")
+        expected += content
+    job_file = tmp_path / "job.py"
+    job_file.write_text(textwrap.dedent(LINES_JOB))
+    params = (f"input={inp}", f"output={out}")
+
+    first = onceflow_run(job_file, chk, *params, kill_when=lambda: completed_checkpoints(chk) >= 2)
+    assert first.returncode == -signal.SIGKILL, f"seed={seed}: the first run was not killed: {first.stderr}"
+    if change == "renamed":
+        for path in sorted(inp.iterdir()):
+            path.rename(path.with_name("renamed-" + path.name))
+        touched = str(inp / "part-0.txt")
+    else:
+        new = [f"new-{i}-{rng.randrange(10**6)}" for i in range(2000)]
+        (inp / "part-0.txt").write_text("\n".join(new) + "\n")
+        expected = new + expected[1500:]
+        touched = str(inp / "part-0.txt")
+    rerun = onceflow_run(job_file, chk, *params)
+
+    committed = read_committed_lines(str(out))
+    if rerun.returncode == 0:
+        wrong = f"seed={seed}: exit 0 with wrong output\n{rerun.stderr}"
+        assert Counter(committed) == Counter(expected), wrong
+    else:
+        assert touched in rerun.stderr and "--fresh" in rerun.stderr, f"seed={seed}: {rerun.stderr}"
+        assert "Traceback" not in rerun.stderr
+        assert len(committed) == len(set(committed)), f"seed={seed}: duplicates before the refusal"

@@ -264,7 +264,7 @@ def test_snapshot_lists_every_owned_file_and_marks_finished_ones(tmp_path: Path,
 
     state = reader.snapshot_state(1)
 
-    names = {Path(p).name: offset for p, offset in state.items()}
+    names = {Path(p).name: entry["offset"] for p, entry in state.items()}
     assert names["f00.txt"] == FILE_DONE
     assert names["f01.txt"] == (tmp_path / "f01.txt").stat().st_size
     assert names["f02.txt"] == 0
