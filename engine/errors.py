@@ -6,6 +6,7 @@
     ├── CorruptStateError               a state file is torn or fails its checksum
     ├── KeyEncodingError (TypeError)    a key of an unsupported type
     ├── IncompatibleStateError          state written by an incompatible Python
+    ├── StateSerializationError         a state value cannot be pickled (user; never retried)
     ├── SourceError / SinkError         (onceflow.operators.errors) bad connector setup
     │   └── SinkCommitError             a committed checkpoint's output is gone
     ├── JobDefinitionError              the job is invalid; raised before running
@@ -37,6 +38,7 @@ from onceflow.state_backends.errors import (
     IncompatibleStateError,
     KeyEncodingError,
     OnceflowError,
+    StateSerializationError,
 )
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "SinkCommitError",
     "SinkError",
     "SourceError",
+    "StateSerializationError",
     "WorkerError",
     "classify",
 ]

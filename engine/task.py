@@ -399,6 +399,11 @@ class Subtask:
         for gate in self.all_gates:
             gate.broadcast(barrier)
 
+    def state_write_error(self, uid: str | None, exc: BaseException) -> OperatorError:
+        """Name the operator whose snapshot the background writer could not write (e.g. unpicklable state)."""
+        spec = next((s for s in self.task.operators if s.uid == uid), self.task.operators[-1])
+        return self._error(spec, exc, "snapshot")
+
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
         """Tell every operator that ``checkpoint_id`` completed (sinks commit now)."""
         for op, spec in zip(self._all_operators(), self.task.operators):

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from onceflow.state_backends.errors import CorruptStateError, IncompatibleStateError
+from onceflow.state_backends.errors import CorruptStateError, IncompatibleStateError, StateSerializationError
 from onceflow.state_backends.key_groups import KeyGroupRange, decode_key, encode_key, stable_hash
 
 BATCH_ROWS = 64 * 1024
@@ -140,6 +140,38 @@ def _value_array(values: list[Any]) -> tuple[str, pa.Array]:
     return encoding, pa.array(values, _ARROW_TYPES[encoding])
 
 
+_PICKLE_HINT = (
+    "keep plain data in state (numbers, strings, tuples, lists, dicts, dataclasses), not locks, "
+    "open files, connections, generators or lambdas"
+)
+
+
+def _unpicklable_value(keyed_state: dict[str, dict[Any, Any]]) -> StateSerializationError:
+    """Find the first value that cannot be pickled (the error path only) and describe it."""
+    for name, table in keyed_state.items():
+        for key, value in table.items():
+            try:
+                pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+            except Exception as exc:  # noqa: BLE001 - any pickling failure is described the same way
+                msg = (
+                    f"state {name!r}, key {key!r}: a value of type {type(value).__qualname__!r} cannot be "
+                    f"pickled ({type(exc).__name__}: {exc}); {_PICKLE_HINT}"
+                )
+                return StateSerializationError(msg)
+    return StateSerializationError(f"a state value cannot be pickled; {_PICKLE_HINT}")
+
+
+def _pickle_operator_state(operator_state: Any) -> bytes:
+    try:
+        return pickle.dumps(operator_state, protocol=_PICKLE_PROTOCOL)
+    except Exception as exc:
+        msg = (
+            f"the operator state, of type {type(operator_state).__qualname__!r}, cannot be pickled "
+            f"({type(exc).__name__}: {exc}); {_PICKLE_HINT}"
+        )
+        raise StateSerializationError(msg) from exc
+
+
 def _parent(path: str) -> str:
     return path.rstrip("/").rpartition("/")[0]
 
@@ -178,7 +210,8 @@ def write_state_file(
 
     Raises:
         KeyEncodingError: a key has no canonical encoding.
-        pickle.PicklingError: a value or the operator state cannot be pickled.
+        StateSerializationError: a value or the operator state cannot be
+            pickled (the message names the state, the key and the type).
     """
     # Step 1
     names: list[str] = []
@@ -205,14 +238,17 @@ def write_state_file(
     del keys, encoded, groups
 
     # Step 2
-    encoding, value_array = _value_array(values)
+    try:
+        encoding, value_array = _value_array(values)
+    except Exception as exc:
+        raise _unpicklable_value(keyed_state) from exc
     del values
     state_array = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(names, pa.string()))
     metadata = {
         _META_FORMAT: _FORMAT_VERSION,
         _META_VALUE_ENCODING: encoding.encode(),
         _META_PYTHON: _PYTHON_VERSION.encode(),
-        _META_OPERATOR_STATE: pickle.dumps(operator_state, protocol=_PICKLE_PROTOCOL),
+        _META_OPERATOR_STATE: _pickle_operator_state(operator_state),
     }
     schema = pa.schema(
         [

@@ -39,6 +39,17 @@ class KeyEncodingError(OnceflowError, TypeError):
     domain = ErrorDomain.USER
 
 
+class StateSerializationError(OnceflowError):
+    """A state value (or an operator's state) cannot be pickled into a checkpoint.
+
+    The job keeps something in state that has no byte form (a lock, an open
+    file, a connection, a generator, a lambda): every checkpoint would fail the
+    same way, so it is the user's to fix and never retried.
+    """
+
+    domain = ErrorDomain.USER
+
+
 class IncompatibleStateError(OnceflowError):
     """A state file is intact but cannot be read by this interpreter or code version.
 

@@ -3,7 +3,8 @@
 Snapshots are asynchronous: a subtask captures its state at the barrier and
 goes on processing while this writer serializes it to ``chk-<n>/<uid>-<subtask>.arrow``.
 The executor's loop drains ``acks`` and hands each to the coordinator
-(acknowledge on success, decline on error).
+(acknowledge on success, decline on an error a retry may cure); an error of
+the job's own making (state that cannot be pickled) fails the attempt instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class _Ack:
     key: tuple[int, int]
     handles: list[StateHandle]
     error: BaseException | None
+    uid: str | None = None
+    """The operator whose state could not be written, with ``error``."""
 
 
 class SnapshotWriter:
@@ -57,10 +60,12 @@ class SnapshotWriter:
     ) -> None:
         handles: list[StateHandle] = []
         error: BaseException | None = None
+        failed: str | None = None
         subtask = key[1]
         try:
             paths = self.store.paths
             for uid, snap in snapshots:
+                failed = uid
                 relative = CheckpointPaths.relative_state_file(checkpoint_id, uid, subtask)
                 written = write_state_file(
                     self.store.fs,
@@ -72,7 +77,7 @@ class SnapshotWriter:
                 handles.append(StateHandle.of_file(uid, subtask, relative, written))
         except Exception as exc:  # noqa: BLE001 - reported as a declined checkpoint
             error = exc
-        self.acks.put(_Ack(checkpoint_id, key, handles, error))
+        self.acks.put(_Ack(checkpoint_id, key, handles, error, failed if error is not None else None))
 
     def delete_later(self, checkpoint_id: int) -> None:
         """Delete an aborted checkpoint's files after the writes queued before."""

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from onceflow.engine.checkpoint.writer import SnapshotWriter
-from onceflow.engine.errors import CheckpointFailureReason, OnceflowError
+from onceflow.engine.errors import CheckpointFailureReason, OnceflowError, classify
 from onceflow.engine.executors._wiring import Attempt, ExecutionSettings, build_subtask, open_subtask
 from onceflow.engine.executors.base import Executor, SubtaskMetrics, TickHook
 from onceflow.engine.scheduler import Round, Scheduler
@@ -83,6 +83,10 @@ class LocalExecutor(Executor):
     # -- scheduler callbacks -------------------------------------------------
 
     def _acknowledge(self, ack: Any) -> None:
+        if ack.error is not None and not classify(ack.error).retryable:
+            # The job's own doing (state that cannot be pickled): every checkpoint would fail alike.
+            subtask = next(st for st in self.subtasks if st.key == ack.key)
+            raise subtask.state_write_error(ack.uid, ack.error) from ack.error
         if ack.error is not None:
             detail = f"writing state of subtask {ack.key} failed: {ack.error!r}"
             self.coordinator.decline(ack.checkpoint_id, CheckpointFailureReason.WRITE_FAILED, detail)

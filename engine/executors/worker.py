@@ -114,6 +114,10 @@ class Worker:
     # -- scheduler callbacks -------------------------------------------------
 
     def _acknowledge(self, ack: Any) -> None:
+        if ack.error is not None and not classify(ack.error).retryable:
+            # The job's own doing (state that cannot be pickled): every checkpoint would fail alike.
+            subtask = next(st for st in self.subtasks if st.key == ack.key)
+            raise subtask.state_write_error(ack.uid, ack.error) from ack.error
         if ack.error is not None:
             self.transport.send(("decline", ack.checkpoint_id, ack.key, repr(ack.error)))
         else:
