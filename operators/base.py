@@ -260,6 +260,16 @@ class Source:
 class Sink:
     """A description of where records go; creates one writer operator per subtask."""
 
+    @property
+    def shared_across_processes(self) -> bool:
+        """Whether writers of this sink in different processes reach the same storage.
+
+        The process executor refuses, at start, a sink that says no: each worker
+        would write into storage only it can see (``memory://``), lost when it
+        exits. True by default (a database, a stream, a shared filesystem).
+        """
+        return True
+
     def create_writer(self, subtask_index: int, parallelism: int) -> Operator:
         """Return the writer operator for one subtask."""
         raise NotImplementedError

@@ -70,6 +70,12 @@ class FileSink(Sink):
         self.encoder = encoder
         self.suffix = suffix
 
+    @property
+    def shared_across_processes(self) -> bool:
+        """False for ``memory://``: every process has its own, so worker processes cannot share it."""
+        protocol, _ = fsspec.core.split_protocol(self.directory)
+        return protocol != "memory"
+
     def create_writer(self, subtask_index: int, parallelism: int) -> FileSinkWriter:
         """Return the writer of one subtask."""
         return FileSinkWriter(self)

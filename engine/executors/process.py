@@ -29,11 +29,13 @@ from onceflow.engine.errors import (
     CheckpointDirectoryError,
     CheckpointFailureReason,
     Failure,
+    JobDefinitionError,
     WorkerError,
 )
 from onceflow.engine.executors._wiring import Attempt
 from onceflow.engine.executors.base import Executor, SubtaskMetrics, TickHook
 from onceflow.engine.executors.worker import worker_main, worker_of
+from onceflow.engine.plan import PhysicalPlan
 from onceflow.engine.task import SubtaskStatus
 from onceflow.engine.transport.pipes import connect_workers
 from onceflow.state_backends.errors import ErrorDomain
@@ -41,6 +43,20 @@ from onceflow.state_backends.errors import ErrorDomain
 __all__ = ["ProcessExecutor"]
 
 log = logging.getLogger("onceflow")
+
+
+def _refuse_unshared_sinks(plan: PhysicalPlan) -> None:
+    """Refuse sinks whose storage the worker processes cannot share (``Sink.shared_across_processes``)."""
+    for task in plan.tasks:
+        for spec in task.operators:
+            sink = spec.config.get("sink")
+            if sink is not None and not sink.shared_across_processes:
+                msg = (
+                    f"sink {spec.name!r} ({sink!r}) writes to storage that only one process can see, so "
+                    "under the process executor each worker would write its own copy and lose it at exit; "
+                    "give the sink a local path or an s3:// URL, or run with --executor local"
+                )
+                raise JobDefinitionError(msg)
 
 
 class ProcessExecutor(Executor):
@@ -54,6 +70,7 @@ class ProcessExecutor(Executor):
                 f"(a local path or s3://), not {store.url!r}"
             )
             raise CheckpointDirectoryError(msg)
+        _refuse_unshared_sinks(plan)
         self.plan = plan
         self.store = store
         self.settings = settings
