@@ -251,6 +251,8 @@ class CheckpointCoordinator:
         size = meta.size_bytes
         # Step 2: metadata last and atomically.
         CRASH_POINTS.hit("after_task_snapshots_before_metadata")
+        # Fencing: a runner that lost its lease (object stores) must not complete a checkpoint.
+        self.store.verify_lock(f"completing checkpoint {checkpoint_id}")
         self.store.write_metadata(meta)
         self.pending = None
         self._last_end = self.clock()

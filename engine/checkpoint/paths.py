@@ -13,7 +13,8 @@ Layout::
 
     <checkpoint-dir>/<job>/chk-<n>/_metadata             written last, atomically
     <checkpoint-dir>/<job>/chk-<n>/<uid>-<subtask>.arrow
-    <checkpoint-dir>/<job>/_lock                         held while a runner runs
+    <checkpoint-dir>/<job>/_lock                         held while a runner runs (local)
+    <checkpoint-dir>/<job>/_lease                        held while a runner runs (object stores)
     <checkpoint-dir>/<job>/_checkpoint_ids               the highest checkpoint id ever started
 """
 
@@ -126,3 +127,8 @@ class CheckpointPaths:
     def lock(self) -> str:
         """The run lock file."""
         return f"{self.job_dir}/_lock"
+
+    @property
+    def lease(self) -> str:
+        """The run lease object on object stores: owner token, host, pid and expiry."""
+        return f"{self.job_dir}/_lease"

@@ -54,7 +54,14 @@ class CheckpointStore:
         self.url = url
         self.paths = CheckpointPaths(root, job_name)
         self.is_local = isinstance(self.fs, LocalFileSystem)
-        self._lock = RunLock(self.fs, url, self.paths.job_dir, self.paths.lock, local=self.is_local)
+        self._lock = RunLock(
+            self.fs,
+            url,
+            self.paths.job_dir,
+            self.paths.lock,
+            local=self.is_local,
+            lease_path=self.paths.lease,
+        )
 
     # -- setup -----------------------------------------------------------
 
@@ -75,6 +82,13 @@ class CheckpointStore:
     def acquire_lock(self) -> None:
         """Make this process the only runner on this job's checkpoints (see :class:`RunLock`)."""
         self._lock.acquire()
+
+    def verify_lock(self, purpose: str) -> None:
+        """Raise ``ConcurrentRunError`` unless this process still holds the run lock (fencing).
+
+        ``purpose`` completes the message ("completing checkpoint 7").
+        """
+        self._lock.verify(purpose)
 
     def release_lock(self) -> None:
         """Release the run lock (idempotent)."""
