@@ -43,7 +43,13 @@ from onceflow.operators.base import (
     SourceReader,
     TwoPhaseCommitWriter,
 )
-from onceflow.operators.errors import SinkCommitError, SinkError, SinkOutputExistsError, SourceError
+from onceflow.operators.errors import (
+    SinkCommitError,
+    SinkError,
+    SinkOutputExistsError,
+    SourceChangedError,
+    SourceError,
+)
 from onceflow.state_backends.errors import ErrorDomain
 
 __all__ = [
@@ -184,6 +190,9 @@ class RedisStreamSourceReader(SourceReader):
         self._batch: list[tuple[str, str, dict[str, str]]] = []
         """The last batch returned, for :meth:`batch_position` on the error path."""
         self._end: dict[str, str | None] = {}
+        """Bounded mode: the last entry id to read per stream, fixed at the first start."""
+        self._first: dict[str, str | None] = {}
+        """Bounded mode: the stream's first entry id at the first start (None: empty or unknown)."""
         self._done: set[str] = set()
         self._idle_until = 0.0
         self._where = f"RedisStreamSource({_safe_url(source.url)!r})"
@@ -205,7 +214,28 @@ class RedisStreamSourceReader(SourceReader):
             return
         self._client = _connect(self._source.url, self._where, self._source.timeout, RedisUnavailableError)
         self._last = dict.fromkeys(self._streams, _NO_ID)
-        self._end = {s: self._current_end(s) for s in self._streams}
+        self._end, self._first = {}, {}
+        if ctx.restored_checkpoint_id is None:
+            # A restore takes the ends from the checkpoint; streams it has no state
+            # for get theirs in restore_state or at the first poll.
+            self._fix_ends()
+
+    def _fix_ends(self) -> None:
+        """Bounded mode: record the end and first entry of every owned stream that has none yet."""
+        for stream in self._streams:
+            if stream not in self._end:
+                self._end[stream] = self._current_end(stream)
+                self._first[stream] = self._first_entry(stream)
+
+    def _first_entry(self, stream: str) -> str | None:
+        if not self._source.bounded:
+            return None
+        redis = _import_redis()
+        try:
+            oldest = self._client.xrange(stream, count=1)
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        return oldest[0][0] if oldest else None
 
     def _current_end(self, stream: str) -> str | None:
         """Return the stream's last entry id now (bounded), or None (unbounded: no end)."""
@@ -242,7 +272,50 @@ class RedisStreamSourceReader(SourceReader):
             if stream in merged:
                 self._last[stream] = merged[stream]["last"]
                 self._end[stream] = merged[stream]["end"] if self._source.bounded else None
+                self._first[stream] = merged[stream].get("first")
+        self._fix_ends()
         self._done = {s for s in self._streams if self._finished(s)}
+        if self._source.bounded:
+            for stream in self._streams:
+                if stream in merged and stream not in self._done:
+                    self._check_position(stream, restored.checkpoint_id)
+
+    def _check_position(self, stream: str, checkpoint_id: int | None) -> None:
+        """Raise if the restored position is no longer in ``stream``; bounded mode only.
+
+        The entry read last (or, before any was read, the first entry at the
+        first start) must still be there: XTRIM removes the oldest entries, so
+        if it is present nothing after it is gone. In unbounded mode trimming
+        already read entries (MAXLEN) is normal, so nothing is checked there.
+        """
+        last = self._last[stream]
+        expected = last if last != _NO_ID else self._first.get(stream)
+        redis = _import_redis()
+        try:
+            kind = self._client.type(stream)
+            present = kind == "stream" and (
+                expected is None or bool(self._client.xrange(stream, expected, expected, count=1))
+            )
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        if not present:
+            raise self._gone(stream, kind, checkpoint_id)
+
+    def _gone(self, stream: str, kind: str, checkpoint_id: int | None = None) -> SourceChangedError:
+        last, end = self._last[stream], self._end.get(stream)
+        where = f"checkpoint {checkpoint_id} had" if checkpoint_id is not None else "this run has"
+        if kind == "none":
+            what = "no longer exists (deleted, or Redis restarted without persistence)"
+        elif kind != "stream":
+            what = f"is now a Redis {kind}, not a stream"
+        else:
+            what = "lost entries this source has not read (trimmed, deleted, or the stream was recreated)"
+        msg = (
+            f"{self._where}: stream {stream!r} {what}; {where} read it up to entry id {last!r} of "
+            f"{end!r}, so the rest cannot be read exactly once. Restore the stream (e.g. from an AOF "
+            f"or RDB backup), or rerun with --fresh to read it as it is now"
+        )
+        return SourceChangedError(msg)
 
     def _finished(self, stream: str) -> bool:
         end = self._end.get(stream)
@@ -253,7 +326,10 @@ class RedisStreamSourceReader(SourceReader):
 
         Raises:
             RedisUnavailableError: the connection broke (the attempt restarts).
+            SourceChangedError: bounded mode, a stream vanished or lost unread entries.
         """
+        if self._source.bounded and len(self._end) < len(self._streams):
+            self._fix_ends()
         active = [s for s in self._streams if s not in self._done]
         if not active:
             return None
@@ -282,8 +358,12 @@ class RedisStreamSourceReader(SourceReader):
             if self._finished(stream):
                 self._done.add(stream)
         if self._source.bounded:
-            # A bounded stream with nothing after the last id has nothing left to
-            # read (entries up to its end were trimmed away, or it was empty).
+            # A bounded stream not yet read to its end always has an entry after
+            # the last id read: none means the stream vanished or lost entries.
+            for stream in active:
+                if stream not in got and not self._finished(stream):
+                    self._check_position(stream, None)
+                    raise self._gone(stream, "stream")
             self._done.update(s for s in active if s not in got)
             if not records and len(self._done) == len(self._streams):
                 return None
@@ -303,8 +383,13 @@ class RedisStreamSourceReader(SourceReader):
         return {"stream": stream, "id": entry_id}
 
     def snapshot_state(self, checkpoint_id: int) -> dict[str, dict[str, Any]]:
-        """Return ``{stream: {"last": id, "end": id or None}}`` for every owned stream."""
-        return {s: {"last": self._last[s], "end": self._end.get(s)} for s in self._streams}
+        """Return ``{stream: {"last": id, "end": id or None}}`` per owned stream (bounded: and ``first``)."""
+        states: dict[str, dict[str, Any]] = {}
+        for s in self._streams:
+            states[s] = {"last": self._last[s], "end": self._end.get(s)}
+            if self._source.bounded:
+                states[s]["first"] = self._first.get(s)
+        return states
 
     def _unavailable(self, exc: BaseException) -> RedisUnavailableError:
         return RedisUnavailableError(f"{self._where}: Redis failed: {exc}")

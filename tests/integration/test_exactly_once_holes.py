@@ -277,3 +277,101 @@ def test_input_files_renamed_or_rewritten_after_a_kill_are_refused_not_read_agai
         assert touched in rerun.stderr and "--fresh" in rerun.stderr, f"seed={seed}: {rerun.stderr}"
         assert "Traceback" not in rerun.stderr
         assert len(committed) == len(set(committed)), f"seed={seed}: duplicates before the refusal"
+
+
+# --------------------------------------------------------------------------- hole 5: vanished Redis stream
+
+REDIS_URL = os.environ.get("ONCEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+STREAM_JOB = """
+    import time
+    from onceflow import FileSink, Job, RedisStreamSource
+
+
+    def slow(entry):
+        time.sleep(0.0005)
+        return entry
+
+
+    def build(url, stream, output):
+        job = Job("holes-redis")
+        (
+            job.source(RedisStreamSource(url, stream, batch_size=100), name="read", uid="read")
+            .map(slow, name="slow")
+            .map(lambda entry: entry[1], name="id")
+            .sink(FileSink(output), name="write", uid="write")
+        )
+        return job
+"""
+
+
+@pytest.fixture
+def redis_client():
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Redis at {REDIS_URL} is unreachable: {exc}")
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    created: list[str] = []
+    client.created = created  # type: ignore[attr-defined]
+    yield client
+    if created:
+        client.delete(*created)
+    client.close()
+
+
+@pytest.mark.parametrize("fault", ["deleted", "restarted_empty", "trimmed", "deleted_while_running"])
+def test_a_bounded_redis_stream_that_vanished_is_an_error_naming_it_and_the_last_id(
+    tmp_path: Path, seed: int, redis_client, fault: str
+) -> None:
+    stream = f"holes-{seed}-{fault}"
+    redis_client.created.append(stream)
+    pipe = redis_client.pipeline()
+    for i in range(20000):
+        pipe.xadd(stream, {"i": str(i)})
+    ids = list(pipe.execute())
+    job_file, chk, out = tmp_path / "job.py", tmp_path / "chk", tmp_path / "out"
+    job_file.write_text(textwrap.dedent(STREAM_JOB))
+    params = (f"url={REDIS_URL}", f"stream={stream}", f"output={out}")
+
+    def change_stream() -> None:
+        if fault in ("deleted", "deleted_while_running"):
+            redis_client.delete(stream)
+        elif fault == "restarted_empty":  # Redis lost the stream; producers write new entries
+            redis_client.delete(stream)
+            for i in range(100):
+                redis_client.xadd(stream, {"i": f"new-{i}"})
+        else:
+            redis_client.xtrim(stream, maxlen=5000, approximate=False)
+
+    if fault == "deleted_while_running":
+        deleted: list[bool] = []
+
+        def delete_after_two_checkpoints() -> bool:
+            if not deleted and completed_checkpoints(chk) >= 2:
+                change_stream()
+                deleted.append(True)
+            return False  # never kill: the run goes on without its stream
+
+        run = onceflow_run(job_file, chk, *params, kill_when=delete_after_two_checkpoints)
+        assert deleted, f"seed={seed}: the run ended before two checkpoints: {run.stderr}"
+    else:
+        first = onceflow_run(job_file, chk, *params, kill_when=lambda: completed_checkpoints(chk) >= 2)
+        assert first.returncode == -signal.SIGKILL, f"seed={seed}: not killed: {first.stderr}"
+        change_stream()
+        run = onceflow_run(job_file, chk, *params)
+
+    committed = read_committed_lines(str(out))
+    assert len(committed) == len(set(committed)), f"seed={seed}: duplicates"
+    if run.returncode == 0:
+        assert committed == ids, (
+            f"seed={seed}: exit 0 with {len(committed)} of {len(ids)} entries\n{run.stderr}"
+        )
+    else:
+        error = [line for line in run.stderr.splitlines() if "error:" in line]
+        assert error, f"seed={seed}: {run.stderr}"
+        assert repr(stream) in error[0] and "entry id '" in error[0], f"seed={seed}: {error[0]}"
+        assert "Traceback" not in run.stderr
