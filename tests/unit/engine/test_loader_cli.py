@@ -202,7 +202,7 @@ def test_checkpoints_inspect_of_a_missing_id_is_a_usage_error(
 def test_checkpoints_delete_removes_the_checkpoints_of_the_job(
     finished: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["checkpoints", "delete", str(finished.chk)]) == 0
+    assert main(["checkpoints", "delete", str(finished.chk), "--all"]) == 0
 
     assert "deleted 1 checkpoint(s) of 'cli-count'" in capsys.readouterr().out
     assert not (finished.chk / "cli-count" / "chk-1").exists()
