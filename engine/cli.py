@@ -20,10 +20,12 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from onceflow.engine.api import Job
+from onceflow.engine.checkpoint.metadata import CheckpointMetadata
 from onceflow.engine.checkpoint.paths import CheckpointPaths
+from onceflow.engine.checkpoint.retention import plan_deletions
 from onceflow.engine.checkpoint.store import CheckpointStore, list_jobs
 from onceflow.engine.coordinator import CoordinatorSettings
-from onceflow.engine.errors import OnceflowError, classify
+from onceflow.engine.errors import CheckpointStorageError, ConcurrentRunError, OnceflowError, classify
 from onceflow.engine.executors.local import ExecutionSettings
 from onceflow.engine.loader import load_job, load_job_file, parse_params
 from onceflow.engine.plan import build_plan, describe_graph
@@ -139,16 +141,30 @@ def build_parser() -> argparse.ArgumentParser:
     job_args(graph)
 
     chk = sub.add_parser("checkpoints", help="list, inspect or delete checkpoints")
-    chk.add_argument("action", choices=["list", "inspect", "delete"])
-    chk.add_argument(
-        "url",
-        nargs="?",
-        default=DEFAULT_CHECKPOINT_DIR,
-        help=f"checkpoint directory (default {DEFAULT_CHECKPOINT_DIR})",
+    actions = chk.add_subparsers(dest="action", required=True, parser_class=_Parser)
+
+    def chk_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "url",
+            nargs="?",
+            default=DEFAULT_CHECKPOINT_DIR,
+            help=f"checkpoint directory (default {DEFAULT_CHECKPOINT_DIR})",
+        )
+        p.add_argument("--job", help="job name (default: the only job in the directory)")
+        p.add_argument("--verbose", "-v", action="store_true")
+
+    chk_args(actions.add_parser("list", help="list every job's checkpoints"))
+    inspect = actions.add_parser("inspect", help="print a checkpoint's metadata")
+    chk_args(inspect)
+    inspect.add_argument("--id", type=int, help="checkpoint id (default: the latest completed)")
+    delete = actions.add_parser(
+        "delete",
+        help="delete one checkpoint (--id N) or all of a job's (--all); refused while a run holds URL",
     )
-    chk.add_argument("--job", help="job name (default: the only job in the directory)")
-    chk.add_argument("--id", type=int, help="checkpoint id (default: the latest)")
-    chk.add_argument("--verbose", "-v", action="store_true")
+    chk_args(delete)
+    which = delete.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, help="delete checkpoint N (files others reference stay)")
+    which.add_argument("--all", action="store_true", help="delete every checkpoint of the job")
     return parser
 
 
@@ -228,7 +244,11 @@ def _run_until_done_or_stopped(args: argparse.Namespace, stop: StopRequest) -> i
         stop=stop,
     )
     started = time.monotonic()
-    result = runner.run()
+    try:
+        result = runner.run()
+    finally:
+        if progress is not None:
+            progress.close()
     elapsed = time.monotonic() - started
     if result.status is RunStatus.STOPPED:
         print(
@@ -318,10 +338,43 @@ def _checkpoints(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         print(json.dumps(meta.to_json(), indent=2, sort_keys=True))
         return EXIT_OK
-    targets = [args.id] if args.id is not None else ids
-    for cid in targets:
-        store.delete_checkpoint(cid)
-    print(f"onceflow: deleted {len(targets)} checkpoint(s) of {jobs[0]!r}")
+    return _delete_checkpoints(store, args.id, every=args.all)
+
+
+def _delete_checkpoints(store: CheckpointStore, checkpoint_id: int | None, *, every: bool) -> int:
+    """Delete checkpoint ``checkpoint_id``, or all with ``every``, holding the run lock meanwhile.
+
+    Taking the run's own lock (flock or lease) refuses the delete while a run
+    holds the directory, and keeps a run from starting in the middle of it.
+    Files that a checkpoint kept still references are kept (``plan_deletions``).
+    """
+    job = store.paths.job_name
+    try:
+        store.acquire_lock()
+    except ConcurrentRunError as exc:
+        exc.add_note(f"cannot delete checkpoints of {job!r} while a run holds the directory")
+        raise
+    try:
+        ids = store.checkpoint_ids()
+        if every:
+            targets = ids
+        elif checkpoint_id in ids:
+            targets = [checkpoint_id]
+        else:
+            sys.stderr.write(f"onceflow: error: no checkpoint {checkpoint_id} for {job!r} (found: {ids})\n")
+            return EXIT_USAGE
+        completed: dict[int, CheckpointMetadata] = {}
+        for cid in ids:
+            try:
+                meta = store.read_metadata(cid)
+            except CheckpointStorageError:
+                continue  # damaged: it cannot be restored, so nothing it references must stay
+            if meta is not None:
+                completed[cid] = meta
+        store.delete_checkpoints(plan_deletions(completed, unusable=targets))
+    finally:
+        store.release_lock()
+    print(f"onceflow: deleted {len(targets)} checkpoint(s) of {job!r}")
     return EXIT_OK
 
 
