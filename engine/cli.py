@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="batches a channel holds before its producer waits (default 8)",
     )
     run.add_argument("--progress", choices=["auto", "tty", "log", "off"], default="auto")
+    run.add_argument(
+        "--allow-unmatched-state",
+        action="store_true",
+        help="drop checkpointed state that no operator matches by uid and kind (default: refuse the run)",
+    )
 
     graph = sub.add_parser("graph", help="print the logical graph and the physical plan")
     job_args(graph)
@@ -242,6 +247,7 @@ def _run_until_done_or_stopped(args: argparse.Namespace, stop: StopRequest) -> i
         params=loaded.params,
         executor=args.executor,
         stop=stop,
+        allow_unmatched_state=args.allow_unmatched_state,
     )
     started = time.monotonic()
     try:

@@ -100,6 +100,7 @@ class JobRunner:
         params: dict[str, str] | None = None,
         executor: str = "local",
         stop: StopRequest | None = None,
+        allow_unmatched_state: bool = False,
     ) -> None:
         if executor not in EXECUTORS:
             msg = f"unknown executor {executor!r}; choose one of {sorted(EXECUTORS)}"
@@ -114,6 +115,7 @@ class JobRunner:
         self.settings = settings or ExecutionSettings()
         self.restart = restart or RestartStrategy()
         self.fresh = fresh
+        self.allow_unmatched_state = allow_unmatched_state
         self.on_tick = on_tick
         self.stop = stop or StopRequest()
         """Set (by a signal handler) to stop gracefully; see :mod:`onceflow.engine.stopping`."""
@@ -176,7 +178,9 @@ class JobRunner:
             time.sleep(min(remaining, 0.05))
 
     def _attempt(self) -> RunResult:
-        selection = select_checkpoint(self.store, self.plan, self.params)
+        selection = select_checkpoint(
+            self.store, self.plan, self.params, allow_unmatched_state=self.allow_unmatched_state
+        )
         restore = selection.restore
         restored_id = restore.checkpoint_id if restore else None
         if restore is not None:

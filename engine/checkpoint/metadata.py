@@ -143,20 +143,40 @@ class StateHandle:
 
 @dataclass(frozen=True)
 class OperatorInfo:
-    """An operator of the job that took the checkpoint: display name, kind, parallelism."""
+    """An operator of the job that took the checkpoint: display name, kind, parallelism, method.
+
+    ``method`` is the call that made it (``reduce``, ``stateful_map``,
+    ``source:FileSource``...), the kind of its state: a restore hands state
+    only to an operator of the same uid, kind and method. Checkpoints written
+    before it was recorded read as ``""`` (only the kind is compared then).
+    """
 
     name: str
     kind: str
     parallelism: int
+    method: str = ""
+
+    @property
+    def state_kind(self) -> str:
+        """The method, or the kind when the method was not recorded: what a restore compares."""
+        return self.method or self.kind
 
     def to_json(self) -> dict[str, Any]:
         """Return the operator's ``_metadata`` entry."""
-        return {"name": self.name, "kind": self.kind, "parallelism": self.parallelism}
+        entry: dict[str, Any] = {"name": self.name, "kind": self.kind, "parallelism": self.parallelism}
+        if self.method:
+            entry["method"] = self.method
+        return entry
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> OperatorInfo:
         """Rebuild from :meth:`to_json` output."""
-        return cls(name=_str(d["name"]), kind=_str(d["kind"]), parallelism=_int(d["parallelism"]))
+        return cls(
+            name=_str(d["name"]),
+            kind=_str(d["kind"]),
+            parallelism=_int(d["parallelism"]),
+            method=_str(d.get("method", "")),
+        )
 
 
 @dataclass(frozen=True)
@@ -177,7 +197,9 @@ class JobDescription:
     def of_plan(cls, plan: PhysicalPlan, params: Mapping[str, str]) -> JobDescription:
         """Describe the job ``plan`` runs, started with ``params``."""
         operators = {
-            op.uid: OperatorInfo(name=op.name, kind=op.kind.value, parallelism=task.parallelism)
+            op.uid: OperatorInfo(
+                name=op.name, kind=op.kind.value, parallelism=task.parallelism, method=op.method
+            )
             for task in plan.tasks
             for op in task.operators
         }

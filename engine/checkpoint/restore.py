@@ -37,6 +37,7 @@ from onceflow.engine.checkpoint.metadata import CheckpointMetadata, StateHandle
 from onceflow.engine.checkpoint.retention import plan_deletions
 from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.errors import CheckpointStorageError, CorruptStateError, IncompatibleCheckpointError
+from onceflow.engine.graph import OperatorKind
 from onceflow.engine.plan import PhysicalPlan
 from onceflow.operators.base import RestoredState
 from onceflow.state_backends.arrow_snapshot import read_state_file
@@ -89,7 +90,11 @@ def next_checkpoint_id(existing: Iterable[int], started: int = 0) -> int:
 
 
 def select_checkpoint(
-    store: CheckpointStore, plan: PhysicalPlan, params: Mapping[str, str]
+    store: CheckpointStore,
+    plan: PhysicalPlan,
+    params: Mapping[str, str],
+    *,
+    allow_unmatched_state: bool = False,
 ) -> RestoreSelection:
     """Find the newest usable checkpoint, load all its state, and clean up (steps in the module doc).
 
@@ -124,10 +129,16 @@ def select_checkpoint(
             completed[cid] = meta
             continue
         # Step 2
-        check_compatible(meta, plan, params, where=f"checkpoint {cid} in {store.paths.job_dir!r}")
+        dropped = check_compatible(
+            meta,
+            plan,
+            params,
+            where=f"checkpoint {cid} in {store.paths.job_dir!r}",
+            allow_unmatched_state=allow_unmatched_state,
+        )
         # Step 3
         try:
-            states = load_states(store, meta, plan)
+            states = load_states(store, meta, plan, dropped=dropped)
         except (CorruptStateError, FileNotFoundError) as exc:
             skipped.append((cid, f"a state file is damaged or missing: {exc}"))
             doomed.append(cid)
@@ -143,14 +154,24 @@ def select_checkpoint(
 
 
 def check_compatible(
-    meta: CheckpointMetadata, plan: PhysicalPlan, params: Mapping[str, str], *, where: str
-) -> None:
-    """Raise ``IncompatibleCheckpointError`` unless ``meta`` can restore into ``plan``.
+    meta: CheckpointMetadata,
+    plan: PhysicalPlan,
+    params: Mapping[str, str],
+    *,
+    where: str,
+    allow_unmatched_state: bool = False,
+) -> frozenset[str]:
+    """Raise ``IncompatibleCheckpointError`` unless ``meta`` can restore into ``plan``; return uids dropped.
 
     Key groups cannot be remapped (same max parallelism and key hash), and the
-    checkpoint directory identifies one run (same parameters). A changed graph
-    is accepted when every stateful operator of the checkpoint is in the new
-    job by uid.
+    checkpoint directory identifies one run (same parameters). Every piece of
+    state in the checkpoint must match an operator of this job by uid and by
+    kind of state (the method that made it: ``reduce``, ``stateful_map``...);
+    unmatched state refuses the run, naming it and the stateful operators
+    without ``uid=``, since handing it to another operator or silently
+    starting over would both give wrong output. With
+    ``allow_unmatched_state`` it is dropped instead, with a warning naming it,
+    and the returned uids are what :func:`load_states` must skip.
     """
     if meta.max_parallelism != plan.max_parallelism:
         msg = (
@@ -169,33 +190,71 @@ def check_compatible(
             "--checkpoint-dir for the new parameters, or --fresh to start over"
         )
         raise IncompatibleCheckpointError(msg)
-    if meta.fingerprint == plan.fingerprint:
-        return
-    uids = plan.parallelism_by_uid()
-    missing = [u for u in meta.stateful_uids if u not in uids]
-    if missing:
-        msg = (
-            f"{where} belongs to a different job graph: its stateful operators {missing} "
-            "are not in this job. Give operators the same uid= as before, or pass --fresh "
-            "to start over"
+    operators = {op.uid: op for task in plan.tasks for op in task.operators}
+    unmatched: list[str] = []
+    dropped_uids: list[str] = []
+    for uid in meta.stateful_uids:
+        info = meta.operators.get(uid)
+        op = operators.get(uid)
+        old = f"{uid!r} ({info.state_kind} {info.name!r})" if info is not None else repr(uid)
+        if op is None:
+            unmatched.append(old)
+        elif info is not None and info.state_kind not in (op.method, op.kind.value):
+            unmatched.append(f"{old}, now the uid of {op.method or op.kind.value} {op.name!r}")
+        else:
+            continue
+        dropped_uids.append(uid)
+    if not unmatched:
+        if meta.fingerprint != plan.fingerprint:
+            log.warning("the job graph changed since %s; restoring state by operator uid", where)
+        return frozenset()
+    dropped = frozenset(dropped_uids)
+    if allow_unmatched_state:
+        log.warning(
+            "dropping the state of %s from %s (--allow-unmatched-state): no operator of this job "
+            "matches it by uid and kind, so those operators start without it",
+            ", ".join(unmatched),
+            where,
         )
-        raise IncompatibleCheckpointError(msg)
-    log.warning("the job graph changed since %s; restoring state by operator uid", where)
+        return dropped
+    stateful = (OperatorKind.SOURCE, OperatorKind.KEYED, OperatorKind.SINK)
+    without_uid = [
+        f"{op.name!r} ({op.method or op.kind.value}, now uid {op.uid!r})"
+        for op in operators.values()
+        if op.kind in stateful and not op.explicit_uid
+    ]
+    hint = (
+        f"Operators without uid=: {', '.join(without_uid)}; give the one that held this state "
+        f"the uid it had (e.g. uid={dropped_uids[0]!r})"
+        if without_uid
+        else "Give the operator that held this state the same uid= as before"
+    )
+    msg = (
+        f"{where} has state that no operator of this job matches by uid and kind: "
+        f"{'; '.join(unmatched)}. {hint}; or pass --allow-unmatched-state to drop that state, "
+        "or --fresh to start over"
+    )
+    raise IncompatibleCheckpointError(msg)
 
 
 def load_states(
-    store: CheckpointStore, meta: CheckpointMetadata, plan: PhysicalPlan
+    store: CheckpointStore,
+    meta: CheckpointMetadata,
+    plan: PhysicalPlan,
+    *,
+    dropped: frozenset[str] = frozenset(),
 ) -> dict[StateKey, RestoredState]:
     """Read and verify every state file of ``meta`` into each subtask's share under ``plan``.
 
     Every subtask of an operator gets every old subtask's operator state (it
     picks its share after a rescale) and the keyed state of its own key-group
     range. Raises ``CorruptStateError`` or ``FileNotFoundError`` for a damaged
-    or missing file.
+    or missing file. State of the ``dropped`` uids (see :func:`check_compatible`) is not read.
     """
     by_uid: dict[str, list[StateHandle]] = defaultdict(list)
     for handle in meta.handles:
-        by_uid[handle.uid].append(handle)
+        if handle.uid not in dropped:
+            by_uid[handle.uid].append(handle)
     states: dict[StateKey, RestoredState] = {}
     for task in plan.tasks:
         for op in task.operators:

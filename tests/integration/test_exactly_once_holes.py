@@ -185,7 +185,6 @@ def killed_after_checkpoints(
     return job_file, chk, params
 
 
-@pytest.mark.xfail(strict=True, reason="restore-side uid matching: pending")
 def test_restored_state_of_another_operator_kind_under_the_same_uid_is_refused(
     tmp_path: Path, seed: int
 ) -> None:
@@ -200,7 +199,6 @@ def test_restored_state_of_another_operator_kind_under_the_same_uid_is_refused(
     assert "'count'" in rerun.stderr and "reduce" in rerun.stderr and "stateful_map" in rerun.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="restore-side uid matching: pending")
 def test_unmatched_state_names_the_operators_without_uid_and_can_be_dropped_on_purpose(
     tmp_path: Path, seed: int
 ) -> None:
