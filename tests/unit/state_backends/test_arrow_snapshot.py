@@ -8,6 +8,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
+
 from onceflow.state_backends import (
     CorruptStateError,
     ErrorDomain,
