@@ -397,11 +397,7 @@ class RedisStreamSourceReader(SourceReader):
     def close(self) -> None:
         """Close the connection; never raises."""
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - close must not raise
-                log.debug("closing a Redis connection failed", exc_info=True)
+        _close_quietly(client)
 
 
 # --------------------------------------------------------------------------- sink
@@ -638,8 +634,14 @@ class RedisStreamSinkWriter(TwoPhaseCommitWriter):
     def close(self) -> None:
         """Close the connection; staged entries stay for a restore to commit or delete."""
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - close must not raise
-                log.debug("closing a Redis connection failed", exc_info=True)
+        _close_quietly(client)
+
+
+def _close_quietly(client: Any) -> None:
+    """Close a Redis client, if any; never raises (close runs on every exit path)."""
+    if client is None:
+        return
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - close must not raise
+        log.debug("closing a Redis connection failed", exc_info=True)

@@ -16,44 +16,41 @@ from onceflow.operators.bad_records import failure_at
 from onceflow.operators.base import Capability, Operator
 
 
-class MapOperator(Operator):
-    """Apply ``fn`` to every record."""
+class _OneCallPerRecord(Operator):
+    """A batch loop over ``fn`` with a built-in iterator (``map`` or ``filter``) in C.
+
+    On an exception the iterator's progress says which record failed, so the
+    function is never called again just to find it.
+    """
 
     capabilities = Capability.NONE
+    _loop: Callable[..., Iterable[Any]]
 
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
 
     def process_batch(self, records: list) -> list:
-        """Return ``[fn(r) for r in records]``; raise ``BatchFailure`` if ``fn`` raises."""
+        """Return the batch's output; raise ``BatchFailure`` if ``fn`` raises."""
         remaining = iter(records)
         try:
-            return list(map(self.fn, remaining))
+            return list(self._loop(self.fn, remaining))
         except Exception as exc:
             raise failure_at(records, remaining, exc, self._apply) from None
 
     def _apply(self, records: list) -> list:
-        return list(map(self.fn, records))
+        return list(self._loop(self.fn, records))
 
 
-class FilterOperator(Operator):
+class MapOperator(_OneCallPerRecord):
+    """Apply ``fn`` to every record: ``[fn(r) for r in records]``."""
+
+    _loop = map
+
+
+class FilterOperator(_OneCallPerRecord):
     """Keep the records for which ``fn`` is truthy."""
 
-    capabilities = Capability.NONE
-
-    def __init__(self, fn: Callable[[Any], Any]) -> None:
-        self.fn = fn
-
-    def process_batch(self, records: list) -> list:
-        """Return the records that pass; raise ``BatchFailure`` if ``fn`` raises."""
-        remaining = iter(records)
-        try:
-            return list(filter(self.fn, remaining))
-        except Exception as exc:
-            raise failure_at(records, remaining, exc, self._apply) from None
-
-    def _apply(self, records: list) -> list:
-        return list(filter(self.fn, records))
+    _loop = filter
 
 
 class FlatMapOperator(Operator):
