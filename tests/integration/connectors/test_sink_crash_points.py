@@ -47,7 +47,7 @@ from tests.support.chaos import CliRuns, RunOutcome
 from tests.support.oracles import compare, expected, write_input
 from tests.support.stopping import signal_mid_run
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(120)]
 
 SINKS = ["file", "postgres", "redis"]
 LABELS = [
