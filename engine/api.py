@@ -27,10 +27,10 @@ Bad records: every operator call takes ``on_error="fail"`` (the default) or
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from onceflow.engine._api_args import check_fn, copy_per_subtask, describe_output, on_error_mode
 from onceflow.engine.errors import JobDefinitionError
 from onceflow.engine.graph import (
     DEAD_LETTER_TAG,
@@ -41,6 +41,7 @@ from onceflow.engine.graph import (
     OperatorSpec,
     Partitioning,
 )
+from onceflow.engine.windowed import WindowedStream
 from onceflow.operators.base import Sink, Source, describe_callable
 from onceflow.operators.keyed import ReduceOperator, StatefulMapOperator
 from onceflow.operators.transforms import FilterOperator, FlatMapOperator, MapBatchesOperator, MapOperator
@@ -184,29 +185,6 @@ class Job:
         return node_id
 
 
-def _check_fn(fn: Any, method: str) -> None:
-    if not callable(fn):
-        msg = f"{method}() needs a callable, got {fn!r}"
-        raise JobDefinitionError(msg)
-
-
-def _on_error(value: Any, method: str, *, dead_letters: bool = True) -> OnError:
-    """Validate an ``on_error=`` argument; ``dead_letters=False`` where records cannot be isolated yet."""
-    try:
-        mode = OnError(value)
-    except ValueError:
-        msg = f"{method}(): on_error must be 'fail' or 'dead_letter', got {value!r}"
-        raise JobDefinitionError(msg) from None
-    if mode is OnError.DEAD_LETTER and not dead_letters:
-        msg = (
-            f"{method}() does not support on_error='dead_letter' yet (its function does not see one "
-            "record at a time); do the part that can fail in a map/filter/flat_map with "
-            "on_error='dead_letter' before it"
-        )
-        raise JobDefinitionError(msg)
-    return mode
-
-
 class Stream:
     """A stream of records flowing out of one or more operators.
 
@@ -259,7 +237,7 @@ class Stream:
         timestamp_fn: Callable[[Any], float] | None = None,
         on_error: OnError = OnError.FAIL,
     ) -> Stream:
-        _check_fn(fn, method)
+        check_fn(fn, method)
         node = self._then(
             OperatorKind.TRANSFORM, method, lambda i, p: make(), fn, name, parallelism, uid, on_error=on_error
         )
@@ -275,7 +253,7 @@ class Stream:
         on_error: str = "fail",
     ) -> Stream:
         """Replace every record by ``fn(record)``."""
-        mode = _on_error(on_error, "map")
+        mode = on_error_mode(on_error, "map")
         return self._transform("map", lambda: MapOperator(fn), fn, name, parallelism, uid, on_error=mode)
 
     def filter(
@@ -288,7 +266,7 @@ class Stream:
         on_error: str = "fail",
     ) -> Stream:
         """Keep the records for which ``fn(record)`` is truthy."""
-        mode = _on_error(on_error, "filter")
+        mode = on_error_mode(on_error, "filter")
         return self._transform(
             "filter", lambda: FilterOperator(fn), fn, name, parallelism, uid, self._timestamp_fn, mode
         )
@@ -312,8 +290,8 @@ class Stream:
         """
         from onceflow.operators.event_time import TimestampAssigner
 
-        _check_fn(timestamp_fn, "assign_timestamps")
-        _on_error(on_error, "assign_timestamps", dead_letters=False)
+        check_fn(timestamp_fn, "assign_timestamps")
+        on_error_mode(on_error, "assign_timestamps", dead_letters=False)
         if max_delay < 0 or (idle_timeout is not None and idle_timeout <= 0):
             msg = (
                 "assign_timestamps: max_delay must be >= 0 and idle_timeout > 0, "
@@ -331,7 +309,7 @@ class Stream:
         )
         idle = f", idle after {idle_timeout} s" if idle_timeout is not None else ""
         shown = describe_callable(timestamp_fn)
-        _describe(stream, f"TimestampAssigner(max_delay {max_delay} s{idle}): {shown}")
+        describe_output(stream, f"TimestampAssigner(max_delay {max_delay} s{idle}): {shown}")
         return stream
 
     def side_output(self, tag: str) -> Stream:
@@ -359,7 +337,7 @@ class Stream:
         on_error: str = "fail",
     ) -> Stream:
         """Replace every record by the items of ``fn(record)``."""
-        mode = _on_error(on_error, "flat_map")
+        mode = on_error_mode(on_error, "flat_map")
         return self._transform(
             "flat_map", lambda: FlatMapOperator(fn), fn, name, parallelism, uid, on_error=mode
         )
@@ -375,7 +353,7 @@ class Stream:
         on_error: str = "fail",
     ) -> Stream:
         """Apply ``fn`` to a whole batch: a list, or with ``arrow=True`` an Arrow RecordBatch."""
-        _on_error(on_error, "map_batches", dead_letters=False)
+        on_error_mode(on_error, "map_batches", dead_letters=False)
         return self._transform(
             "map_batches", lambda: MapBatchesOperator(fn, arrow=arrow), fn, name, parallelism, uid
         )
@@ -386,7 +364,7 @@ class Stream:
         Keys must be str, int, float, bool, bytes, None or tuples of these;
         ``1``, ``1.0`` and ``True`` are the same key (they compare equal).
         """
-        _check_fn(key_fn, "key_by")
+        check_fn(key_fn, "key_by")
         return KeyedStream(
             self._job,
             [(n, _repartition(e, Partitioning.HASH, key_fn)) for n, e in self._inputs],
@@ -474,7 +452,7 @@ class KeyedStream:
         uid: str | None,
         on_error: OnError = OnError.FAIL,
     ) -> Stream:
-        _check_fn(fn, method)
+        check_fn(fn, method)
         node = self._job._add(  # noqa: SLF001 - KeyedStream and Job are one API
             OperatorKind.KEYED,
             method,
@@ -502,7 +480,7 @@ class KeyedStream:
         With ``on_error="dead_letter"`` a record for which ``fn`` raises leaves
         its key's value as it was.
         """
-        mode = _on_error(on_error, "reduce")
+        mode = on_error_mode(on_error, "reduce")
         return self._keyed("reduce", lambda: ReduceOperator(fn), fn, name, parallelism, uid, mode)
 
     def stateful_map(
@@ -519,7 +497,7 @@ class KeyedStream:
         With ``on_error="dead_letter"`` a record for which ``fn`` raises (or
         returns something that is not a pair) leaves its key's state as it was.
         """
-        mode = _on_error(on_error, "stateful_map")
+        mode = on_error_mode(on_error, "stateful_map")
         return self._keyed("stateful_map", lambda: StatefulMapOperator(fn), fn, name, parallelism, uid, mode)
 
     def process(
@@ -542,11 +520,11 @@ class KeyedStream:
         if not callable(getattr(fn, "process_element", None)):
             msg = f"process() needs an object with process_element(value, ctx), got {fn!r}"
             raise JobDefinitionError(msg)
-        _on_error(on_error, "process", dead_letters=False)
+        on_error_mode(on_error, "process", dead_letters=False)
         timestamp_fn = self._timestamp_fn
         return self._keyed(
             "process",
-            lambda: KeyedProcessOperator(_copy(fn), timestamp_fn),
+            lambda: KeyedProcessOperator(copy_per_subtask(fn), timestamp_fn),
             fn.process_element,
             name,
             parallelism,
@@ -562,126 +540,3 @@ class KeyedStream:
             )
             raise JobDefinitionError(msg)
         return WindowedStream(self, assigner)
-
-
-def _describe(stream: Stream, description: str) -> None:
-    """Replace the description ``onceflow graph`` shows for the operator ending ``stream``."""
-    node = stream._inputs[0][0]  # noqa: SLF001 - one API
-    stream._job.graph.spec(node).description = description  # noqa: SLF001
-
-
-def _copy(fn: Any) -> Any:
-    """Copy a user object per subtask, so no attribute is shared between subtasks."""
-    try:
-        return copy.deepcopy(fn)
-    except Exception:  # objects that cannot be copied are shared as they are
-        return fn
-
-
-class WindowedStream:
-    """A keyed stream grouped into windows; end it with ``reduce``, ``aggregate`` or ``process``."""
-
-    def __init__(
-        self, keyed: KeyedStream, assigner: Any, lateness: float = 0.0, late_tag: str | None = None
-    ) -> None:
-        self._keyed = keyed
-        self._assigner = assigner
-        self._lateness = lateness
-        self._late_tag = late_tag
-
-    def allowed_lateness(self, seconds: float) -> WindowedStream:
-        """Keep windows open ``seconds`` past their end: late records update and re-fire them."""
-        if seconds < 0:
-            msg = f"allowed_lateness must be >= 0, got {seconds!r}"
-            raise JobDefinitionError(msg)
-        return WindowedStream(self._keyed, self._assigner, float(seconds), self._late_tag)
-
-    def late_records(self, tag: str) -> WindowedStream:
-        """Send records later than the allowed lateness to side output ``tag`` instead of dropping them."""
-        return WindowedStream(self._keyed, self._assigner, self._lateness, str(tag))
-
-    def _window(
-        self,
-        kind: str,
-        fns: dict[str, Any],
-        shown: Any,
-        name: str | None,
-        parallelism: int | None,
-        uid: str | None,
-    ) -> Stream:
-        from onceflow.operators.windows import WindowOperator
-
-        assigner, lateness, tag = self._assigner, self._lateness, self._late_tag
-        timestamp_fn = self._keyed._timestamp_fn  # noqa: SLF001 - one API
-        stream = self._keyed._keyed(  # noqa: SLF001
-            f"window_{kind}",
-            lambda: WindowOperator(
-                assigner,
-                kind=kind,
-                timestamp_fn=timestamp_fn,
-                allowed_lateness=lateness,
-                late_tag=tag,
-                **fns,
-            ),
-            shown,
-            name,
-            parallelism,
-            uid,
-        )
-        late = f", late records -> {tag!r}" if tag is not None else ""
-        _describe(
-            stream,
-            f"{assigner!r} {kind}, allowed lateness {lateness} s{late}: {describe_callable(shown)}",
-        )
-        return stream
-
-    def reduce(
-        self,
-        fn: Callable[[Any, Any], Any],
-        *,
-        name: str | None = None,
-        parallelism: int | None = None,
-        uid: str | None = None,
-        on_error: str = "fail",
-    ) -> Stream:
-        """Fold each window's records with ``fn``; emit ``(key, window, value)`` when it fires."""
-        _check_fn(fn, "reduce")
-        _on_error(on_error, "window reduce", dead_letters=False)
-        return self._window("reduce", {"reduce_fn": fn}, fn, name, parallelism, uid)
-
-    def aggregate(
-        self,
-        add: Callable[[Any, Any], Any],
-        merge: Callable[[Any, Any], Any],
-        result: Callable[[Any], Any],
-        init: Callable[[], Any],
-        *,
-        name: str | None = None,
-        parallelism: int | None = None,
-        uid: str | None = None,
-        on_error: str = "fail",
-    ) -> Stream:
-        """Aggregate incrementally and emit ``(key, window, result(acc))`` when a window fires.
-
-        ``acc`` starts as ``init()`` and takes ``acc = add(acc, record)``;
-        ``merge`` combines two accumulators when session windows merge.
-        """
-        for f, label in ((add, "add"), (merge, "merge"), (result, "result"), (init, "init")):
-            _check_fn(f, f"aggregate {label}")
-        _on_error(on_error, "window aggregate", dead_letters=False)
-        fns = {"add_fn": add, "merge_fn": merge, "result_fn": result, "init_fn": init}
-        return self._window("aggregate", fns, add, name, parallelism, uid)
-
-    def process(
-        self,
-        fn: Callable[[Any, Any, list], Any],
-        *,
-        name: str | None = None,
-        parallelism: int | None = None,
-        uid: str | None = None,
-        on_error: str = "fail",
-    ) -> Stream:
-        """Call ``fn(key, window, values)`` when a window fires; emit the items it returns."""
-        _check_fn(fn, "process")
-        _on_error(on_error, "window process", dead_letters=False)
-        return self._window("process", {"process_fn": fn}, fn, name, parallelism, uid)

@@ -1,0 +1,127 @@
+"""Windows on a keyed stream: ``KeyedStream.window(assigner)`` returns a ``WindowedStream``.
+
+Only records the window operator spec in the job graph, through the keyed
+stream it came from (``KeyedStream._keyed``), so windows get the same uid,
+name and parallelism rules as every keyed operator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from onceflow.engine._api_args import check_fn, describe_output, on_error_mode
+from onceflow.engine.errors import JobDefinitionError
+from onceflow.operators.base import describe_callable
+
+if TYPE_CHECKING:
+    from onceflow.engine.api import KeyedStream, Stream
+
+
+class WindowedStream:
+    """A keyed stream grouped into windows; end it with ``reduce``, ``aggregate`` or ``process``."""
+
+    def __init__(
+        self, keyed: KeyedStream, assigner: Any, lateness: float = 0.0, late_tag: str | None = None
+    ) -> None:
+        self._keyed = keyed
+        self._assigner = assigner
+        self._lateness = lateness
+        self._late_tag = late_tag
+
+    def allowed_lateness(self, seconds: float) -> WindowedStream:
+        """Keep windows open ``seconds`` past their end: late records update and re-fire them."""
+        if seconds < 0:
+            msg = f"allowed_lateness must be >= 0, got {seconds!r}"
+            raise JobDefinitionError(msg)
+        return WindowedStream(self._keyed, self._assigner, float(seconds), self._late_tag)
+
+    def late_records(self, tag: str) -> WindowedStream:
+        """Send records later than the allowed lateness to side output ``tag`` instead of dropping them."""
+        return WindowedStream(self._keyed, self._assigner, self._lateness, str(tag))
+
+    def _window(
+        self,
+        kind: str,
+        fns: dict[str, Any],
+        shown: Any,
+        name: str | None,
+        parallelism: int | None,
+        uid: str | None,
+    ) -> Stream:
+        from onceflow.operators.windows import WindowOperator
+
+        assigner, lateness, tag = self._assigner, self._lateness, self._late_tag
+        timestamp_fn = self._keyed._timestamp_fn  # noqa: SLF001 - one API
+        stream = self._keyed._keyed(  # noqa: SLF001
+            f"window_{kind}",
+            lambda: WindowOperator(
+                assigner,
+                kind=kind,
+                timestamp_fn=timestamp_fn,
+                allowed_lateness=lateness,
+                late_tag=tag,
+                **fns,
+            ),
+            shown,
+            name,
+            parallelism,
+            uid,
+        )
+        late = f", late records -> {tag!r}" if tag is not None else ""
+        describe_output(
+            stream,
+            f"{assigner!r} {kind}, allowed lateness {lateness} s{late}: {describe_callable(shown)}",
+        )
+        return stream
+
+    def reduce(
+        self,
+        fn: Callable[[Any, Any], Any],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
+        on_error: str = "fail",
+    ) -> Stream:
+        """Fold each window's records with ``fn``; emit ``(key, window, value)`` when it fires."""
+        check_fn(fn, "reduce")
+        on_error_mode(on_error, "window reduce", dead_letters=False)
+        return self._window("reduce", {"reduce_fn": fn}, fn, name, parallelism, uid)
+
+    def aggregate(
+        self,
+        add: Callable[[Any, Any], Any],
+        merge: Callable[[Any, Any], Any],
+        result: Callable[[Any], Any],
+        init: Callable[[], Any],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
+        on_error: str = "fail",
+    ) -> Stream:
+        """Aggregate incrementally and emit ``(key, window, result(acc))`` when a window fires.
+
+        ``acc`` starts as ``init()`` and takes ``acc = add(acc, record)``;
+        ``merge`` combines two accumulators when session windows merge.
+        """
+        for f, label in ((add, "add"), (merge, "merge"), (result, "result"), (init, "init")):
+            check_fn(f, f"aggregate {label}")
+        on_error_mode(on_error, "window aggregate", dead_letters=False)
+        fns = {"add_fn": add, "merge_fn": merge, "result_fn": result, "init_fn": init}
+        return self._window("aggregate", fns, add, name, parallelism, uid)
+
+    def process(
+        self,
+        fn: Callable[[Any, Any, list], Any],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        uid: str | None = None,
+        on_error: str = "fail",
+    ) -> Stream:
+        """Call ``fn(key, window, values)`` when a window fires; emit the items it returns."""
+        check_fn(fn, "process")
+        on_error_mode(on_error, "window process", dead_letters=False)
+        return self._window("process", {"process_fn": fn}, fn, name, parallelism, uid)
