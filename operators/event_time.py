@@ -71,6 +71,16 @@ def check_timestamp(value: Any, record: Any, operator: str) -> float:
     return float(value)
 
 
+def timestamp_fn_failed(operator: str, exc: Exception, record: Any) -> ValueError:
+    """Build the error for a timestamp function that raised, naming ``operator`` and showing ``record``.
+
+    Callers check timestamps inline (it runs per record) and call this only on
+    the failure path, so every operator words the failure the same way.
+    """
+    msg = f"{operator}: the timestamp function raised {type(exc).__name__}: {exc} for record {record!r}"
+    return ValueError(msg)
+
+
 def restored_watermark(
     restored: RestoredState, subtask_index: int, parallelism: int, field: str = "watermark"
 ) -> float:
@@ -145,11 +155,7 @@ class TimestampAssigner(Operator):
             try:
                 t = fn(record)
             except Exception as exc:
-                msg = (
-                    f"{self.name}: the timestamp function raised {type(exc).__name__}: {exc} "
-                    f"for record {record!r}"
-                )
-                raise ValueError(msg) from exc
+                raise timestamp_fn_failed(self.name, exc, record) from exc
             if (type(t) is not float and type(t) is not int) or t != t:  # noqa: PLR0124
                 t = check_timestamp(t, record, self.name)
             if t > top:

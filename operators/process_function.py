@@ -32,7 +32,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
-from onceflow.operators.event_time import check_timestamp, frozen_copy, restored_watermark
+from onceflow.operators.event_time import (
+    check_timestamp,
+    frozen_copy,
+    restored_watermark,
+    timestamp_fn_failed,
+)
 from onceflow.state_backends.heap import HeapKeyedState
 
 __all__ = [
@@ -361,11 +366,7 @@ class KeyedProcessOperator(Operator):
                 try:
                     t = ts_fn(record)
                 except Exception as exc:
-                    msg = (
-                        f"{self.name}: the timestamp function raised {type(exc).__name__}: {exc} "
-                        f"for record {record!r}"
-                    )
-                    raise ValueError(msg) from exc
+                    raise timestamp_fn_failed(self.name, exc, record) from exc
                 if (type(t) is not float and type(t) is not int) or t != t:  # noqa: PLR0124
                     t = check_timestamp(t, record, self.name)
                 self.current_timestamp = t

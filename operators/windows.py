@@ -41,7 +41,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
-from onceflow.operators.event_time import check_timestamp, frozen_copy, restored_watermark
+from onceflow.operators.event_time import (
+    check_timestamp,
+    frozen_copy,
+    restored_watermark,
+    timestamp_fn_failed,
+)
 
 __all__ = [
     "EventTimeSessionWindows",
@@ -320,11 +325,7 @@ class WindowOperator(Operator):
             try:
                 t = ts_fn(record)
             except Exception as exc:
-                msg = (
-                    f"{self.name}: the timestamp function raised {type(exc).__name__}: {exc} "
-                    f"for record {record!r}"
-                )
-                raise ValueError(msg) from exc
+                raise timestamp_fn_failed(self.name, exc, record) from exc
             if (type(t) is not float and type(t) is not int) or t != t:  # noqa: PLR0124 - NaN
                 t = check_timestamp(t, record, self.name)
             if merging:
