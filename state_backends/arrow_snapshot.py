@@ -7,13 +7,16 @@ not choose paths, write checkpoint metadata or decide what is retained: that is
 
 File layout (Arrow IPC *file* format, one file per operator subtask)::
 
-    key_group int32 | state dictionary<int32, string> | key binary | value <typed>
+    key_group int32 | state dictionary<int32, string> | key large_binary | value <typed>
 
 Rows are sorted by ``key_group`` so a restore at another parallelism reads a
 contiguous run. ``key`` holds :func:`~onceflow.state_backends.key_groups.encode_key`
-bytes. ``value`` is ``int64``, ``float64``, ``string`` or ``binary`` when every
-value in the file has exactly that Python type, and otherwise ``binary`` holding
-one pickle per value. Schema metadata records the value encoding, the Python
+bytes. ``value`` is ``int64``, ``float64``, ``large_string`` or ``large_binary`` when
+every value in the file has exactly that Python type, and otherwise
+``large_binary`` holding one pickle per value. The variable-size columns use
+Arrow's large types (64-bit offsets), so neither a subtask's state nor one value
+is limited to 2 GiB. Format ``1`` (32-bit offsets) is still read; a newer format
+is refused naming the version. Schema metadata records the value encoding, the Python
 version (pickles are only trusted by the same major.minor) and the pickled
 operator state.
 
@@ -49,7 +52,9 @@ _META_VALUE_ENCODING = b"onceflow.value_encoding"
 _META_PYTHON = b"onceflow.python"
 _META_OPERATOR_STATE = b"onceflow.operator_state"
 _META_FORMAT = b"onceflow.format"
-_FORMAT_VERSION = b"1"
+_FORMAT_VERSION = b"2"
+_READABLE_FORMATS = (b"1", b"2")
+"""Format 1 had 32-bit offsets (``binary``/``string``); its files decode the same way."""
 _PICKLE_PROTOCOL = 5
 _PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -62,9 +67,9 @@ _ENC_PICKLE = "pickle"
 _ARROW_TYPES = {
     _ENC_INT64: pa.int64(),
     _ENC_FLOAT64: pa.float64(),
-    _ENC_STRING: pa.string(),
-    _ENC_BINARY: pa.binary(),
-    _ENC_PICKLE: pa.binary(),
+    _ENC_STRING: pa.large_string(),
+    _ENC_BINARY: pa.large_binary(),
+    _ENC_PICKLE: pa.large_binary(),
 }
 
 _STATE_TYPE = pa.dictionary(pa.int32(), pa.string())
@@ -136,7 +141,7 @@ def _value_array(values: list[Any]) -> tuple[str, pa.Array]:
             encoding = _ENC_PICKLE  # An int beyond int64.
     if encoding == _ENC_PICKLE:
         dumps = pickle.dumps
-        return encoding, pa.array([dumps(v, protocol=_PICKLE_PROTOCOL) for v in values], pa.binary())
+        return encoding, pa.array([dumps(v, protocol=_PICKLE_PROTOCOL) for v in values], pa.large_binary())
     return encoding, pa.array(values, _ARROW_TYPES[encoding])
 
 
@@ -234,7 +239,7 @@ def write_state_file(
         msg = "write_state_file needs key_group_of or max_parallelism"
         raise ValueError(msg)
     key_groups = pa.array(groups, pa.int32())
-    encoded_keys = pa.array(encoded, pa.binary())
+    encoded_keys = pa.array(encoded, pa.large_binary())
     del keys, encoded, groups
 
     # Step 2
@@ -254,7 +259,7 @@ def write_state_file(
         [
             pa.field("key_group", pa.int32(), nullable=False),
             pa.field("state", _STATE_TYPE, nullable=False),
-            pa.field("key", pa.binary(), nullable=False),
+            pa.field("key", pa.large_binary(), nullable=False),
             pa.field("value", _ARROW_TYPES[encoding]),
         ],
         metadata=metadata,
@@ -267,14 +272,15 @@ def write_state_file(
     sink = pa.BufferOutputStream()
     with ipc.new_file(sink, schema) as writer:
         writer.write_table(table, max_chunksize=BATCH_ROWS)
-    data = sink.getvalue().to_pybytes()
+    data = memoryview(sink.getvalue())  # no copy: the state may be many GiB
     digest = hashlib.sha256(data).hexdigest()
 
     # Step 4
     parent = _parent(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(path, data)
+    with fs.open(path, "wb") as out:
+        out.write(data)
 
     kg_start: int | None = None
     kg_end: int | None = None
@@ -325,6 +331,14 @@ def _open_table(path: str, data: bytes) -> pa.Table:
     if tuple(table.column_names) != _COLUMNS or table.schema.metadata is None:
         msg = f"state file {path!r} has columns {table.column_names!r}, expected {list(_COLUMNS)!r}"
         raise CorruptStateError(msg)
+    version = table.schema.metadata.get(_META_FORMAT, b"1")
+    if version not in _READABLE_FORMATS:
+        readable = ", ".join(v.decode() for v in _READABLE_FORMATS)
+        msg = (
+            f"state file {path!r} has state file format {version.decode(errors='replace')}, but this "
+            f"onceflow reads formats {readable}; restore with the onceflow version that wrote it"
+        )
+        raise IncompatibleStateError(msg)
     return table
 
 
