@@ -27,6 +27,7 @@ Bad records: every operator call takes ``on_error="fail"`` (the default) or
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -40,6 +41,12 @@ from onceflow.engine.graph import (
     OperatorKind,
     OperatorSpec,
     Partitioning,
+)
+from onceflow.engine.joins import (
+    ConnectedStreams,
+    IntervalJoinedStreams,
+    WindowJoinedStreams,
+    check_second_input,
 )
 from onceflow.engine.windowed import WindowedStream
 from onceflow.operators.base import Sink, Source, describe_callable
@@ -540,3 +547,39 @@ class KeyedStream:
             )
             raise JobDefinitionError(msg)
         return WindowedStream(self, assigner)
+
+    def connect(self, other: KeyedStream) -> ConnectedStreams:
+        """Join with another keyed stream under one keyed co-process function (see ``engine.joins``)."""
+        return ConnectedStreams(self, check_second_input(self, other, "connect"))
+
+    def interval_join(self, other: KeyedStream, lower: float, upper: float) -> IntervalJoinedStreams:
+        """Pair records of equal keys whose ``other`` timestamp is in ``[ts + lower, ts + upper]``."""
+        return IntervalJoinedStreams(self, check_second_input(self, other, "interval_join"), lower, upper)
+
+    def window_join(self, other: KeyedStream, assigner: Any) -> WindowJoinedStreams:
+        """Group both streams' records by key and event-time window (a co-group)."""
+        return WindowJoinedStreams(self, check_second_input(self, other, "window_join"), assigner)
+
+    def _two_inputs(
+        self,
+        other: KeyedStream,
+        method: str,
+        make: Callable[[], Any],
+        fn: Any,
+        name: str | None,
+        parallelism: int | None,
+        uid: str | None,
+    ) -> Stream:
+        """Add a keyed operator reading this stream as its first input and ``other`` as its second."""
+        second = [(n, dataclasses.replace(e, side=1)) for n, e in other._inputs]  # noqa: SLF001
+        node = self._job._add(  # noqa: SLF001 - KeyedStream and Job are one API
+            OperatorKind.KEYED,
+            method,
+            lambda i, p: make(),
+            name=name,
+            parallelism=parallelism,
+            uid=uid,
+            description=describe_callable(fn),
+            inputs=[*self._inputs, *second],
+        )
+        return Stream(self._job, [(node, _FORWARD)])

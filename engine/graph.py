@@ -92,6 +92,8 @@ class EdgeSpec:
     explicit: bool = False
     tag: str | None = None
     """Side-output tag: the edge carries the upstream's ``ctx.output(tag, ...)`` records only."""
+    side: int = 0
+    """Which input of a two-input operator (``connect``, joins) the edge feeds: 0 the first, 1 the second."""
 
 
 class JobGraph:
@@ -177,7 +179,8 @@ class JobGraph:
 
         def edge_label(u: int, v: int) -> list[str]:
             edge = self.edge(u, v)
-            return [edge.partitioning.value, edge.tag or ""]
+            # the side joins the label only when set, so one-input graphs keep their uids
+            return [edge.partitioning.value, edge.tag or ""] + ([str(edge.side)] if edge.side else [])
 
         upstream: dict[int, str] = {}
         for node in order:
@@ -283,6 +286,7 @@ class JobGraph:
                 self.edge(u, v).partitioning.value,
                 self.edge(u, v).tag or "",
             )
+            + ((self.edge(u, v).side,) if self.edge(u, v).side else ())
             for u, v in self.dag.edges
         )
         blob = json.dumps({"nodes": nodes, "edges": edges}, sort_keys=True).encode()

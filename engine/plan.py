@@ -22,6 +22,8 @@ class TaskEdge:
     partitioning: Partitioning
     key_fn: Any = None
     tag: str | None = None
+    side: int = 0
+    """The input of a two-input head operator this edge feeds (0 or 1)."""
 
 
 @dataclass
@@ -74,7 +76,8 @@ class PhysicalPlan:
             lines.append(f"  task {t.task_id} [x{t.parallelism}]: {t.name}")
             for e in t.inputs:
                 tag = f", side output {e.tag!r}" if e.tag else ""
-                lines.append(f"      <- task {e.upstream_task} ({e.partitioning.value}{tag})")
+                side = f", input {e.side + 1}" if e.side else ""
+                lines.append(f"      <- task {e.upstream_task} ({e.partitioning.value}{tag}{side})")
         return "\n".join(lines)
 
 
@@ -146,7 +149,7 @@ def build_plan(graph: JobGraph, *, default_parallelism: int = 1, max_parallelism
                 continue
             dead_letter_edges.add((tu, tv))
         edge_spec = graph.edge(u, v)
-        edge = TaskEdge(tu, tv, parts[u, v], edge_spec.key_fn, edge_spec.tag)
+        edge = TaskEdge(tu, tv, parts[u, v], edge_spec.key_fn, edge_spec.tag, edge_spec.side)
         tasks[tu].outputs.append(edge)
         tasks[tv].inputs.append(edge)
     return PhysicalPlan(

@@ -66,6 +66,7 @@ class Subtask:
         gates: list[Any],
         snapshot_sink: SnapshotSink,
         batch_size: int,
+        input_sides: list[int] | None = None,
     ) -> None:
         self.task = task
         self.index = index
@@ -99,6 +100,7 @@ class Subtask:
         self._time_ops = [i for i, c in enumerate(capabilities) if Capability.PROCESSING_TIME in c]
         self._side_ops = [i for i, c in enumerate(capabilities) if Capability.SIDE_OUTPUTS in c]
         self._arrow_input = [Capability.ARROW_INPUT in c for c in capabilities]
+        self._heads = self._input_heads(input_sides or [0] * len(inputs))
         self._last_tick = 0.0
         self._isolating_source_batch = False
         """Error path: :meth:`_isolate` is pushing the rest of a source batch down the chain."""
@@ -108,6 +110,22 @@ class Subtask:
         self.source_records = 0
         self.steps = 0
         self.blocked_steps = 0
+
+    def _input_heads(self, sides: list[int]) -> list[Callable[[list, list], list] | None]:
+        """Per input channel, the head's method for its keyed batches (None: ``process_keyed_batch``).
+
+        A two-input head (``Capability.TWO_INPUTS``: connect and the joins)
+        takes the second input's batches through ``process_keyed_batch2``.
+        Barriers and watermarks need no such routing: alignment and the
+        watermark minimum already run over the channels of both inputs.
+        """
+        if not self.ops or Capability.TWO_INPUTS not in self.ops[0].capabilities:
+            if any(sides):
+                msg = f"task {self.task.name!r} has a second input but its head takes one input"
+                raise ValueError(msg)
+            return [None] * len(sides)
+        head = self.ops[0]
+        return [head.process_keyed_batch2 if side else None for side in sides]
 
     # -- life cycle ----------------------------------------------------------
 
@@ -216,7 +234,7 @@ class Subtask:
             if kind is Batch:
                 if self._input_idle[current]:
                     self._input_watermarks.on_records(current)
-                self._push(element.records, element.keys, 0)
+                self._push(element.records, element.keys, 0, self._heads[current])
                 if self._wm_ops:
                     self._forward_emitted()
             elif kind is Watermark:
@@ -229,7 +247,9 @@ class Subtask:
             return True
         return False
 
-    def _push(self, records: Any, keys: list | None, start: int) -> None:
+    def _push(
+        self, records: Any, keys: list | None, start: int, head: Callable[[list, list], list] | None = None
+    ) -> None:
         ops = self.ops
         arrow_input = self._arrow_input
         counts = self.records_in
@@ -237,7 +257,7 @@ class Subtask:
         try:
             if keys is not None and start == 0 and self._keyed_head:
                 counts[0] += len(records)
-                records = ops[0].process_keyed_batch(records, keys)
+                records = (head or ops[0].process_keyed_batch)(records, keys)
                 i = 1
             n = len(ops)
             while i < n and len(records):

@@ -50,6 +50,7 @@ if _typing.TYPE_CHECKING:
     from onceflow.operators.file_sink import FileSink, read_committed_lines
     from onceflow.operators.files import FileSource
     from onceflow.operators.postgres import PostgresSink
+    from onceflow.operators.co_process import KeyedCoProcessFunction
     from onceflow.operators.process_function import KeyedProcessFunction
     from onceflow.operators.redis_streams import RedisStreamSink, RedisStreamSource
     from onceflow.operators.windows import (
@@ -75,6 +76,7 @@ _HOMES: dict[str, str] = {
     "RedisStreamSource": "onceflow.operators.redis_streams",
     "RedisStreamSink": "onceflow.operators.redis_streams",
     "KeyedProcessFunction": "onceflow.operators.process_function",
+    "KeyedCoProcessFunction": "onceflow.operators.co_process",
     "TimestampAssigner": "onceflow.operators.event_time",
     "EventTimeSessionWindows": "onceflow.operators.windows",
     "SlidingEventTimeWindows": "onceflow.operators.windows",
@@ -131,6 +133,7 @@ __all__ = [
     "JobDefinitionError",
     "JobLoadError",
     "JobRunner",
+    "KeyedCoProcessFunction",
     "KeyedProcessFunction",
     "KeyedStream",
     "OnceflowError",

@@ -110,6 +110,9 @@ class Capability(enum.Flag):
     TWO_PHASE_COMMIT = enum.auto()
     """A :class:`TwoPhaseCommitWriter`: output becomes visible on checkpoint completion; it reports
     ``recommitted``."""
+    TWO_INPUTS = enum.auto()
+    """Reads two keyed inputs (``connect``, the joins): the runtime hands the first input's batches to
+    ``process_keyed_batch`` and the second's to ``process_keyed_batch2``. Only a task's head has it."""
 
 
 class Operator:
@@ -155,6 +158,11 @@ class Operator:
     def process_keyed_batch(self, records: list, keys: list) -> list:
         """Like ``process_batch`` for operators after ``key_by``; ``keys[i]`` is the key of ``records[i]``."""
         return self.process_batch(records)
+
+    def process_keyed_batch2(self, records: list, keys: list) -> list:
+        """``TWO_INPUTS`` only: like ``process_keyed_batch``, for the batches of the second input."""
+        msg = f"{type(self).__name__} takes one input; it does not declare Capability.TWO_INPUTS"
+        raise NotImplementedError(msg)
 
     def on_watermark(self, watermark: float) -> list:
         """React to the task's watermark advancing; return records to emit.

@@ -315,6 +315,8 @@ class KeyedProcessOperator(Operator):
     """
 
     capabilities = Capability.PROCESSING_TIME | Capability.SIDE_OUTPUTS
+    element_methods: tuple[str, ...] = ("process_element",)
+    """The methods the function must have to handle records (one per input)."""
 
     def __init__(
         self,
@@ -324,8 +326,10 @@ class KeyedProcessOperator(Operator):
         clock: Callable[[], float] = time.time,
         name: str = "process",
     ) -> None:
-        if not callable(getattr(fn, "process_element", None)):
-            msg = f"process() needs an object with process_element(value, ctx), got {fn!r}"
+        missing = [m for m in self.element_methods if not callable(getattr(fn, m, None))]
+        if missing:
+            needs = ", ".join(f"{m}(value, ctx)" for m in self.element_methods)
+            msg = f"{name}: needs an object with {needs}, got {fn!r}"
             raise TypeError(msg)
         self.fn = fn
         self.timestamp_fn = timestamp_fn
@@ -354,10 +358,18 @@ class KeyedProcessOperator(Operator):
 
     def process_keyed_batch(self, records: list, keys: list) -> list:
         """Call ``process_element`` for every record with its key, time and state in ``ctx``."""
+        return self._process_records(records, keys, self.fn.process_element, self.timestamp_fn)
+
+    def _process_records(
+        self,
+        records: list,
+        keys: list,
+        element: Callable[[Any, ProcessContext], Iterable[Any] | None],
+        ts_fn: Callable[[Any], float] | None,
+    ) -> list:
+        """Call ``element(record, ctx)`` per record, ``ctx`` set to its key and ``ts_fn``'s time."""
         out: list = []
-        element = self.fn.process_element
         ctx = self.ctx_view
-        ts_fn = self.timestamp_fn
         self.current_domain = None
         for record, key in zip(records, keys):
             self.current_key = key

@@ -123,12 +123,13 @@ def build_subtask(
     edges = plan_edges(plan)
     edge_no = {id(e): n for n, e in enumerate(edges)}
     all_ids = channel_ids(plan)
-    inputs = [
-        channel(cid)
+    wired = [
+        (channel(cid), edge.side)
         for edge in task.inputs
         for cid in all_ids
         if cid.edge == edge_no[id(edge)] and cid.dst == index
     ]
+    inputs = [end for end, _ in wired]
     gates: list[OutputGate] = []
     tail = task.operators[-1]
     for edge in task.outputs:
@@ -160,6 +161,7 @@ def build_subtask(
         reader=created[0] if head_is_source else None,
         operators=created[1:] if head_is_source else created,
         inputs=inputs,
+        input_sides=[side for _, side in wired],
         gates=gates,
         snapshot_sink=snapshot_sink,
         batch_size=settings.batch_size,
