@@ -45,12 +45,12 @@ if _typing.TYPE_CHECKING:
         SourceReader,
         TwoPhaseCommitWriter,
     )
+    from onceflow.operators.co_process import KeyedCoProcessFunction
     from onceflow.operators.errors import SinkCommitError, SinkError, SourceError
     from onceflow.operators.event_time import TimestampAssigner
     from onceflow.operators.file_sink import FileSink, read_committed_lines
     from onceflow.operators.files import FileSource
     from onceflow.operators.postgres import PostgresSink
-    from onceflow.operators.co_process import KeyedCoProcessFunction
     from onceflow.operators.process_function import KeyedProcessFunction
     from onceflow.operators.redis_streams import RedisStreamSink, RedisStreamSource
     from onceflow.operators.windows import (

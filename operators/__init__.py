@@ -11,11 +11,11 @@ from onceflow.operators.base import (
     SourceReader,
     TwoPhaseCommitWriter,
 )
+from onceflow.operators.co_process import KeyedCoProcessFunction
 from onceflow.operators.errors import SinkCommitError, SinkError, SourceError
 from onceflow.operators.event_time import TimestampAssigner
 from onceflow.operators.files import FileSink, FileSource, read_committed_lines
 from onceflow.operators.postgres import PostgresSink
-from onceflow.operators.co_process import KeyedCoProcessFunction
 from onceflow.operators.process_function import KeyedProcessFunction
 from onceflow.operators.redis_streams import RedisStreamSink, RedisStreamSource
 from onceflow.operators.windows import (

@@ -1,0 +1,165 @@
+"""Two event streams, the three two-input operators over them, and their plain-Python reference.
+
+Used by the join equivalence tests (in-process) and the join chaos job (``onceflow run``).
+
+How the input makes every result independent of batching and interleaving
+--------------------------------------------------------------------------
+Each side is one ordered stream read by one subtask: record ``i`` has
+``ts = i * dt - U(0, max_delay)`` and its side's timestamp assigner has
+``max_delay``, so a record is never behind its own side's watermark, hence never
+behind the join's (the minimum of both sides'). So no record is ever late, every
+pair within an interval meets before either expires, every window sees all of
+its records, and each operator's committed output is a fixed multiset:
+
+* ``connect``: a :class:`BucketTotals` co-process function sums each key's records of
+  both sides per ``bucket``-second bucket in shared state and emits
+  ``("connect", key, bucket_start, n_left, sum_left, n_right, sum_right)`` from
+  an event-time timer at the bucket's end;
+* ``interval_join``: ``("interval", left_id, right_id)`` for every pair of one key
+  with ``left.ts + lower <= right.ts <= left.ts + upper``;
+* ``window_join``: ``("window", key, start, n_left, sum_left, n_right, sum_right)``
+  per key and tumbling window in which either side had a record.
+
+A record is ``(id, key, ts, value)``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from onceflow import Job, KeyedCoProcessFunction, TumblingEventTimeWindows
+
+Event = tuple[int, int, float, int]
+
+
+@dataclass(frozen=True)
+class JoinWorkload:
+    """The parameters of both streams and of the three operators."""
+
+    n: int = 20_000
+    """Records per side."""
+    n_keys: int = 50
+    seed: int = 20261205
+    dt: float = 0.01
+    max_delay: float = 0.5
+    lower: float = -1.0
+    upper: float = 2.0
+    window: float = 5.0
+    bucket: float = 10.0
+
+    def events(self) -> tuple[list[Event], list[Event]]:
+        """Return the left and right streams, each in arrival order."""
+        rng = random.Random(self.seed)
+        sides = []
+        for side in range(2):
+            events = []
+            for i in range(self.n):
+                ts = round(i * self.dt - rng.uniform(0, self.max_delay), 6)
+                events.append((side * 10_000_000 + i, rng.randrange(self.n_keys), ts, rng.randrange(1000)))
+            sides.append(events)
+        return sides[0], sides[1]
+
+    def reference(self, lefts: list[Event], rights: list[Event]) -> Counter:
+        """Return the multiset of every operator's output, computed directly."""
+        out: Counter = Counter()
+        buckets: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        windows: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        for side, events in ((0, lefts), (1, rights)):
+            for _, key, ts, value in events:
+                b = buckets[key, math.floor(ts / self.bucket) * self.bucket]
+                b[2 * side] += 1
+                b[2 * side + 1] += value
+                w = windows[key, math.floor(ts / self.window) * self.window]
+                w[2 * side] += 1
+                w[2 * side + 1] += value
+        for (key, start), totals in buckets.items():
+            out["connect", key, start, *totals] += 1
+        for (key, start), totals in windows.items():
+            out["window", key, start, *totals] += 1
+        by_key: dict[int, list[Event]] = defaultdict(list)
+        for r in rights:
+            by_key[r[1]].append(r)
+        for lid, key, lts, _ in lefts:
+            for rid, _, rts, _ in by_key[key]:
+                if lts + self.lower <= rts <= lts + self.upper:
+                    out["interval", lid, rid] += 1
+        return out
+
+
+class BucketTotals(KeyedCoProcessFunction):
+    """Sum both sides per key and bucket in shared state; emit the totals when the bucket ends."""
+
+    def __init__(self, bucket: float) -> None:
+        self.bucket = bucket
+
+    def _add(self, event: Event, ctx: Any, side: int) -> None:
+        start = math.floor(event[2] / self.bucket) * self.bucket
+        totals = list(ctx.map_state("totals").get(start, (0, 0, 0, 0)))
+        totals[2 * side] += 1
+        totals[2 * side + 1] += event[3]
+        ctx.map_state("totals").put(start, tuple(totals))
+        ctx.timers.register_event_time(math.nextafter(start + self.bucket, -math.inf))
+
+    def process_element1(self, value: Event, ctx: Any) -> None:
+        self._add(value, ctx, 0)
+
+    def process_element2(self, value: Event, ctx: Any) -> None:
+        self._add(value, ctx, 1)
+
+    def on_timer(self, timestamp: float, ctx: Any) -> list:
+        totals = ctx.map_state("totals")
+        out = []
+        for start in sorted(totals.keys()):
+            if math.nextafter(start + self.bucket, -math.inf) <= timestamp:
+                out.append(("connect", ctx.key, start, *totals.get(start)))
+                totals.remove(start)
+        return out
+
+
+def _window_totals(key: int, window: Any, lefts: list, rights: list) -> list:
+    return [
+        (
+            "window",
+            key,
+            window.start,
+            len(lefts),
+            sum(e[3] for e in lefts),
+            len(rights),
+            sum(e[3] for e in rights),
+        )
+    ]
+
+
+def joins_job(w: JoinWorkload, left_source: Any, right_source: Any, sink: Any, name: str = "joins") -> Job:
+    """The three two-input operators over the two sources, into one sink; every stateful uid set."""
+    job = Job(name)
+    sides = []
+    for label, source in (("left", left_source), ("right", right_source)):
+        stream = job.source(source, name=label, uid=label, parallelism=1).map(
+            _event, name=f"{label}-parse", parallelism=1
+        )
+        sides.append(
+            stream.assign_timestamps(lambda e: e[2], max_delay=w.max_delay, name=f"{label}-ts", parallelism=1)
+        )
+    left, right = (s.key_by(lambda e: e[1]) for s in sides)
+    connected = left.connect(right).process(BucketTotals(w.bucket), name="buckets", uid="buckets")
+    interval = left.interval_join(right, lower=w.lower, upper=w.upper).process(
+        lambda a, b: [("interval", a[0], b[0])], name="interval", uid="interval"
+    )
+    windowed = left.window_join(right, TumblingEventTimeWindows(w.window)).process(
+        _window_totals, name="window", uid="window"
+    )
+    connected.union(interval, windowed).sink(sink, name="out", uid="out")
+    return job
+
+
+def _event(record: Any) -> Event:
+    """Parse a record: a tuple as is, or a CSV line ``id,key,ts,value`` (file sources)."""
+    if isinstance(record, str):
+        i, key, ts, value = record.split(",")
+        return (int(i), int(key), float(ts), int(value))
+    return tuple(record)  # type: ignore[return-value]
