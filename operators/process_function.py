@@ -371,6 +371,8 @@ class KeyedProcessOperator(Operator):
         out: list = []
         ctx = self.ctx_view
         self.current_domain = None
+        if ts_fn is None:
+            self.current_timestamp = None  # not the other input's (or a timer's) time
         for record, key in zip(records, keys):
             self.current_key = key
             self.current_record = record
