@@ -32,6 +32,13 @@ from pathlib import Path
 
 from tests.support.oracles import compare, expected, identity
 
+KILLS: Counter[str] = Counter()
+"""Every run of this pytest session that died by SIGKILL (harness kill or crash point), by label.
+
+``tests/conftest.py`` prints the total at the end of the run, so a CI log
+shows how many kills the chaos tests put the engine through.
+"""
+
 REPO = Path(__file__).resolve().parents[2]
 JOBS = Path(__file__).resolve().parent / "jobs"
 """The job files of the chaos tests."""
@@ -211,6 +218,7 @@ class CliRuns:
             log.write(json.dumps(record) + "\n")
         if outcome.killed:
             self.kills[label] += 1
+            KILLS[label] += 1
             self.after_kill(outcome)
         return outcome
 
