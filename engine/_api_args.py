@@ -54,3 +54,13 @@ def copy_per_subtask(fn: Any) -> Any:
         return copy.deepcopy(fn)
     except Exception:  # objects that cannot be copied are shared as they are
         return fn
+
+
+def check_event_time(assigner: Any, timestamp_fn: Any, method: str, where: str) -> None:
+    """Refuse an event-time window on a stream without ``assign_timestamps``, at graph time."""
+    if getattr(assigner, "event_time", False) and timestamp_fn is None:
+        msg = (
+            f"{method}({type(assigner).__name__}) needs event timestamps: call "
+            f"assign_timestamps(...) {where} (after any map or flat_map)"
+        )
+        raise JobDefinitionError(msg)

@@ -31,7 +31,13 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from onceflow.engine._api_args import check_fn, copy_per_subtask, describe_output, on_error_mode
+from onceflow.engine._api_args import (
+    check_event_time,
+    check_fn,
+    copy_per_subtask,
+    describe_output,
+    on_error_mode,
+)
 from onceflow.engine.errors import JobDefinitionError
 from onceflow.engine.graph import (
     DEAD_LETTER_TAG,
@@ -378,6 +384,11 @@ class Stream:
             self._timestamp_fn,
         )
 
+    def window_all(self, assigner: Any) -> WindowedStream:
+        """Group every record (no key) into windows, in one subtask; outputs are ``(window, value)``."""
+        check_event_time(assigner, self._timestamp_fn, "window_all", "before it")
+        return WindowedStream(self.key_by(_all_records_key), assigner, all_records=True)
+
     def rebalance(self) -> Stream:
         """Spread batches round-robin over the next operator's subtasks."""
         return Stream(
@@ -540,12 +551,7 @@ class KeyedStream:
 
     def window(self, assigner: Any) -> WindowedStream:
         """Group each key's records into windows (tumbling, sliding, session)."""
-        if getattr(assigner, "event_time", False) and self._timestamp_fn is None:
-            msg = (
-                f"window({type(assigner).__name__}) needs event timestamps: call "
-                "assign_timestamps(...) before key_by (after any map or flat_map)"
-            )
-            raise JobDefinitionError(msg)
+        check_event_time(assigner, self._timestamp_fn, "window", "before key_by")
         return WindowedStream(self, assigner)
 
     def connect(self, other: KeyedStream) -> ConnectedStreams:
@@ -583,3 +589,7 @@ class KeyedStream:
             inputs=[*self._inputs, *second],
         )
         return Stream(self._job, [(node, _FORWARD)])
+
+def _all_records_key(record: Any) -> int:
+    """Return the one key of ``window_all``, so every record meets in one subtask."""
+    return 0

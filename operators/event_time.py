@@ -31,6 +31,7 @@ from onceflow.operators.watermarks import bounded_out_of_orderness, has_been_idl
 __all__ = [
     "TimestampAssigner",
     "check_timestamp",
+    "event_times",
     "frozen_copy",
     "restored_watermark",
 ]
@@ -189,3 +190,24 @@ class TimestampAssigner(Operator):
         index, parallelism = self.ctx.subtask_index, self.ctx.parallelism
         self.emitted_watermark = restored_watermark(restored, index, parallelism)
         self.max_timestamp = restored_watermark(restored, index, parallelism, "max_timestamp")
+
+
+def event_times(records: list, timestamp_fn: Callable[[Any], Any], operator: str) -> list:
+    """Return the event time of every record of a batch, checked, or raise naming ``operator``.
+
+    One comprehension for the batch (the common, valid case), then one type
+    check per value; only a failure looks for the record to show.
+    """
+    try:
+        times = [timestamp_fn(record) for record in records]
+    except Exception:
+        for record in records:
+            try:
+                timestamp_fn(record)
+            except Exception as exc:
+                raise timestamp_fn_failed(operator, exc, record) from exc
+        raise
+    for i, t in enumerate(times):
+        if (type(t) is not float and type(t) is not int) or t != t:  # noqa: PLR0124 - NaN
+            times[i] = check_timestamp(t, records[i], operator)
+    return times

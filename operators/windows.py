@@ -41,12 +41,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
-from onceflow.operators.event_time import (
-    check_timestamp,
-    frozen_copy,
-    restored_watermark,
-    timestamp_fn_failed,
-)
+from onceflow.operators.event_time import event_times, frozen_copy, restored_watermark
 
 __all__ = [
     "EventTimeSessionWindows",
@@ -204,6 +199,16 @@ class TumblingProcessingTimeWindows(WindowAssigner):
         return f"TumblingProcessingTimeWindows(size={self.size!r})"
 
 
+def keyed_window_time(record: tuple) -> float:
+    """Return the event time of a keyed window's ``(key, window, value)`` output: ``window.max_timestamp``."""
+    return record[1].max_timestamp
+
+
+def all_window_time(record: tuple) -> float:
+    """Return the event time of a ``window_all`` output ``(window, value)``: ``window.max_timestamp``."""
+    return record[0].max_timestamp
+
+
 _KINDS = ("reduce", "aggregate", "process")
 _STATE = "windows"
 
@@ -239,7 +244,8 @@ class WindowOperator(Operator):
         merge_fn: Callable[[Any, Any], Any] | None = None,
         result_fn: Callable[[Any], Any] | None = None,
         init_fn: Callable[[], Any] | None = None,
-        process_fn: Callable[[Any, Window, list], Any] | None = None,
+        process_fn: Callable[..., Any] | None = None,
+        keyed: bool = True,
         name: str | None = None,
     ) -> None:
         if kind not in _KINDS:
@@ -254,6 +260,8 @@ class WindowOperator(Operator):
         self.lateness = float(allowed_lateness)
         self.late_tag = late_tag
         self.name = name or f"window_{kind}"
+        self.keyed = keyed
+        """False for ``window_all``: outputs are ``(window, value)`` and ``process_fn(window, values)``."""
         self.event_time = bool(getattr(assigner, "event_time", True))
         self.merging = bool(getattr(assigner, "merging", False))
         capabilities = Capability.NONE
@@ -272,7 +280,7 @@ class WindowOperator(Operator):
         self._seq = itertools.count()
         self._result_fn: Callable[[Any], Any]
         """``aggregate`` only."""
-        self._process_fn: Callable[[Any, Window, list], Any]
+        self._process_fn: Callable[..., Any]
         """``process`` only."""
         if kind == "reduce":
             if reduce_fn is None:
@@ -286,6 +294,7 @@ class WindowOperator(Operator):
                 msg = "an aggregate window needs add_fn, merge_fn, result_fn and init_fn"
                 raise ValueError(msg)
             add, init = add_fn, init_fn
+            self._init_fn: Callable[[], Any] = init_fn
             self._first = lambda record: add(init(), record)
             self._add = add_fn
             self._combine = merge_fn
@@ -321,13 +330,7 @@ class WindowOperator(Operator):
         assign = self.assigner.assign
         lateness = self.lateness
         merging = self.merging
-        for record, key in zip(records, keys):
-            try:
-                t = ts_fn(record)
-            except Exception as exc:
-                raise timestamp_fn_failed(self.name, exc, record) from exc
-            if (type(t) is not float and type(t) is not int) or t != t:  # noqa: PLR0124 - NaN
-                t = check_timestamp(t, record, self.name)
+        for record, key, t in zip(records, keys, event_times(records, ts_fn, self.name)):
             if merging:
                 if not self._add_to_session(key, assign(t)[0], record, out):
                     self._late(record)
@@ -404,15 +407,19 @@ class WindowOperator(Operator):
 
     def _emit(self, key: Any, window: Window, entry: list, out: list) -> None:
         entry[1] = True
+        self._output(key, window, entry[0], out)
+
+    def _output(self, key: Any, window: Window, acc: Any, out: list) -> None:
+        """Append a fired window's result: ``(key, window, value)``, or ``(window, value)`` for window_all."""
         kind = self.kind
-        if kind == "reduce":
-            out.append((key, window, entry[0]))
-        elif kind == "aggregate":
-            out.append((key, window, self._result_fn(entry[0])))
-        else:
-            result = self._process_fn(key, window, list(entry[0]))
+        if kind == "process":
+            values = list(acc)
+            result = self._process_fn(key, window, values) if self.keyed else self._process_fn(window, values)
             if result is not None:
                 out.extend(result)
+            return
+        value = acc if kind == "reduce" else self._result_fn(acc)
+        out.append((key, window, value) if self.keyed else (window, value))
 
     # -- time ----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from onceflow import (
 )
 from onceflow.operators.base import Capability
 from onceflow.operators.testing import FakeClock
+from onceflow.operators.window_slices import window_operator
 from onceflow.operators.windows import WindowOperator
 
 INF = math.inf
@@ -34,7 +35,7 @@ def key(record):
 def counting(assigner, lateness=0.0, late_tag="late", kind="aggregate"):
     """Count and sum per window: (key, window, (count, sum of values))."""
     if kind == "aggregate":
-        return WindowOperator(
+        return window_operator(
             assigner,
             kind="aggregate",
             timestamp_fn=ts,
@@ -46,7 +47,7 @@ def counting(assigner, lateness=0.0, late_tag="late", kind="aggregate"):
             init_fn=lambda: (0, 0),
         )
     if kind == "reduce":
-        return WindowOperator(
+        return window_operator(
             assigner,
             kind="reduce",
             timestamp_fn=ts,
@@ -54,7 +55,7 @@ def counting(assigner, lateness=0.0, late_tag="late", kind="aggregate"):
             late_tag=late_tag,
             reduce_fn=lambda a, b: (a[0], max(a[1], b[1]), a[2] + b[2]),
         )
-    return WindowOperator(
+    return window_operator(
         assigner,
         kind="process",
         timestamp_fn=ts,
