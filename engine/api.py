@@ -82,8 +82,14 @@ class Job:
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
-        """Add a source and return the stream of its records."""
+        """Add a source and return the stream of its records.
+
+        ``on_error="dead_letter"``: input the source cannot decode as records
+        (a ``FileSource`` CSV or JSON-lines row) goes to ``job.dead_letters``.
+        """
+        mode = on_error_mode(on_error, "source")
         if not isinstance(source, Source):
             msg = f"job.source() needs an operators.Source (e.g. FileSource), got {source!r}"
             raise JobDefinitionError(msg)
@@ -97,6 +103,7 @@ class Job:
             description=type(source).__name__,
             inputs=[],
             method=f"source:{type(source).__name__}",
+            on_error=mode,
         )
         return Stream(self, [(node, _FORWARD)])
 

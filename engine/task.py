@@ -29,7 +29,7 @@ from onceflow.engine.errors import OperatorError
 from onceflow.engine.faults import CRASH_POINTS
 from onceflow.engine.graph import DEAD_LETTER_TAG, OnError, OperatorSpec
 from onceflow.engine.plan import TaskSpec
-from onceflow.operators.bad_records import BatchFailure
+from onceflow.operators.bad_records import BadInput, BatchFailure
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState, SourceReader
 from onceflow.operators.watermarks import InputWatermarks, WatermarkUpdate
 from onceflow.state_backends.errors import ErrorDomain, OnceflowError
@@ -202,12 +202,16 @@ class Subtask:
     def _step_source(self, reader: SourceReader) -> bool:
         try:
             records = reader.poll_batch(self.batch_size)
+        except BadInput as bad:
+            records = self._bad_input(bad)
+            if not len(records):
+                return True
         except Exception as exc:
             raise self._error(self.task.operators[0], exc, "read") from exc
         if records is None:
             self._drain()
             return True
-        if not records:
+        if not len(records):
             return False
         self.steps += 1
         self.source_records += len(records)
@@ -509,6 +513,24 @@ class Subtask:
         # Step 4
         for gate in self.side_gates.get(DEAD_LETTER_TAG, ()):
             gate.emit(letters)
+
+    def _bad_input(self, bad: BadInput) -> Any:
+        """Fail naming the first row the reader could not decode, or make every such row a dead letter.
+
+        The dead letters go out before the batch's good records, in the same
+        step, so the next barrier covers both (the reader's offsets are past them).
+        """
+        spec = self.task.operators[0]
+        if spec.on_error is not OnError.DEAD_LETTER:
+            raw, error, position = bad.bad[0]
+            raise self._record_error(spec, error, raw, position) from error
+        letters = [
+            dead_letter(operator=spec.name, subtask=self.index, error=error, record=raw, source=position)
+            for raw, error, position in bad.bad
+        ]
+        for gate in self.side_gates.get(DEAD_LETTER_TAG, ()):
+            gate.emit(letters)
+        return bad.records
 
     def _push_rest(self, records: list, start: int, *, from_source: bool) -> None:
         """Push part of a batch on from operator ``start``, keeping what is known of its source."""

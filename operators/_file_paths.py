@@ -69,13 +69,18 @@ def visible_files_below(fs: AbstractFileSystem, root: str) -> list[str]:
     return found
 
 
-def resolve_input(path: str) -> tuple[AbstractFileSystem, list[str]]:
+def resolve_input(path: str, *, allow_empty: bool = False) -> tuple[AbstractFileSystem, list[str]]:
     """Expand a file, directory or glob into its readable files, sorted.
+
+    ``allow_empty``: a directory or glob with no file yet is fine (a watched
+    landing folder); the directory must still exist.
 
     Raises:
         SourceNotFoundError: nothing exists at ``path`` or it matches no readable file.
     """
     fs, root = fsspec.core.url_to_fs(path)
+    if allow_empty:
+        fs.invalidate_cache()
     if fs.isfile(root):
         files = [root]
     elif fs.isdir(root):
@@ -92,7 +97,7 @@ def resolve_input(path: str) -> tuple[AbstractFileSystem, list[str]]:
     else:
         msg = f"FileSource input {path!r} does not exist; check the path (or the -p parameter)"
         raise SourceNotFoundError(msg)
-    if not files:
+    if not files and not allow_empty:
         msg = (
             f"FileSource input {path!r} matches no readable file (names starting with "
             f"'.' or '_' are skipped); check the path or glob"

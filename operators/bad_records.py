@@ -67,3 +67,22 @@ def failure_at(
         redo = outputs
         return BatchFailure(index, error, lambda: redo(records[:index]))
     return BatchFailure(index, error, outputs)
+
+
+class BadInput(Exception):  # noqa: N818 - control flow of the error path, not a user-facing error
+    """A source's batch held input that does not decode as records; the rest decoded.
+
+    Raised by ``SourceReader.poll_batch`` (e.g. a CSV row with too many fields)
+    after its offsets moved past the whole batch: :attr:`records` are the good
+    records, to be pushed on as the batch; :attr:`bad` lists ``(raw input,
+    error, source position)`` per bad row. The runtime fails naming the first
+    one, or with ``job.source(..., on_error="dead_letter")`` makes each a dead
+    letter in the same step, so the next barrier covers both.
+    """
+
+    def __init__(self, records: Any, bad: list[tuple[Any, Exception, dict[str, Any] | None]]) -> None:
+        raw, error, position = bad[0]
+        where = f" ({', '.join(f'{k} {v}' for k, v in position.items())})" if position else ""
+        super().__init__(f"{len(bad)} bad input row(s), the first {raw!r}{where}: {error}")
+        self.records = records
+        self.bad = bad

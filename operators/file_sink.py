@@ -38,6 +38,14 @@ from onceflow.operators.errors import (
     SinkOutputExistsError,
     SinkOwnershipError,
 )
+from onceflow.operators.formats import (
+    ParquetPart,
+    PartitionBy,
+    RowEncoder,
+    check_format,
+    default_row_group_size,
+    split_by_partition,
+)
 
 __all__ = ["FileSink", "FileSinkWriter", "read_committed_lines"]
 
@@ -45,12 +53,14 @@ log = logging.getLogger("onceflow")
 
 
 class FileSink(Sink):
-    r"""Write records as lines to files that become visible only when their checkpoint completes.
+    r"""Write records to files that become visible only when their checkpoint completes.
 
-    Each subtask writes at most one file per checkpoint,
-    ``part-<subtask:05d>-<checkpoint_id:010d><suffix>``; a checkpoint in which a
-    subtask wrote nothing creates no file. Works on every fsspec filesystem; on
-    the local one, renames are atomic and fsynced.
+    Each subtask writes at most one file per checkpoint (and partition),
+    ``[name=value/...]part-<subtask:05d>-<checkpoint_id:010d><suffix>``; a
+    checkpoint in which a subtask wrote nothing creates no file. Files being
+    written have hidden names (a leading ``.``), which pyarrow.dataset, DuckDB
+    and Spark skip. Works on every fsspec filesystem; on the local one,
+    renames are atomic and fsynced.
 
     The directory is claimed by a marker (``_onceflow_sink.json``) naming the
     job and sink uid: another job or sink cannot write into it, and a fresh run
@@ -58,17 +68,63 @@ class FileSink(Sink):
 
     Args:
         directory: the output directory, a local path or any fsspec URL.
-        encoder: turns a record into one line of text (without ``"\n"``).
-        suffix: appended to committed file names, e.g. ``".csv"``.
+        format: ``"text"`` (a line per record, by ``encoder``), ``"csv"``
+            (dict records; header from ``columns`` or each file's first
+            record), ``"jsonl"`` (a JSON value per line) or ``"parquet"``
+            (dict records or Arrow batches, through pyarrow).
+        encoder: text only: turns a record into one line of text (without ``"\n"``).
+        suffix: appended to committed file names; by default ``.csv``,
+            ``.jsonl``, ``.parquet`` (nothing for text).
+        partition_by: Hive-style folders ``name=value/``: a list of columns of
+            dict records or Arrow batches (the columns then live in the folder
+            names only, as Hive readers expect), or a function ``record ->
+            {name: value}``.
+        columns: csv only: the columns, in order (records lacking one get an
+            empty field; an extra key is an error).
+        schema: parquet only: the ``pyarrow.Schema`` of the files (default:
+            the first batch's).
+        row_group_size: parquet only: rows per row group (default 131,072).
     """
 
-    def __init__(self, directory: str, *, encoder: Callable[[Any], str] = str, suffix: str = "") -> None:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        format: str = "text",  # noqa: A002 - the word users expect, as in pandas and pyarrow
+        encoder: Callable[[Any], str] = str,
+        suffix: str | None = None,
+        partition_by: PartitionBy = None,
+        columns: list[str] | None = None,
+        schema: Any = None,
+        row_group_size: int | None = None,
+    ) -> None:
+        owner = f"FileSink({directory!r})"
+        check_format(owner, format)
+        suffix = _SUFFIXES[format] if suffix is None else suffix
         if "/" in suffix:
-            msg = f"FileSink({directory!r}): suffix {suffix!r} must not contain '/'"
+            msg = f"{owner}: suffix {suffix!r} must not contain '/'"
             raise ValueError(msg)
+        if partition_by is not None and not callable(partition_by):
+            if isinstance(partition_by, str) or not all(isinstance(n, str) for n in partition_by):
+                msg = (
+                    f"{owner}: partition_by must be a list of column names or a function, "
+                    f"not {partition_by!r}"
+                )
+                raise ValueError(msg)
+            if format == "text":
+                msg = (
+                    f"{owner}: partition_by columns need records with columns; "
+                    f"use format 'csv', 'jsonl' or 'parquet'"
+                )
+                raise ValueError(msg)
         self.directory = directory
+        self.format = format
         self.encoder = encoder
         self.suffix = suffix
+        self.partition_by = partition_by
+        self.columns = list(columns) if columns else None
+        self.schema = schema
+        self.row_group_size = default_row_group_size(row_group_size)
 
     @property
     def shared_across_processes(self) -> bool:
@@ -84,23 +140,46 @@ class FileSink(Sink):
         return f"FileSink({self.directory!r})"
 
 
+_SUFFIXES = {"text": "", "csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}
+
+
+class _Part:
+    """One in-progress file of a transaction: its handle and how records become its bytes."""
+
+    __slots__ = ("folder", "handle", "parquet", "path", "rows")
+
+    def __init__(
+        self, folder: str, path: str, handle: IO[bytes], rows: RowEncoder | None, parquet: ParquetPart | None
+    ) -> None:
+        self.folder = folder
+        self.path = path
+        self.handle = handle
+        self.rows = rows
+        self.parquet = parquet
+
+
 class FileSinkWriter(TwoPhaseCommitWriter):
     """One subtask's transactional writer of a :class:`FileSink`.
 
-    Cost: per batch one encode-and-join and one ``write``; per record one call
-    of the encoder.
+    Cost: per batch one encode-and-join and one ``write`` per partition (see
+    :class:`~onceflow.operators.formats.RowEncoder`); Parquet one Arrow
+    conversion per batch (none for Arrow batches) and one write per row group.
     """
 
-    capabilities = Capability.TWO_PHASE_COMMIT
+    capabilities = Capability.TWO_PHASE_COMMIT | Capability.ARROW_INPUT
+    """Arrow batches are taken as they are (Parquet writes them directly); text narrows it."""
 
     def __init__(self, sink: FileSink) -> None:
         super().__init__()
         self._sink = sink
+        self._owner = repr(sink)
+        if sink.format == "text":
+            self.capabilities = Capability.TWO_PHASE_COMMIT
         self._fs: AbstractFileSystem = LocalFileSystem()
         self._root = ""
         self._local = False
-        self._handle: IO[bytes] | None = None
-        self._inprogress_path = ""
+        self._parts: dict[str, _Part] = {}
+        """The open transaction's files, by partition folders ("" without partitions)."""
         self._seq = 0
 
     # ------------------------------------------------------------ life cycle
@@ -167,7 +246,7 @@ class FileSinkWriter(TwoPhaseCommitWriter):
             self._write_atomically(MARKER_NAME, marker_data)
 
     def _start_fresh(self, names: list[str]) -> None:
-        committed = sorted(name for name in names if name.startswith("part-"))
+        committed = sorted(p for p in self._list_tree() if COMMITTED_NAME.match(posixpath.basename(p)))
         if committed and not self.ctx.overwrite_output:
             msg = (
                 f"FileSink directory {self._sink.directory!r} already holds output from an "
@@ -184,58 +263,102 @@ class FileSinkWriter(TwoPhaseCommitWriter):
                 self._sink.directory,
                 len(committed),
             )
-            self._fs.rm([self._path(name) for name in committed])
+            self._fs.rm(committed)
         self.abort_leftovers([])
 
-    def write(self, records: list) -> None:
-        r"""Append ``encoder(record) + "\n"`` for every record to the in-progress file."""
+    def write(self, records: Any) -> None:
+        """Append the records (a list, or an Arrow batch) to the in-progress file of their partition."""
+        sink = self._sink
+        if sink.partition_by is None:
+            self._write_part("", records)
+            return
+        for folders, part_records in split_by_partition(self._owner, records, sink.partition_by):
+            self._write_part(folders, part_records)
+
+    def _write_part(self, folders: str, records: Any) -> None:
+        part = self._parts.get(folders) or self._open_inprogress(folders)
+        if part.parquet is not None:
+            part.parquet.add(records)
+            return
+        assert part.rows is not None
+        if type(records) is not list:
+            records = records.to_pylist()
         try:
-            text = "\n".join(map(self._sink.encoder, records))
+            data = part.rows.encode(records)
         except TypeError as exc:
             msg = (
-                f"FileSink({self._sink.directory!r}) cannot encode a batch with encoder "
+                f"{self._owner} cannot encode a batch with encoder "
                 f"{describe_callable(self._sink.encoder)}: {exc}; the encoder must return a str"
             )
             raise TypeError(msg) from exc
-        handle = self._handle if self._handle is not None else self._open_inprogress()
-        handle.write((text + "\n").encode("utf-8"))
+        part.handle.write(data)
 
-    def _open_inprogress(self) -> IO[bytes]:
+    def _open_inprogress(self, folders: str) -> _Part:
         ctx = self.ctx
+        sink = self._sink
+        folder = self._path(folders) if folders else self._root
+        if folders:
+            self._fs.makedirs(folder, exist_ok=True)
         name = f".{safe_name(ctx.uid)}-{ctx.subtask_index}-{safe_name(ctx.attempt_id)}-{self._seq}.inprogress"
         self._seq += 1
-        self._inprogress_path = self._path(name)
-        self._handle = self._fs.open(self._inprogress_path, "wb")
-        return self._handle
+        path = posixpath.join(folder, name)
+        handle = self._fs.open(path, "wb")
+        if sink.format == "parquet":
+            part = _Part(
+                folder, path, handle, None, ParquetPart(self._owner, handle, sink.schema, sink.row_group_size)
+            )
+        else:
+            part = _Part(
+                folder, path, handle, RowEncoder(self._owner, sink.format, sink.encoder, sink.columns), None
+            )
+        self._parts[folders] = part
+        return part
 
-    def pre_commit(self, checkpoint_id: int) -> dict[str, str] | None:
-        """Close the in-progress file and rename it to a hidden pending name.
+    def pre_commit(self, checkpoint_id: int) -> dict[str, Any] | None:
+        """Close the in-progress files and rename each to a hidden pending name in its folder.
 
         Returns:
-            ``{"pending": path, "final": path}``, or None when nothing was
-            written since the last barrier (no empty files).
+            ``{"pending": path, "final": path}`` for one file, ``{"files": [...]}``
+            of those for several partitions, or None when nothing was written
+            since the last barrier (no empty files).
         """
-        handle = self._handle
-        if handle is None:
+        parts, self._parts = self._parts, {}
+        if not parts:
             return None
-        self._handle = None
-        handle.flush()
-        if self._local:
-            os.fsync(handle.fileno())
-        handle.close()
         stem = f"part-{self.ctx.subtask_index:05d}-{checkpoint_id:010d}"
-        pending = self._path(f".{stem}.{safe_name(self.ctx.attempt_id)}.pending")
-        final = self._path(stem + self._sink.suffix)
-        if self._local:
-            os.replace(self._inprogress_path, pending)
-            fsync_dir(self._root)
-        else:
-            self._fs.mv(self._inprogress_path, pending)
+        files = []
+        for part in parts.values():
+            if part.parquet is not None:
+                part.parquet.close()
+            part.handle.flush()
+            if self._local:
+                os.fsync(part.handle.fileno())
+            part.handle.close()
+            pending = posixpath.join(part.folder, f".{stem}.{safe_name(self.ctx.attempt_id)}.pending")
+            final = posixpath.join(part.folder, stem + self._sink.suffix)
+            if self._local:
+                os.replace(part.path, pending)
+                fsync_dir(part.folder)
+            else:
+                self._fs.mv(part.path, pending)
+            files.append({"pending": pending, "final": final})
         self.ctx.crash_point("after_pending_rename_before_commit_rename")
-        return {"pending": pending, "final": final}
+        return files[0] if len(files) == 1 else {"files": files}
 
-    def commit(self, committable: dict[str, str]) -> bool:
-        """Make a pending file visible under its final name; idempotent; True if it did.
+    def commit(self, committable: dict[str, Any]) -> bool:
+        """Make the pending files of a checkpoint visible under their final names; idempotent.
+
+        Returns True if this call made a file visible. A committable is one
+        ``{"pending", "final"}`` or ``{"files": [...]}`` of them.
+        """
+        files = committable["files"] if "files" in committable else [committable]
+        made = False
+        for entry in files:
+            made = self._commit_file(entry["pending"], entry["final"]) or made
+        return made
+
+    def _commit_file(self, pending: str, final: str) -> bool:
+        """Make one pending file visible under its final name; idempotent; True if it did.
 
         The three cases:
             1. The pending file exists: move it to the final name (local: atomic
@@ -247,14 +370,13 @@ class FileSinkWriter(TwoPhaseCommitWriter):
         Raises:
             SinkCommitError: case 3, data loss; never skipped silently.
         """
-        pending, final = committable["pending"], committable["final"]
         fs = self._fs
         if fs.exists(pending):
             # Case 1
             self.ctx.crash_point("mid_commit")
             if self._local:
                 os.replace(pending, final)
-                fsync_dir(self._root)
+                fsync_dir(posixpath.dirname(final))
             else:
                 if not fs.exists(final):
                     fs.copy(pending, final)
@@ -285,11 +407,17 @@ class FileSinkWriter(TwoPhaseCommitWriter):
         ctx = self.ctx
         attempt = safe_name(ctx.attempt_id)
         inprogress = re.compile(rf"^\.{re.escape(safe_name(ctx.uid))}-\d+-(?P<attempt>.+)-\d+\.inprogress$")
-        kept = {c["pending"] for c in keep if isinstance(c, dict) and "pending" in c}
+        kept = {
+            f["pending"]
+            for c in keep
+            if isinstance(c, dict)
+            for f in (c["files"] if "files" in c else [c])
+            if "pending" in f
+        }
         restored = ctx.restored_checkpoint_id
         doomed: list[str] = []
-        for name in self._list_names():
-            path = self._path(name)
+        for path in self._list_tree():
+            name = posixpath.basename(path)
             # Case 1
             match = inprogress.match(name)
             if match:
@@ -318,18 +446,26 @@ class FileSinkWriter(TwoPhaseCommitWriter):
             self._fs.rm(doomed)
 
     def close(self) -> None:
-        """Close the in-progress file without committing it; a later restore aborts it."""
-        handle, self._handle = self._handle, None
-        if handle is not None:
+        """Close the in-progress files without committing them; a later restore aborts them."""
+        parts, self._parts = self._parts, {}
+        for part in parts.values():
             try:
-                handle.close()
+                part.handle.close()
             except Exception:  # close must not raise; the file is uncommitted anyway
-                log.debug("closing %s failed", self._inprogress_path, exc_info=True)
+                log.debug("closing %s failed", part.path, exc_info=True)
 
     # ------------------------------------------------------------ helpers
 
     def _path(self, name: str) -> str:
         return posixpath.join(self._root, name)
+
+    def _list_tree(self) -> list[str]:
+        """Every file below the directory, hidden ones too (partition folders included)."""
+        self._fs.invalidate_cache(self._root)
+        try:
+            return [p for p in self._fs.find(self._root) if posixpath.basename(p) != MARKER_NAME]
+        except FileNotFoundError:
+            return []
 
     def _list_names(self) -> list[str]:
         self._fs.invalidate_cache(self._root)
