@@ -16,6 +16,9 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -104,3 +107,48 @@ def resolve_input(path: str, *, allow_empty: bool = False) -> tuple[AbstractFile
         )
         raise SourceNotFoundError(msg)
     return fs, sorted(set(files))
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a file was when a run found it: size, and modification time and etag where known.
+
+    Local files have ``mtime``; object stores an ``ETag`` and a last-modified
+    time; ``memory://`` a creation time. Two identities differ if any field
+    known on both sides differs.
+    """
+
+    size: int
+    mtime: float | str | None = None
+    etag: str | None = None
+
+    @classmethod
+    def of(cls, info: dict[str, Any]) -> FileIdentity:
+        """Return the identity in an fsspec ``info()`` dict."""
+        stamp = next((info[k] for k in _MTIME_KEYS if info.get(k) is not None), None)
+        if isinstance(stamp, datetime):
+            stamp = stamp.isoformat()
+        elif stamp is not None and not isinstance(stamp, (int, float)):
+            stamp = str(stamp)
+        etag = next((str(info[k]) for k in _ETAG_KEYS if info.get(k)), None)
+        return cls(int(info.get("size") or 0), stamp, etag)
+
+    @classmethod
+    def from_state(cls, entry: dict[str, Any]) -> FileIdentity | None:
+        """Return the identity a snapshot recorded, or None for a snapshot of offsets only."""
+        if "size" not in entry:
+            return None
+        return cls(int(entry["size"]), entry.get("mtime"), entry.get("etag"))
+
+    def differences(self, now: FileIdentity) -> list[str]:
+        """Return how ``now`` differs from this identity, e.g. ``["size 120 -> 150"]``."""
+        found = []
+        for name in ("size", "mtime", "etag"):
+            was, is_ = getattr(self, name), getattr(now, name)
+            if was is not None and is_ is not None and was != is_:
+                found.append(f"{name} {was!r} -> {is_!r}")
+        return found
+
+
+_MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "mtime_ns", "created")
+_ETAG_KEYS = ("ETag", "etag", "md5Hash")

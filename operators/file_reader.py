@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
 
-from onceflow.operators._file_paths import FILE_DONE, resolve_input
+from onceflow.operators._file_paths import FILE_DONE, FileIdentity, resolve_input
 from onceflow.operators.bad_records import BadInput
 from onceflow.operators.base import RestoredState, RuntimeContext, SourceReader
 from onceflow.operators.errors import (
@@ -24,13 +24,12 @@ from onceflow.operators.errors import (
     SourceDecodeError,
     SourceNotFoundError,
 )
-from onceflow.operators.files import FileIdentity
 from onceflow.operators.formats import LineDecoder, compression_of, decode_header
 
 if TYPE_CHECKING:
     from onceflow.operators.files import FileSource
 
-__all__ = ["FileSourceReader"]
+__all__ = ["FileIdentity", "FileSourceReader"]
 
 log = logging.getLogger("onceflow")
 

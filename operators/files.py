@@ -24,9 +24,6 @@ output is ever read.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
 
 from onceflow.operators._file_paths import (
     FILE_DONE,
@@ -35,11 +32,9 @@ from onceflow.operators._file_paths import (
 )
 from onceflow.operators.base import Source
 from onceflow.operators.errors import SourceError
+from onceflow.operators.file_reader import FileIdentity, FileSourceReader
 from onceflow.operators.file_sink import FileSink, FileSinkWriter, read_committed_lines
 from onceflow.operators.formats import check_format
-
-if TYPE_CHECKING:
-    from onceflow.operators.file_reader import FileSourceReader
 
 __all__ = [
     "FILE_DONE",
@@ -155,65 +150,8 @@ class FileSource(Source):
 
     def create_reader(self, subtask_index: int, parallelism: int) -> FileSourceReader:
         """Return the reader of the files dealt to ``subtask_index``; it lists them on ``open``."""
-        from onceflow.operators.file_reader import FileSourceReader
-
         return FileSourceReader(self, subtask_index, parallelism)
 
     def __repr__(self) -> str:
         shown = "" if self.format == "text" else f", format={self.format!r}"
         return f"FileSource({self.path!r}{shown}{', watch=True' if self.watch else ''})"
-
-
-@dataclass(frozen=True)
-class FileIdentity:
-    """What a file was when a run found it: size, and modification time and etag where known.
-
-    Local files have ``mtime``; object stores an ``ETag`` and a last-modified
-    time; ``memory://`` a creation time. Two identities differ if any field
-    known on both sides differs.
-    """
-
-    size: int
-    mtime: float | str | None = None
-    etag: str | None = None
-
-    @classmethod
-    def of(cls, info: dict[str, Any]) -> FileIdentity:
-        """Return the identity in an fsspec ``info()`` dict."""
-        stamp = next((info[k] for k in _MTIME_KEYS if info.get(k) is not None), None)
-        if isinstance(stamp, datetime):
-            stamp = stamp.isoformat()
-        elif stamp is not None and not isinstance(stamp, (int, float)):
-            stamp = str(stamp)
-        etag = next((str(info[k]) for k in _ETAG_KEYS if info.get(k)), None)
-        return cls(int(info.get("size") or 0), stamp, etag)
-
-    @classmethod
-    def from_state(cls, entry: dict[str, Any]) -> FileIdentity | None:
-        """Return the identity a snapshot recorded, or None for a snapshot of offsets only."""
-        if "size" not in entry:
-            return None
-        return cls(int(entry["size"]), entry.get("mtime"), entry.get("etag"))
-
-    def differences(self, now: FileIdentity) -> list[str]:
-        """Return how ``now`` differs from this identity, e.g. ``["size 120 -> 150"]``."""
-        found = []
-        for name in ("size", "mtime", "etag"):
-            was, is_ = getattr(self, name), getattr(now, name)
-            if was is not None and is_ is not None and was != is_:
-                found.append(f"{name} {was!r} -> {is_!r}")
-        return found
-
-
-_MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "mtime_ns", "created")
-_ETAG_KEYS = ("ETag", "etag", "md5Hash")
-
-
-def __getattr__(name: str) -> Any:
-    """Import ``FileSourceReader`` on first use (its module imports this one)."""
-    if name == "FileSourceReader":
-        from onceflow.operators.file_reader import FileSourceReader
-
-        return FileSourceReader
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
