@@ -232,7 +232,8 @@ def test_kills_during_resume(executor: str, workload: Workload, chaos_dir, chaos
         delay_us=SLOW_US // 2,
         executor=executor,
     )
-    run.expect_killed(run.run(kill_after=run.rng.uniform(1.0, 2.0)))
+    # The first kill waits for a completed checkpoint: the resumes below must have one to restore.
+    run.expect_killed(run.run(kill_after=run.rng.uniform(0.2, 1.0), after=run.has_completed_checkpoint))
     for _ in range(4):
         outcome = run.run(kill_after=run.rng.uniform(0.0, 0.15), after_text="restoring from", label="resume")
         if outcome.returncode == 0:

@@ -132,12 +132,15 @@ class CliRuns:
         runner_only: bool = False,
         label: str = "random",
         after_text: str | None = None,
+        after: Callable[[], bool] | None = None,
         during: Callable[[subprocess.Popen], None] | None = None,
     ) -> RunOutcome:
         """Start one run; SIGKILL its process group after ``kill_after`` seconds if still alive.
 
         With ``after_text`` the ``kill_after`` delay starts when that text first
-        appears on the run's stderr (e.g. "restoring from"), not at the start.
+        appears on the run's stderr (e.g. "restoring from"), not at the start;
+        with ``after`` it starts once ``after()`` is true (e.g. a checkpoint
+        completed), so a kill lands where the test means it to on a busy machine.
         With ``runner_only`` only the runner process is killed; its workers (if
         any) must die with it within a few seconds, or the test fails. ``label``
         names a harness kill in the kill statistics. ``during(proc)`` runs in a
@@ -172,9 +175,15 @@ class CliRuns:
                 helper.start()
             killed = False
             try:
-                if after_text is not None and kill_after is not None:
+                if (after_text is not None or after is not None) and kill_after is not None:
                     deadline = started + timeout
-                    while after_text not in err_path.read_text(errors="replace"):
+
+                    def waiting() -> bool:
+                        if after_text is not None and after_text not in err_path.read_text(errors="replace"):
+                            return True
+                        return after is not None and not after()
+
+                    while waiting():
                         if proc.poll() is not None or time.monotonic() > deadline:
                             break
                         time.sleep(0.002)
@@ -325,6 +334,10 @@ class ChaosRun(CliRuns):
             logs=root / "logs",
             seed=seed,
         )
+
+    def has_completed_checkpoint(self) -> bool:
+        """Whether any checkpoint of the job in ``root/chk`` has its ``_metadata`` (it completed)."""
+        return any(self.chk.glob("*/chk-*/_metadata"))
 
     def where(self) -> str:
         return f"chaos seed={self.seed} dir={self.root} (replay with CHAOS_SEED={self.seed})"
