@@ -22,7 +22,7 @@ from typing import NoReturn
 from onceflow.engine.api import Job
 from onceflow.engine.checkpoint.metadata import CheckpointMetadata
 from onceflow.engine.checkpoint.paths import CheckpointPaths
-from onceflow.engine.checkpoint.retention import plan_deletions
+from onceflow.engine.checkpoint.retention import plan_deletions, surviving_references
 from onceflow.engine.checkpoint.store import CheckpointStore, list_jobs
 from onceflow.engine.coordinator import CoordinatorSettings
 from onceflow.engine.errors import CheckpointStorageError, ConcurrentRunError, OnceflowError, classify
@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--retain", type=_positive_int, default=3, help="completed checkpoints to keep (default 3)"
+    )
+    run.add_argument(
+        "--incremental-checkpoints",
+        action="store_true",
+        help="write only the keyed state changed since the previous checkpoint (files shared under "
+        "<checkpoint-dir>/<job>/shared/, compacted in the background); for large keyed state",
     )
     run.add_argument(
         "--fresh", action="store_true", help="discard this job's checkpoints and output, and start over"
@@ -230,6 +236,7 @@ def _run_until_done_or_stopped(args: argparse.Namespace, stop: StopRequest) -> i
             timeout=args.checkpoint_timeout,
             retain=args.retain,
         ),
+        incremental_checkpoints=args.incremental_checkpoints,
     )
     progress = None
     if args.progress != "off":
@@ -352,7 +359,8 @@ def _delete_checkpoints(store: CheckpointStore, checkpoint_id: int | None, *, ev
 
     Taking the run's own lock (flock or lease) refuses the delete while a run
     holds the directory, and keeps a run from starting in the middle of it.
-    Files that a checkpoint kept still references are kept (``plan_deletions``).
+    Files that a checkpoint kept still references are kept (``plan_deletions``), shared
+    files of incremental checkpoints included.
     """
     job = store.paths.job_name
     try:
@@ -377,7 +385,9 @@ def _delete_checkpoints(store: CheckpointStore, checkpoint_id: int | None, *, ev
                 continue  # damaged: it cannot be restored, so nothing it references must stay
             if meta is not None:
                 completed[cid] = meta
-        store.delete_checkpoints(plan_deletions(completed, unusable=targets))
+        deletions = plan_deletions(completed, unusable=targets)
+        store.delete_checkpoints(deletions)
+        store.collect_shared(surviving_references(completed, deletions))
     finally:
         store.release_lock()
     print(f"onceflow: deleted {len(targets)} checkpoint(s) of {job!r}")

@@ -22,6 +22,7 @@ class SubtaskContext:
     attempt_id: str
     restored_checkpoint_id: int | None
     overwrite_output: bool
+    incremental_checkpoints: bool = False
 
     def crash_point(self, label: str) -> None:
         """Kill the process here when ``ONCEFLOW_CRASH_AT`` names ``label``."""

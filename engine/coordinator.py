@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 
-from onceflow.engine.checkpoint.metadata import CheckpointMetadata, JobDescription, StateHandle, Timings
-from onceflow.engine.checkpoint.retention import plan_deletions
+from onceflow.engine.checkpoint.metadata import (
+    FULL_ONLY_FORMAT,
+    CheckpointMetadata,
+    JobDescription,
+    StateHandle,
+    Timings,
+)
+from onceflow.engine.checkpoint.retention import plan_deletions, surviving_references
 from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.errors import CheckpointError, CheckpointFailureReason
 from onceflow.engine.faults import CRASH_POINTS
@@ -264,9 +270,13 @@ class CheckpointCoordinator:
         CRASH_POINTS.hit("after_metadata_before_notify")
         # Step 3: retention.
         deletions = plan_deletions(self.completed, retain=self.settings.retain)
+        incremental = any(self.completed[d.checkpoint_id].format > FULL_ONLY_FORMAT for d in deletions)
         self.store.delete_checkpoints(deletions)
         for deletion in deletions:
             self.completed.pop(deletion.checkpoint_id, None)
+        if incremental or meta.format > FULL_ONLY_FORMAT:
+            referenced = surviving_references(self.completed, ())
+            self.store.collect_shared(referenced, written_up_to=checkpoint_id)
         # Step 4: notify; sinks commit.
         self._notify_complete(checkpoint_id)
         if pending.final:

@@ -129,6 +129,7 @@ class JobRunner:
             if self.fresh:
                 for cid in self.store.checkpoint_ids():
                     self.store.delete_checkpoint(cid)
+                self.store.collect_shared(frozenset())
                 self.store.delete_checkpoint_id_mark()
             return self._run_attempts()
         finally:

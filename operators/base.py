@@ -54,6 +54,8 @@ class RuntimeContext(Protocol):
     """The checkpoint this attempt restored from, or None for a fresh start."""
     overwrite_output: bool
     """True when the user asked to start over (``--fresh``): sinks may replace their old output."""
+    incremental_checkpoints: bool
+    """True when checkpoints write only the keyed entries changed since the previous one."""
 
     def crash_point(self, label: str) -> None:
         """Kill the process here if the fault-injection setting names ``label``."""
@@ -67,10 +69,17 @@ class OperatorSnapshot:
     next attempt (union semantics, so parallelism may change). ``keyed_state``
     maps a state name to a ``{key: value}`` dict that the caller must treat as
     frozen; the runtime partitions it by key group when writing.
+
+    ``keyed_kind`` says what ``keyed_state`` holds (``HeapKeyedState.capture``):
+    every entry (``"full"``, the default; ``"base"`` starts a chain of
+    incremental checkpoints), or only the entries changed since the previous
+    snapshot (``"delta"``), with ``deleted`` naming the keys deleted since.
     """
 
     operator_state: Any = None
     keyed_state: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    keyed_kind: str = "full"
+    deleted: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from onceflow.operators.bad_records import failure_at
-from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
+from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState, RuntimeContext
 from onceflow.state_backends.heap import HeapKeyedState
 
 _MISSING = object()
@@ -30,10 +30,19 @@ class _KeyedOperator(Operator):
     def __init__(self) -> None:
         self.state = HeapKeyedState()
         self.values = self.state.table(_VALUE)
+        self.dirty: set | None = None
+        """Keys of the batches since the last snapshot (incremental checkpoints), else None."""
+
+    def open(self, ctx: RuntimeContext) -> None:
+        """Track changed keys when the run takes incremental checkpoints."""
+        super().open(ctx)
+        self.state.incremental = bool(getattr(ctx, "incremental_checkpoints", False))
+        self.dirty = self.state.dirty_keys(_VALUE)
 
     def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
-        """Capture a frozen copy of every key's value."""
-        return OperatorSnapshot(keyed_state=self.state.snapshot())
+        """Capture a frozen copy of every key's value, or of the changed ones (incremental)."""
+        capture = self.state.capture()
+        return OperatorSnapshot(keyed_state=capture.tables, keyed_kind=capture.kind, deleted=capture.deleted)
 
     def restore_state(self, restored: RestoredState) -> None:
         """Load the keys of this subtask's key-group range."""
@@ -57,6 +66,8 @@ class ReduceOperator(_KeyedOperator):
         get = values.get
         out: list = []
         append = out.append
+        if self.dirty is not None:
+            self.dirty.update(keys)
         remaining = iter(records)
         try:
             for record, key in zip(remaining, keys):
@@ -89,6 +100,8 @@ class StatefulMapOperator(_KeyedOperator):
         get = values.get
         out: list = []
         append = out.append
+        if self.dirty is not None:
+            self.dirty.update(keys)
         remaining = iter(records)
         try:
             for record, key in zip(remaining, keys):

@@ -189,6 +189,7 @@ def write_state_file(
     operator_state: Any,
     key_group_of: Callable[[Any], int] | None = None,
     max_parallelism: int | None = None,
+    deleted: dict[str, list[Any]] | None = None,
 ) -> StateFileHandle:
     """Serialize a snapshot into one Arrow IPC file at ``path`` and describe it.
 
@@ -209,6 +210,8 @@ def write_state_file(
         key_group_of: Maps a key to its key group, e.g. ``KeyGroupAssigner.key_group``.
         max_parallelism: Instead of ``key_group_of``: derive key groups from the
             canonical encodings this function computes anyway (one encode per key).
+        deleted: Keys deleted since the previous file of an incremental chain,
+            per state name, stored as rows with a null value (tombstones).
 
     Returns:
         The handle to record in checkpoint metadata.
@@ -218,6 +221,25 @@ def write_state_file(
         StateSerializationError: a value or the operator state cannot be
             pickled (the message names the state, the key and the type).
     """
+    table = state_table(
+        keyed_state=keyed_state,
+        operator_state=operator_state,
+        key_group_of=key_group_of,
+        max_parallelism=max_parallelism,
+        deleted=deleted,
+    )
+    return write_table(fs, path, table)
+
+
+def state_table(
+    *,
+    keyed_state: dict[str, dict[Any, Any]],
+    operator_state: Any,
+    key_group_of: Callable[[Any], int] | None = None,
+    max_parallelism: int | None = None,
+    deleted: dict[str, list[Any]] | None = None,
+) -> pa.Table:
+    """Build steps 1 and 2 of :func:`write_state_file`: the Arrow table of a snapshot, sorted by key group."""
     # Step 1
     names: list[str] = []
     indices: list[int] = []
@@ -230,6 +252,15 @@ def write_state_file(
         names.append(name)
         keys.extend(table.keys())
         values.extend(table.values())
+    tombstones = 0
+    for name, gone in (deleted or {}).items():
+        if not gone:
+            continue
+        if name not in names:
+            names.append(name)
+        indices.extend([names.index(name)] * len(gone))
+        keys.extend(gone)
+        tombstones += len(gone)
     encoded = list(map(encode_key, keys))
     if max_parallelism is not None:
         groups = [stable_hash(e) % max_parallelism for e in encoded]
@@ -248,6 +279,8 @@ def write_state_file(
     except Exception as exc:
         raise _unpicklable_value(keyed_state) from exc
     del values
+    if tombstones:
+        value_array = pa.concat_arrays([value_array, pa.nulls(tombstones, value_array.type)])
     state_array = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(names, pa.string()))
     metadata = {
         _META_FORMAT: _FORMAT_VERSION,
@@ -267,7 +300,12 @@ def write_state_file(
     table = pa.Table.from_arrays([key_groups, state_array, encoded_keys, value_array], schema=schema)
     if table.num_rows:
         table = table.take(pc.sort_indices(table["key_group"]))
+    return table
 
+
+def write_table(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> StateFileHandle:
+    """Run steps 3 and 4 of :func:`write_state_file`: write ``table`` (sorted by key group) to ``path``."""
+    schema = table.schema
     # Step 3
     sink = pa.BufferOutputStream()
     with ipc.new_file(sink, schema) as writer:
@@ -416,6 +454,19 @@ def read_state_file(
         CorruptStateError: missing, truncated, altered or not an Arrow file.
         IncompatibleStateError: pickles from another Python version or code.
     """
+    operator_state, table = read_state_table(fs, handle, key_groups)
+    if not table.num_rows:
+        return operator_state, {}
+    decode_values = _value_decoder(handle.path, table.schema.metadata)
+    return operator_state, _decode_tables(handle.path, table, decode_values)
+
+
+def read_state_table(
+    fs: fsspec.AbstractFileSystem,
+    handle: StateFileHandle,
+    key_groups: KeyGroupRange | None = None,
+) -> tuple[Any, pa.Table]:
+    """Run steps 1 to 3 of :func:`read_state_file` short of decoding: the verified rows in range."""
     # Step 1
     data = _read_verified(fs, handle)
 
@@ -431,13 +482,12 @@ def read_state_file(
     if key_groups is not None:
         start, end = handle.key_group_start, handle.key_group_end
         if start is None or end is None or end <= key_groups.start or key_groups.end <= start:
-            return operator_state, {}
+            return operator_state, table.slice(0, 0)
         if not (key_groups.start <= start and end <= key_groups.end):
             column = table["key_group"]
             mask = pc.and_(pc.greater_equal(column, key_groups.start), pc.less(column, key_groups.end))
             table = table.filter(mask)
-    decode_values = _value_decoder(handle.path, metadata)
-    return operator_state, _decode_tables(handle.path, table, decode_values)
+    return operator_state, table
 
 
 def _decode_tables(
@@ -462,4 +512,12 @@ def _decode_tables(
     return result
 
 
-__all__ = ["BATCH_ROWS", "StateFileHandle", "read_state_file", "write_state_file"]
+__all__ = [
+    "BATCH_ROWS",
+    "StateFileHandle",
+    "read_state_file",
+    "read_state_table",
+    "state_table",
+    "write_state_file",
+    "write_table",
+]

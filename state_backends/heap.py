@@ -1,12 +1,35 @@
 """Keep one subtask's named keyed state in plain dicts on the heap.
 
 This module only holds state in memory. Writing it to storage is
-``arrow_snapshot``'s job, and deciding when to snapshot is the engine's.
+``arrow_snapshot``'s (and, for incremental checkpoints, ``changelog``'s) job,
+and deciding when to snapshot is the engine's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
+
+FULL = "full"
+"""A capture of every entry, written as one state file per subtask (full checkpoints)."""
+BASE = "base"
+"""A capture of every entry that later deltas build on (incremental checkpoints)."""
+DELTA = "delta"
+"""A capture of the entries changed or deleted since the previous capture."""
+
+
+@dataclass(frozen=True)
+class KeyedCapture:
+    """What :meth:`HeapKeyedState.capture` took at a barrier.
+
+    ``kind`` is :data:`FULL`, :data:`BASE` or :data:`DELTA`. ``tables`` holds
+    every entry (full, base) or the changed entries (delta); ``deleted`` holds
+    the keys deleted since the previous capture (delta only), per state name.
+    """
+
+    kind: str
+    tables: dict[str, dict[Any, Any]]
+    deleted: dict[str, list[Any]] = field(default_factory=dict)
 
 
 class HeapKeyedState:
@@ -17,12 +40,23 @@ class HeapKeyedState:
     wrapper in between. Values are treated as immutable by contract (an operator
     replaces a value instead of mutating it in place), which is what makes the
     shallow :meth:`snapshot` safe while processing goes on.
+
+    Incremental checkpoints need the keys changed since the previous capture.
+    Rather than wrapping every dict write, an operator adds the keys of a whole
+    batch to the table's dirty set (:meth:`dirty_keys`: one C-level
+    ``set.update`` per batch) and :meth:`capture` looks only at those keys, so
+    the work at a barrier is proportional to what changed, not to the state.
+    A key marked dirty but left unchanged is merely written again.
     """
 
-    __slots__ = ("tables",)
+    __slots__ = ("tables", "incremental", "_dirty", "_base_needed")
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[Any, Any]] = {}
+        self.incremental = False
+        """Set by the operator in ``open`` when the run takes incremental checkpoints."""
+        self._dirty: dict[str, set[Any]] = {}
+        self._base_needed = True
 
     def table(self, name: str) -> dict[Any, Any]:
         """Return the live dict for state ``name``, creating it on first use.
@@ -37,6 +71,22 @@ class HeapKeyedState:
             self.tables[name] = table
             return table
 
+    def dirty_keys(self, name: str) -> set[Any] | None:
+        """Return the live set of keys of ``name`` changed since the last capture; None unless incremental.
+
+        The same set object is returned until :meth:`restore`, so an operator
+        may fetch it once in ``open`` and ``update`` it per batch.
+        """
+        if not self.incremental:
+            return None
+        self.table(name)
+        try:
+            return self._dirty[name]
+        except KeyError:
+            keys: set[Any] = set()
+            self._dirty[name] = keys
+            return keys
+
     def snapshot(self) -> dict[str, dict[Any, Any]]:
         """Capture every table synchronously at a barrier.
 
@@ -47,12 +97,43 @@ class HeapKeyedState:
         """
         return {name: dict(table) for name, table in self.tables.items()}
 
+    def capture(self) -> KeyedCapture:
+        """Capture the state at a barrier: everything (full or base) or the changes (delta).
+
+        Incremental: the first capture after open or restore is a base (the
+        files it would build on belong to another attempt and possibly
+        another parallelism); every later one holds the dirty keys' current
+        values and the dirty keys now absent (deleted), and empties the dirty
+        sets in place.
+        """
+        if not self.incremental:
+            return KeyedCapture(FULL, self.snapshot())
+        if self._base_needed:
+            self._base_needed = False
+            for keys in self._dirty.values():
+                keys.clear()
+            return KeyedCapture(BASE, self.snapshot())
+        changed: dict[str, dict[Any, Any]] = {}
+        deleted: dict[str, list[Any]] = {}
+        for name, keys in self._dirty.items():
+            if not keys:
+                continue
+            table = self.tables[name]
+            present = {k: table[k] for k in keys if k in table}
+            if present:
+                changed[name] = present
+            if len(present) < len(keys):
+                deleted[name] = [k for k in keys if k not in table]
+            keys.clear()
+        return KeyedCapture(DELTA, changed, deleted)
+
     def restore(self, tables: dict[str, dict[Any, Any]]) -> None:
         """Replace all state with a copy of ``tables``.
 
         Called after ``open`` and before any record. The live dicts are refilled
         in place rather than swapped, because operators may already hold them
-        (fetched in ``open``); tables absent from ``tables`` end up empty.
+        (fetched in ``open``); tables absent from ``tables`` end up empty. The
+        next incremental capture is a base.
         """
         for name, table in self.tables.items():
             if name not in tables:
@@ -61,6 +142,9 @@ class HeapKeyedState:
             table = self.table(name)
             table.clear()
             table.update(restored)
+        for keys in self._dirty.values():
+            keys.clear()
+        self._base_needed = True
 
     def __len__(self) -> int:
         return sum(len(table) for table in self.tables.values())

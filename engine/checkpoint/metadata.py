@@ -8,9 +8,12 @@ that accepts anything would let a damaged checkpoint fail deep inside a
 restore; ``decode_metadata`` checks every field's type up front, so a damaged
 file is a ``CheckpointStorageError`` the runner can fall back from.
 
-Room for what comes next: a new ``format`` number when handles gain kinds
-(incremental files under ``<job>/shared/``); a reader refuses a format newer
-than it knows instead of guessing.
+Format 2 adds handle kinds: an incremental checkpoint's handles are ``base``
+and ``delta`` files under ``<job>/shared/`` (with the id of the checkpoint that
+wrote them, ``created``), applied in order at restore. A checkpoint with only
+full handles is still written as format 1. A reader refuses a format newer
+than it knows instead of guessing (an older reader would otherwise take a
+delta for a whole state).
 """
 
 from __future__ import annotations
@@ -39,8 +42,12 @@ __all__ = [
     "encode_metadata",
 ]
 
-METADATA_FORMAT = 1
-"""The version of the ``_metadata`` JSON this code writes and the newest it reads."""
+METADATA_FORMAT = 2
+"""The newest version of the ``_metadata`` JSON this code writes and reads."""
+FULL_ONLY_FORMAT = 1
+"""The version written when every handle is a full state file (readable by older onceflow)."""
+HANDLE_KINDS = ("full", "base", "delta")
+"""``full``: a subtask's whole state in one file; ``base``/``delta``: one segment of an incremental chain."""
 
 
 def _int(value: Any) -> int:
@@ -76,7 +83,9 @@ class StateHandle:
     ``path`` is relative to the job directory (``chk-<n>/<uid>-<subtask>.arrow``),
     so checkpoints can share files; ``rows``, ``bytes`` and ``sha256`` let a
     restore verify the file before trusting it; the key group bounds let a
-    restore skip files holding none of its key groups.
+    restore skip files holding none of its key groups. ``kind`` is one of
+    :data:`HANDLE_KINDS`; ``created`` is the id of the checkpoint that wrote a
+    base or delta file, the order a restore applies them in.
     """
 
     uid: str
@@ -87,9 +96,20 @@ class StateHandle:
     sha256: str
     key_group_start: int | None = None
     key_group_end: int | None = None
+    kind: str = "full"
+    created: int | None = None
 
     @classmethod
-    def of_file(cls, uid: str, subtask: int, relative_path: str, file: StateFileHandle) -> StateHandle:
+    def of_file(
+        cls,
+        uid: str,
+        subtask: int,
+        relative_path: str,
+        file: StateFileHandle,
+        *,
+        kind: str = "full",
+        created: int | None = None,
+    ) -> StateHandle:
         """Describe a state file the backend just wrote, under its path relative to the job."""
         return cls(
             uid=uid,
@@ -100,7 +120,14 @@ class StateHandle:
             sha256=file.sha256,
             key_group_start=file.key_group_start,
             key_group_end=file.key_group_end,
+            kind=kind,
+            created=created,
         )
+
+    @property
+    def incremental(self) -> bool:
+        """Whether this is a base or delta file of an incremental chain."""
+        return self.kind != "full"
 
     def file_handle(self, absolute_path: str) -> StateFileHandle:
         """Return the backend's handle for reading this file at ``absolute_path``."""
@@ -124,11 +151,20 @@ class StateHandle:
             "sha256": self.sha256,
             "key_group_start": self.key_group_start,
             "key_group_end": self.key_group_end,
+            **({"kind": self.kind, "created": self.created} if self.incremental else {}),
         }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> StateHandle:
         """Rebuild a handle from its ``_metadata`` entry; raise on a missing or mistyped field."""
+        kind = _str(d.get("kind", "full"))
+        if kind not in HANDLE_KINDS:
+            msg = f"unknown handle kind {kind!r}"
+            raise ValueError(msg)
+        created = _opt_int(d.get("created"))
+        if kind != "full" and created is None:
+            msg = f"a {kind} handle needs the id of the checkpoint that created it"
+            raise ValueError(msg)
         return cls(
             uid=_str(d["uid"]),
             subtask=_int(d["subtask"]),
@@ -138,6 +174,8 @@ class StateHandle:
             sha256=_str(d["sha256"]),
             key_group_start=_opt_int(d.get("key_group_start")),
             key_group_end=_opt_int(d.get("key_group_end")),
+            kind=kind,
+            created=created,
         )
 
 
@@ -280,12 +318,18 @@ class CheckpointMetadata:
             handles=ordered,
             size_bytes=sum(h.bytes for h in ordered),
             timings=timings,
+            format=METADATA_FORMAT if any(h.incremental for h in ordered) else FULL_ONLY_FORMAT,
         )
 
     @property
     def referenced_paths(self) -> frozenset[str]:
         """Every file this checkpoint needs, relative to the job directory."""
         return frozenset(h.path for h in self.handles)
+
+    @property
+    def written_bytes(self) -> int:
+        """Bytes of the files this checkpoint wrote itself (full files, and shared files it created)."""
+        return sum(h.bytes for h in self.handles if not h.incremental or h.created == self.checkpoint_id)
 
     @property
     def stateful_uids(self) -> list[str]:

@@ -13,6 +13,9 @@ Layout::
 
     <checkpoint-dir>/<job>/chk-<n>/_metadata             written last, atomically
     <checkpoint-dir>/<job>/chk-<n>/<uid>-<subtask>.arrow
+    <checkpoint-dir>/<job>/shared/<uid>-<subtask>-<n>-kg<start>-<base|delta>.arrow
+                                                         incremental checkpoints: written by
+                                                         checkpoint n, referenced by n and later ones
     <checkpoint-dir>/<job>/_lock                         held while a runner runs (local)
     <checkpoint-dir>/<job>/_lease                        held while a runner runs (object stores)
     <checkpoint-dir>/<job>/_checkpoint_ids               the highest checkpoint id ever started
@@ -28,12 +31,17 @@ __all__ = ["CheckpointPaths"]
 _CHK_PREFIX = "chk-"
 _CHK = re.compile(rf"^{_CHK_PREFIX}(\d+)$")
 _METADATA = "_metadata"
+_SHARED = "shared"
+_SHARED_FILE = re.compile(r"^.+-\d+-(\d+)-kg\d+-(?:base|delta)\.arrow$")
 _ID_MARK = "_checkpoint_ids"
 
 
 @dataclass(frozen=True)
 class CheckpointPaths:
     """Formats every path under ``<root>/<job>``; pure, no I/O."""
+
+    SHARED = _SHARED
+    """The name of the directory of shared files, relative to the job directory."""
 
     root: str
     job_name: str
@@ -92,6 +100,28 @@ class CheckpointPaths:
     def resolve(self, relative: str) -> str:
         """Absolute path of a path relative to the job directory (as handles record them)."""
         return f"{self.job_dir}/{relative}"
+
+    # -- shared files (incremental checkpoints) ---------------------------------
+
+    @property
+    def shared_dir(self) -> str:
+        """Absolute path of ``shared/``, the files incremental checkpoints share."""
+        return f"{self.job_dir}/{_SHARED}"
+
+    @staticmethod
+    def relative_shared_file(
+        uid: str, subtask_index: int, checkpoint_id: int, key_group_start: int, kind: str
+    ) -> str:
+        """``shared/<uid>-<subtask>-<n>-kg<start>-<kind>.arrow``: a segment's base or delta, written by n."""
+        return f"{_SHARED}/{uid}-{subtask_index}-{checkpoint_id}-kg{key_group_start}-{kind}.arrow"
+
+    @staticmethod
+    def shared_file_checkpoint(relative: str) -> int | None:
+        """Return the id of the checkpoint that wrote a shared file (``shared/...``), else None."""
+        if not relative.startswith(f"{_SHARED}/"):
+            return None
+        m = _SHARED_FILE.match(relative[len(_SHARED) + 1 :])
+        return int(m.group(1)) if m else None
 
     @classmethod
     def names_in_checkpoint_dir(

@@ -14,7 +14,10 @@ checkpoint is found while falling back is still possible. The steps of
 4. Delete incomplete and discarded checkpoints newer than the chosen one, and
    finish deleting incomplete ones older than it (a deletion by retention that
    a crash interrupted), keeping files that a completed checkpoint still
-   references (the decision is :func:`~onceflow.engine.checkpoint.retention.plan_deletions`).
+   references (the decision is :func:`~onceflow.engine.checkpoint.retention.plan_deletions`),
+   and the shared files of incremental checkpoints that no completed checkpoint
+   lists (written by a checkpoint that never completed, or left by a deletion
+   a crash interrupted).
 
 Checkpoint ids are never reused: the next id is above every ``chk-<n>`` still
 on storage and above the high-water mark ``_checkpoint_ids``, which the
@@ -34,14 +37,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onceflow.engine.checkpoint.metadata import CheckpointMetadata, StateHandle
-from onceflow.engine.checkpoint.retention import plan_deletions
+from onceflow.engine.checkpoint.retention import plan_deletions, surviving_references
 from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.errors import CheckpointStorageError, CorruptStateError, IncompatibleCheckpointError
 from onceflow.engine.graph import OperatorKind
 from onceflow.engine.plan import PhysicalPlan
 from onceflow.operators.base import RestoredState
 from onceflow.state_backends.arrow_snapshot import read_state_file
-from onceflow.state_backends.key_groups import HASH_FUNCTION_ID, key_group_range_for_subtask
+from onceflow.state_backends.changelog import read_changes
+from onceflow.state_backends.key_groups import HASH_FUNCTION_ID, KeyGroupRange, key_group_range_for_subtask
 
 __all__ = [
     "RestorePoint",
@@ -149,7 +153,9 @@ def select_checkpoint(
     for cid, reason in skipped:
         log.warning("checkpoint %d is unusable (%s); %s", cid, reason, instead)
     # Step 4
-    store.delete_checkpoints(plan_deletions(completed, unusable=[*doomed, *stale]))
+    deletions = plan_deletions(completed, unusable=[*doomed, *stale])
+    store.delete_checkpoints(deletions)
+    store.collect_shared(surviving_references(completed, deletions))
     return RestoreSelection(chosen, completed, next_checkpoint_id(ids, started))
 
 
@@ -265,14 +271,57 @@ def load_states(
             old_parallelism = info.parallelism if info is not None else len(handles)
             for i in range(task.parallelism):
                 rng = key_group_range_for_subtask(plan.max_parallelism, task.parallelism, i)
-                op_states: list[tuple[int, Any]] = []
-                keyed: dict[str, dict[Any, Any]] = {}
-                for h in handles:
-                    op_state, tables = read_state_file(
-                        store.fs, h.file_handle(store.paths.resolve(h.path)), rng
-                    )
-                    op_states.append((h.subtask, op_state))
-                    for name, table in tables.items():
-                        keyed.setdefault(name, {}).update(table)
+                if any(h.incremental for h in handles):
+                    op_states, keyed = _load_chains(store, handles, rng)
+                else:
+                    op_states, keyed = _load_full(store, handles, rng)
                 states[op.uid, i] = RestoredState(meta.checkpoint_id, old_parallelism, op_states, keyed)
     return states
+
+
+def _load_full(
+    store: CheckpointStore, handles: list[StateHandle], rng: KeyGroupRange
+) -> tuple[list[tuple[int, Any]], dict[str, dict[Any, Any]]]:
+    """One full state file per old subtask: its operator state, and its keys in ``rng``."""
+    op_states: list[tuple[int, Any]] = []
+    keyed: dict[str, dict[Any, Any]] = {}
+    for h in handles:
+        op_state, tables = read_state_file(store.fs, h.file_handle(store.paths.resolve(h.path)), rng)
+        op_states.append((h.subtask, op_state))
+        for name, table in tables.items():
+            keyed.setdefault(name, {}).update(table)
+    return op_states, keyed
+
+
+def _load_chains(
+    store: CheckpointStore, handles: list[StateHandle], rng: KeyGroupRange
+) -> tuple[list[tuple[int, Any]], dict[str, dict[Any, Any]]]:
+    """Incremental chains: apply the files holding keys in ``rng`` oldest first (bases before deltas).
+
+    Old subtasks' files hold disjoint key groups, so only the order within one
+    segment matters, and ``created`` gives it. Each old subtask's operator state
+    is the one of its newest file, which is read even when it holds no key in range.
+    """
+    newest: dict[int, StateHandle] = {}
+    for h in handles:
+        if h.subtask not in newest or (h.created or 0) > (newest[h.subtask].created or 0):
+            newest[h.subtask] = h
+    op_state_of: dict[int, Any] = {}
+    keyed: dict[str, dict[Any, Any]] = {}
+    for h in sorted(handles, key=lambda h: (h.created or 0, h.kind != "base")):
+        overlaps = h.key_group_start is not None and h.key_group_end is not None
+        overlaps = overlaps and h.key_group_start < rng.end and rng.start < h.key_group_end  # type: ignore[operator]
+        if not overlaps and newest[h.subtask] is not h:
+            continue
+        op_state, upserts, deleted = read_changes(store.fs, h.file_handle(store.paths.resolve(h.path)), rng)
+        if newest[h.subtask] is h:
+            op_state_of[h.subtask] = op_state
+        for name, table in upserts.items():
+            keyed.setdefault(name, {}).update(table)
+        for name, keys in deleted.items():
+            live = keyed.get(name)
+            if live is not None:
+                for key in keys:
+                    live.pop(key, None)
+    keyed = {name: table for name, table in keyed.items() if table}
+    return sorted(op_state_of.items()), keyed

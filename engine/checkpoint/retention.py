@@ -11,8 +11,17 @@ function (:func:`plan_deletions`):
 
 The rule: never delete a file that a surviving completed checkpoint
 references. Handle paths are relative to the job directory, so a checkpoint
-may reference another checkpoint's file (and, with incremental checkpoints,
-files under ``<job>/shared/``, which will be collected here the same way).
+may reference another checkpoint's file, and incremental checkpoints reference
+files under ``<job>/shared/`` that earlier checkpoints wrote.
+:func:`shared_to_delete` collects those once no surviving checkpoint lists
+them. It runs after the checkpoint deletions (``_metadata`` first), so a kill
+at any moment leaves every surviving checkpoint whole: what a kill leaves
+behind is only unreferenced files, collected the next time. Shared files that
+a checkpoint still being written may need are never collected: during a run
+only files written by a checkpoint up to the one just completed are
+candidates (the snapshot writer never builds on a file that the newest
+completed checkpoint does not list), and at a restore or a ``checkpoints
+delete`` nothing is being written.
 
 Nothing here does I/O; ``CheckpointStore.delete_checkpoints`` carries a plan out.
 """
@@ -25,7 +34,7 @@ from dataclasses import dataclass
 from onceflow.engine.checkpoint.metadata import CheckpointMetadata
 from onceflow.engine.checkpoint.paths import CheckpointPaths
 
-__all__ = ["Deletion", "checkpoints_to_subsume", "plan_deletions"]
+__all__ = ["Deletion", "checkpoints_to_subsume", "plan_deletions", "shared_to_delete", "surviving_references"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +83,40 @@ def plan_deletions(
         if cid not in gone:
             referenced |= meta.referenced_paths
     return [Deletion(cid, CheckpointPaths.names_in_checkpoint_dir(cid, referenced)) for cid in doomed]
+
+
+def surviving_references(
+    completed: Mapping[int, CheckpointMetadata], deletions: Iterable[Deletion]
+) -> frozenset[str]:
+    """Every file (relative path) that a completed checkpoint not in ``deletions`` references."""
+    gone = {d.checkpoint_id for d in deletions}
+    referenced: set[str] = set()
+    for cid, meta in completed.items():
+        if cid not in gone:
+            referenced |= meta.referenced_paths
+    return frozenset(referenced)
+
+
+def shared_to_delete(
+    shared: Iterable[str], referenced: frozenset[str], *, written_up_to: int | None = None
+) -> list[str]:
+    """Return the shared files (relative ``shared/...`` paths) that may be deleted, sorted.
+
+    Args:
+        shared: every file found under ``shared/``.
+        referenced: what the surviving completed checkpoints reference
+            (:func:`surviving_references`).
+        written_up_to: during a run, the id of the checkpoint just completed:
+            files written by a later checkpoint are kept. None (no run
+            writing): any unreferenced shared file goes.
+
+    Names that are not shared state files are never touched.
+    """
+    doomed = []
+    for path in shared:
+        created = CheckpointPaths.shared_file_checkpoint(path)
+        if created is None or path in referenced:
+            continue
+        if written_up_to is None or created <= written_up_to:
+            doomed.append(path)
+    return sorted(doomed)

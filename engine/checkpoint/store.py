@@ -18,7 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 from onceflow.engine.checkpoint.lock import RunLock
 from onceflow.engine.checkpoint.metadata import CheckpointMetadata, decode_metadata, encode_metadata
 from onceflow.engine.checkpoint.paths import CheckpointPaths
-from onceflow.engine.checkpoint.retention import Deletion
+from onceflow.engine.checkpoint.retention import Deletion, shared_to_delete
 from onceflow.engine.errors import CheckpointDirectoryError
 from onceflow.engine.faults import CRASH_POINTS
 
@@ -222,3 +222,24 @@ class CheckpointStore:
         """Carry out a plan of :func:`~onceflow.engine.checkpoint.retention.plan_deletions`, in order."""
         for deletion in deletions:
             self.delete_checkpoint(deletion.checkpoint_id, keep_files=deletion.keep_files)
+
+    def collect_shared(self, referenced: frozenset[str], *, written_up_to: int | None = None) -> int:
+        """Delete the shared files no surviving checkpoint references (``retention.shared_to_delete``).
+
+        Called after :meth:`delete_checkpoints`; returns how many files went.
+        """
+        shared_dir = self.paths.shared_dir
+        self.fs.invalidate_cache(shared_dir)
+        try:
+            entries = self.fs.ls(shared_dir, detail=False)
+        except FileNotFoundError:
+            return 0
+        listed = [f"{CheckpointPaths.SHARED}/{e.rstrip('/').rsplit('/', 1)[-1]}" for e in entries]
+        doomed = shared_to_delete(listed, referenced, written_up_to=written_up_to)
+        for relative in doomed:
+            CRASH_POINTS.hit("mid_shared_delete")
+            try:
+                self.fs.rm_file(self.paths.resolve(relative))
+            except FileNotFoundError:
+                pass
+        return len(doomed)

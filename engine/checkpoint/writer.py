@@ -5,6 +5,19 @@ goes on processing while this writer serializes it to ``chk-<n>/<uid>-<subtask>.
 The executor's loop drains ``acks`` and hands each to the coordinator
 (acknowledge on success, decline on an error a retry may cure); an error of
 the job's own making (state that cannot be pickled) fails the attempt instead.
+
+Incremental checkpoints (a snapshot whose keyed state is a ``base`` or a
+``delta``): the writer keeps, per operator subtask, the chain of shared files
+each key-group segment is made of (:mod:`onceflow.state_backends.changelog`),
+writes the new delta's segments under ``shared/`` and answers with the handles
+of every file of the chain, so ``_metadata`` lists all a restore needs. It
+keeps the chain whether or not the checkpoint then completes: the next delta
+holds only what changed after this one, so it needs this one's files (they
+stay on storage until no retained checkpoint lists them). A delta whose write
+failed is carried into the next one instead. When a segment's deltas grow past
+:attr:`SnapshotWriter.max_deltas` files or past the size of its base, the
+writer compacts the chain into a new base (at most one segment per
+checkpoint, so the cost is spread), which bounds what a restore reads.
 """
 
 from __future__ import annotations
@@ -16,10 +29,17 @@ from dataclasses import dataclass
 from onceflow.engine.checkpoint.metadata import StateHandle
 from onceflow.engine.checkpoint.paths import CheckpointPaths
 from onceflow.engine.checkpoint.store import CheckpointStore
+from onceflow.engine.faults import CRASH_POINTS
 from onceflow.operators.base import OperatorSnapshot
 from onceflow.state_backends.arrow_snapshot import write_state_file
+from onceflow.state_backends.changelog import compact, segments_of, write_segments
+from onceflow.state_backends.heap import BASE, FULL
+from onceflow.state_backends.key_groups import KeyGroupRange
 
 __all__ = ["SnapshotWriter"]
+
+_Chain = dict[KeyGroupRange, list[StateHandle]]
+"""One operator subtask's shared files per segment: a base (if the segment had rows), then deltas."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +54,26 @@ class _Ack:
     """The operator whose state could not be written, with ``error``."""
 
 
+def _merge(older: OperatorSnapshot, newer: OperatorSnapshot) -> OperatorSnapshot:
+    """One delta holding ``older``'s changes overridden by ``newer``'s (a failed write carried on)."""
+    tables = {name: dict(table) for name, table in older.keyed_state.items()}
+    deleted = {name: set(keys) for name, keys in older.deleted.items()}
+    for name, table in newer.keyed_state.items():
+        tables.setdefault(name, {}).update(table)
+        deleted.get(name, set()).difference_update(table)
+    for name, keys in newer.deleted.items():
+        deleted.setdefault(name, set()).update(keys)
+        table_ = tables.get(name, {})
+        for key in keys:
+            table_.pop(key, None)
+    return OperatorSnapshot(
+        operator_state=newer.operator_state,
+        keyed_state=tables,
+        keyed_kind=newer.keyed_kind if older.keyed_kind != BASE else BASE,
+        deleted={name: list(keys) for name, keys in deleted.items() if keys},
+    )
+
+
 class SnapshotWriter:
     """Writes captured snapshots to storage on a background thread and reports acks.
 
@@ -41,12 +81,20 @@ class SnapshotWriter:
     ``outstanding`` counts submitted writes; whoever drains ``acks`` decrements it.
     """
 
+    max_deltas = 32
+    """Deltas a segment's chain may hold before it is compacted into a new base."""
+    min_compaction_bytes = 1 << 20
+    """Deltas smaller in total than this are not compacted for size alone (small states)."""
+
     def __init__(self, store: CheckpointStore, max_parallelism: int) -> None:
         self.store = store
         self.acks: queue.SimpleQueue[_Ack] = queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onceflow-writer")
         self.max_parallelism = max_parallelism
         self.outstanding = 0
+        self._segments = segments_of(KeyGroupRange(0, max_parallelism), max_parallelism)
+        self._chains: dict[tuple[str, int], _Chain] = {}
+        self._unwritten: dict[tuple[str, int], OperatorSnapshot] = {}
 
     def submit(
         self, checkpoint_id: int, key: tuple[int, int], snapshots: list[tuple[str, OperatorSnapshot]]
@@ -62,10 +110,14 @@ class SnapshotWriter:
         error: BaseException | None = None
         failed: str | None = None
         subtask = key[1]
+        pending = iter(snapshots)
         try:
             paths = self.store.paths
-            for uid, snap in snapshots:
+            for uid, snap in pending:
                 failed = uid
+                if snap.keyed_kind != FULL:
+                    handles.extend(self._write_incremental(checkpoint_id, uid, subtask, snap))
+                    continue
                 relative = CheckpointPaths.relative_state_file(checkpoint_id, uid, subtask)
                 written = write_state_file(
                     self.store.fs,
@@ -77,7 +129,78 @@ class SnapshotWriter:
                 handles.append(StateHandle.of_file(uid, subtask, relative, written))
         except Exception as exc:  # noqa: BLE001 - reported as a declined checkpoint
             error = exc
+            for uid, snap in pending:  # not attempted: their deltas go into the next ones
+                if snap.keyed_kind != FULL:
+                    self._carry(uid, subtask, snap)
         self.acks.put(_Ack(checkpoint_id, key, handles, error, failed if error is not None else None))
+
+    def _carry(self, uid: str, subtask: int, snap: OperatorSnapshot) -> None:
+        """Keep a snapshot that was not written, to merge into the next one of the same subtask."""
+        older = self._unwritten.get((uid, subtask))
+        self._unwritten[uid, subtask] = snap if older is None else _merge(older, snap)
+
+    def _write_incremental(
+        self, checkpoint_id: int, uid: str, subtask: int, snap: OperatorSnapshot
+    ) -> list[StateHandle]:
+        """Write a base or delta as shared segment files; return the handles of the whole chain."""
+        key = (uid, subtask)
+        older = self._unwritten.pop(key, None)
+        if older is not None:
+            snap = _merge(older, snap)
+        kind = snap.keyed_kind
+        paths = self.store.paths
+
+        def relative(segment: KeyGroupRange) -> str:
+            return CheckpointPaths.relative_shared_file(uid, subtask, checkpoint_id, segment.start, kind)
+
+        try:
+            written = write_segments(
+                self.store.fs,
+                lambda segment: paths.resolve(relative(segment)),
+                self._segments,
+                keyed_state=snap.keyed_state,
+                deleted=snap.deleted if kind != BASE else None,
+                operator_state=snap.operator_state,
+                max_parallelism=self.max_parallelism,
+                always=self._segments[0],
+            )
+        except Exception:
+            self._carry(uid, subtask, snap)
+            raise
+        CRASH_POINTS.hit("mid_shared_write")
+        chain = {} if kind == BASE else self._chains.setdefault(key, {})
+        for segment, file in written.items():
+            handle = StateHandle.of_file(
+                uid, subtask, relative(segment), file, kind=kind, created=checkpoint_id
+            )
+            chain.setdefault(segment, []).append(handle)
+        self._chains[key] = chain
+        self._compact_one(checkpoint_id, uid, subtask, chain)
+        return [h for segment in sorted(chain, key=lambda s: s.start) for h in chain[segment]]
+
+    def _compact_one(self, checkpoint_id: int, uid: str, subtask: int, chain: _Chain) -> None:
+        """Compact the segment most in need (too many deltas, or deltas as large as the base), if any."""
+        worst: tuple[float, KeyGroupRange] | None = None
+        for segment, files in chain.items():
+            base = files[0].bytes if files[0].kind == BASE else 0
+            deltas = files[1:] if files[0].kind == BASE else files
+            delta_bytes = sum(h.bytes for h in deltas)
+            need = max(len(deltas) / self.max_deltas, delta_bytes / max(base, self.min_compaction_bytes))
+            if need >= 1 and (worst is None or need > worst[0]):
+                worst = (need, segment)
+        if worst is None:
+            return
+        segment = worst[1]
+        files = chain[segment]
+        relative = CheckpointPaths.relative_shared_file(uid, subtask, checkpoint_id, segment.start, BASE)
+        paths = self.store.paths
+        merged = compact(
+            self.store.fs, [h.file_handle(paths.resolve(h.path)) for h in files], paths.resolve(relative)
+        )
+        CRASH_POINTS.hit("mid_shared_write")
+        chain[segment] = [
+            StateHandle.of_file(uid, subtask, relative, merged, kind=BASE, created=checkpoint_id)
+        ]
 
     def delete_later(self, checkpoint_id: int) -> None:
         """Delete an aborted checkpoint's files after the writes queued before."""

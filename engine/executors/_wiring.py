@@ -52,6 +52,8 @@ class ExecutionSettings:
     channel_capacity: int = 8
     checkpoint: CoordinatorSettings = CoordinatorSettings()
     overwrite_output: bool = False
+    incremental_checkpoints: bool = False
+    """Write only the keyed entries changed since the previous checkpoint (``--incremental-checkpoints``)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class SubtaskSettings:
     attempt_id: str
     restored_checkpoint_id: int | None
     overwrite_output: bool
+    incremental_checkpoints: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class Attempt:
             attempt_id=self.attempt_id,
             restored_checkpoint_id=self.restored_checkpoint_id,
             overwrite_output=self.settings.overwrite_output,
+            incremental_checkpoints=self.settings.incremental_checkpoints,
         )
 
     def coordinator(
@@ -188,6 +192,7 @@ def open_subtask(
             attempt_id=settings.attempt_id,
             restored_checkpoint_id=settings.restored_checkpoint_id,
             overwrite_output=settings.overwrite_output,
+            incremental_checkpoints=settings.incremental_checkpoints,
         )
         for op in task.operators
     ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from onceflow.engine.checkpoint.metadata import (
-    METADATA_FORMAT,
+    FULL_ONLY_FORMAT,
     CheckpointMetadata,
     JobDescription,
     StateHandle,
@@ -221,7 +221,7 @@ def test_completion_writes_metadata_with_job_info_and_sorted_handles(
         {},
         {"n": "3"},
     )
-    assert meta.format == METADATA_FORMAT
+    assert meta.format == FULL_ONLY_FORMAT
     assert meta.checkpoint_id == 1
     assert meta.final is False
     assert meta.hash_function == HASH_FUNCTION_ID
