@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         "<checkpoint-dir>/<job>/shared/, compacted in the background); for large keyed state",
     )
     run.add_argument(
+        "--max-deltas",
+        type=_positive_int,
+        default=32,
+        help="incremental checkpoints: deltas per key-group segment before they are compacted into a "
+        "new base; fewer make restores read less, more make checkpoints write less (default 32)",
+    )
+    run.add_argument(
         "--fresh", action="store_true", help="discard this job's checkpoints and output, and start over"
     )
     run.add_argument(
@@ -237,6 +244,7 @@ def _run_until_done_or_stopped(args: argparse.Namespace, stop: StopRequest) -> i
             retain=args.retain,
         ),
         incremental_checkpoints=args.incremental_checkpoints,
+        max_deltas=args.max_deltas,
     )
     progress = None
     if args.progress != "off":

@@ -81,13 +81,13 @@ class SnapshotWriter:
     ``outstanding`` counts submitted writes; whoever drains ``acks`` decrements it.
     """
 
-    max_deltas = 32
-    """Deltas a segment's chain may hold before it is compacted into a new base."""
     min_compaction_bytes = 1 << 20
     """Deltas smaller in total than this are not compacted for size alone (small states)."""
 
-    def __init__(self, store: CheckpointStore, max_parallelism: int) -> None:
+    def __init__(self, store: CheckpointStore, max_parallelism: int, *, max_deltas: int = 32) -> None:
         self.store = store
+        self.max_deltas = max_deltas
+        """Deltas a segment's chain may hold before it is compacted into a new base."""
         self.acks: queue.SimpleQueue[_Ack] = queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onceflow-writer")
         self.max_parallelism = max_parallelism

@@ -54,6 +54,8 @@ class ExecutionSettings:
     overwrite_output: bool = False
     incremental_checkpoints: bool = False
     """Write only the keyed entries changed since the previous checkpoint (``--incremental-checkpoints``)."""
+    max_deltas: int = 32
+    """Deltas a key-group segment's chain may hold before it is compacted (``--max-deltas``)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class SubtaskSettings:
     restored_checkpoint_id: int | None
     overwrite_output: bool
     incremental_checkpoints: bool = False
+    max_deltas: int = 32
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class Attempt:
             restored_checkpoint_id=self.restored_checkpoint_id,
             overwrite_output=self.settings.overwrite_output,
             incremental_checkpoints=self.settings.incremental_checkpoints,
+            max_deltas=self.settings.max_deltas,
         )
 
     def coordinator(

@@ -31,7 +31,9 @@ class LocalExecutor(Executor):
     def __init__(self, attempt: Attempt, *, on_tick: TickHook | None = None) -> None:
         self.plan = attempt.plan
         self.settings = attempt.settings
-        self.writer = SnapshotWriter(attempt.store, attempt.plan.max_parallelism)
+        self.writer = SnapshotWriter(
+            attempt.store, attempt.plan.max_parallelism, max_deltas=attempt.settings.max_deltas
+        )
         self.subtasks: list[Subtask] = []
         self.sources: list[Subtask] = []
         self._on_tick = on_tick

@@ -76,7 +76,7 @@ class Worker:
     ) -> None:
         self.index = index
         self.transport = transport
-        self.writer = SnapshotWriter(store, plan.max_parallelism)
+        self.writer = SnapshotWriter(store, plan.max_parallelism, max_deltas=settings.max_deltas)
         self.subtasks: list[Subtask] = []
         self.sources: list[Subtask] = []
         for task in plan.tasks:

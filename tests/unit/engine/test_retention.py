@@ -81,3 +81,23 @@ def test_an_unusable_checkpoint_keeps_the_files_a_completed_one_still_needs() ->
 def test_nothing_to_delete_is_an_empty_plan() -> None:
     assert plan_deletions({}) == []
     assert plan_deletions({1: own(1)}, retain=3) == []
+
+
+def test_shared_files_go_only_when_unreferenced_and_written_up_to_the_completed_checkpoint() -> None:
+    from onceflow.engine.checkpoint.retention import shared_to_delete
+
+    shared = [
+        "shared/op-0-3-kg0-base.arrow",
+        "shared/op-0-4-kg0-delta.arrow",
+        "shared/op-0-5-kg0-delta.arrow",
+        "shared/op-0-6-kg0-delta.arrow",
+        "shared/.probe",
+    ]
+    referenced = frozenset({"shared/op-0-3-kg0-base.arrow", "shared/op-0-5-kg0-delta.arrow"})
+    # during a run: a file of checkpoint 6 (in flight) stays even though nothing lists it yet
+    assert shared_to_delete(shared, referenced, written_up_to=5) == ["shared/op-0-4-kg0-delta.arrow"]
+    # no run writing: every unreferenced state file goes, other names are never touched
+    assert shared_to_delete(shared, referenced) == [
+        "shared/op-0-4-kg0-delta.arrow",
+        "shared/op-0-6-kg0-delta.arrow",
+    ]

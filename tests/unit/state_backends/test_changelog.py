@@ -1,0 +1,117 @@
+"""Incremental state: dirty-key captures, delta files with tombstones, compaction, segments."""
+
+from __future__ import annotations
+
+import random
+
+import fsspec
+import pytest
+
+from onceflow.state_backends.changelog import compact, read_changes, segments_of, write_segments
+from onceflow.state_backends.heap import BASE, DELTA, FULL, HeapKeyedState
+from onceflow.state_backends.key_groups import KeyGroupRange, key_group_for
+
+
+def test_capture_is_full_unless_incremental_then_base_then_deltas() -> None:
+    state = HeapKeyedState()
+    state.table("v")["a"] = 1
+    assert state.capture().kind == FULL
+    state.incremental = True
+    dirty = state.dirty_keys("v")
+    assert dirty is not None
+    values = state.table("v")
+    values["b"] = 2
+    dirty.update(["b"])
+    base = state.capture()
+    assert base.kind == BASE and base.tables == {"v": {"a": 1, "b": 2}}
+    values["a"] = 10
+    del values["b"]
+    values["c"] = 3
+    dirty.update(["a", "b", "c", "c"])
+    delta = state.capture()
+    assert delta.kind == DELTA
+    assert delta.tables == {"v": {"a": 10, "c": 3}} and delta.deleted == {"v": ["b"]}
+    assert not dirty  # emptied in place: the operator keeps the same set
+    assert state.capture().tables == {}
+    state.restore({"v": {"z": 1}})
+    assert state.capture().kind == BASE
+
+
+def test_delta_holds_only_changed_entries_and_compaction_merges_a_chain() -> None:
+    fs = fsspec.filesystem("memory")
+    rng = random.Random(7)
+    segments = segments_of(KeyGroupRange(0, 128), 128)
+    assert len(segments) == 8 and segments[0] == KeyGroupRange(0, 16)
+    live = {f"k{i}": i for i in range(20000)}
+    chains: dict[KeyGroupRange, list] = {}
+
+    def write(n: int, tables: dict, deleted: dict | None) -> int:
+        written = write_segments(
+            fs,
+            lambda s: f"/c/{n}-{s.start}.arrow",
+            segments,
+            keyed_state=tables,
+            deleted=deleted,
+            operator_state={"n": n},
+            max_parallelism=128,
+            always=segments[0],
+        )
+        for seg, handle in written.items():
+            chains.setdefault(seg, []).append(handle)
+        return sum(h.bytes for h in written.values())
+
+    full_bytes = write(0, {"v": dict(live)}, None)
+    for n in range(1, 6):
+        changed = {f"k{rng.randrange(20000)}": rng.choice([n, "s", 1.5, (n,)]) for _ in range(200)}
+        gone = [k for k in (f"k{rng.randrange(20000)}" for _ in range(20)) if k not in changed]
+        live.update(changed)
+        for k in gone:
+            live.pop(k, None)
+        delta_bytes = write(n, {"v": changed}, {"v": gone})
+        assert delta_bytes < full_bytes * 0.06  # 1% of the entries, plus the files' own overhead
+    # applying the chains in order, and compacting them, both give the live state
+    applied: dict = {}
+    compacted: dict = {}
+    for seg, chain in chains.items():
+        for handle in chain:
+            _, upserts, deleted = read_changes(fs, handle)
+            applied.update(upserts.get("v", {}))
+            for key in deleted.get("v", []):
+                applied.pop(key, None)
+        merged = compact(fs, chain, f"/c/merged-{seg.start}.arrow")
+        op_state, upserts, deleted = read_changes(fs, merged)
+        assert not deleted and op_state == {"n": 5}
+        compacted.update(upserts.get("v", {}))
+    assert applied == live
+    assert compacted == live
+    # a restore of one key-group range reads only the rows in it
+    half = KeyGroupRange(0, 64)
+    _, upserts, _ = read_changes(fs, chains[segments[0]][0], half)
+    assert all(key_group_for(k) in half for k in upserts["v"])
+
+
+def test_a_capture_with_no_change_still_writes_the_operator_state() -> None:
+    fs = fsspec.filesystem("memory")
+    segments = segments_of(KeyGroupRange(0, 128), 128)
+    written = write_segments(
+        fs,
+        lambda s: f"/e/{s.start}.arrow",
+        segments,
+        keyed_state={},
+        deleted={},
+        operator_state=42,
+        max_parallelism=128,
+        always=segments[0],
+    )
+    assert list(written) == [segments[0]]
+    assert read_changes(fs, written[segments[0]]) == (42, {}, {})
+
+
+@pytest.mark.parametrize(("rng", "expected"), [((0, 43), 3), ((43, 86), 4), ((86, 128), 3)])
+def test_segments_of_a_subtask_range_follow_the_global_boundaries(
+    rng: tuple[int, int], expected: int
+) -> None:
+    cuts = segments_of(KeyGroupRange(*rng), 128)
+    assert len(cuts) == expected
+    assert cuts[0].start == rng[0] and cuts[-1].end == rng[1]
+    assert all(c.start // 16 == (c.end - 1) // 16 for c in cuts)
