@@ -46,6 +46,7 @@ if _typing.TYPE_CHECKING:
         TwoPhaseCommitWriter,
     )
     from onceflow.operators.co_process import KeyedCoProcessFunction
+    from onceflow.operators.delta import DeltaSink
     from onceflow.operators.errors import SinkCommitError, SinkError, SourceError
     from onceflow.operators.event_time import TimestampAssigner
     from onceflow.operators.file_sink import FileSink, read_committed_lines
@@ -73,6 +74,7 @@ _HOMES: dict[str, str] = {
     "FileSink": "onceflow.operators.file_sink",
     "read_committed_lines": "onceflow.operators.file_sink",
     "PostgresSink": "onceflow.operators.postgres",
+    "DeltaSink": "onceflow.operators.delta",
     "RedisStreamSource": "onceflow.operators.redis_streams",
     "RedisStreamSink": "onceflow.operators.redis_streams",
     "KeyedProcessFunction": "onceflow.operators.process_function",
@@ -123,6 +125,7 @@ __all__ = [
     "ConcurrentRunError",
     "CoordinatorSettings",
     "CorruptStateError",
+    "DeltaSink",
     "ErrorDomain",
     "EventTimeSessionWindows",
     "ExecutionSettings",

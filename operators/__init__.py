@@ -12,6 +12,7 @@ from onceflow.operators.base import (
     TwoPhaseCommitWriter,
 )
 from onceflow.operators.co_process import KeyedCoProcessFunction
+from onceflow.operators.delta import DeltaSink
 from onceflow.operators.errors import SinkCommitError, SinkError, SourceError
 from onceflow.operators.event_time import TimestampAssigner
 from onceflow.operators.files import FileSink, FileSource, read_committed_lines
@@ -28,6 +29,7 @@ from onceflow.operators.windows import (
 
 __all__ = [
     "Capability",
+    "DeltaSink",
     "EventTimeSessionWindows",
     "FileSink",
     "FileSource",

@@ -11,6 +11,9 @@ and either
 * ``mode="wordcount"``: two words per record, a running ``reduce`` per word,
   emitting ``word,running_count``.
 
+The output goes to ``FileSink(output)``, or with ``sink="delta"`` (keyed mode)
+as dict rows ``{id, key, count, total}`` to ``DeltaSink(output)``, two subtasks.
+
 Failure injection (``fail_at`` is a record id):
 
 * ``fail_mode="once"`` (default): raise at record ``fail_at`` once: if
@@ -25,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 
-from onceflow import FileSink, FileSource, Job
+from onceflow import DeltaSink, FileSink, FileSource, Job
 
 
 def _parse_batch(delay_s: float):
@@ -66,6 +69,11 @@ def _running(state, record):
     return (count, total), f"{rid},{key},{count},{total}"
 
 
+def _as_row(line: str) -> dict:
+    rid, key, count, total = line.split(",")
+    return {"id": int(rid), "key": key, "count": int(count), "total": int(total)}
+
+
 def build(
     input: str = "",
     output: str = "",
@@ -74,6 +82,7 @@ def build(
     fail_at: str = "-1",
     fail_marker: str = "",
     fail_mode: str = "once",
+    sink: str = "file",
 ) -> Job:
     if mode not in ("keyed", "wordcount"):
         msg = f"mode must be 'keyed' or 'wordcount', got {mode!r}"
@@ -98,5 +107,8 @@ def build(
             .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count", uid="count")
             .map(lambda kv: f"{kv[0]},{kv[1]}", name="format", uid="format")
         )
-    lines.sink(FileSink(output), name="write", uid="write")
+    if sink == "delta":
+        lines.map(_as_row, name="row").sink(DeltaSink(output), name="write", uid="write", parallelism=2)
+    else:
+        lines.sink(FileSink(output), name="write", uid="write")
     return job

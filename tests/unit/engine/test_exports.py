@@ -16,6 +16,7 @@ PINNED = {
         "ConcurrentRunError",
         "CoordinatorSettings",
         "CorruptStateError",
+        "DeltaSink",
         "ErrorDomain",
         "EventTimeSessionWindows",
         "ExecutionSettings",
@@ -79,6 +80,7 @@ PINNED = {
     ],
     "onceflow.operators": [
         "Capability",
+        "DeltaSink",
         "EventTimeSessionWindows",
         "FileSink",
         "FileSource",
