@@ -25,13 +25,23 @@ from onceflow.engine.checkpoint.paths import CheckpointPaths
 from onceflow.engine.checkpoint.retention import plan_deletions, surviving_references
 from onceflow.engine.checkpoint.store import CheckpointStore, list_jobs
 from onceflow.engine.coordinator import CoordinatorSettings
-from onceflow.engine.errors import CheckpointStorageError, ConcurrentRunError, OnceflowError, classify
+from onceflow.engine.errors import (
+    CheckpointStorageError,
+    ConcurrentRunError,
+    JobDefinitionError,
+    OnceflowError,
+    classify,
+)
 from onceflow.engine.executors.local import ExecutionSettings
 from onceflow.engine.loader import load_job, load_job_file, parse_params
+from onceflow.engine.metrics import MetricsReporter, chain_ticks
 from onceflow.engine.plan import build_plan, describe_graph
 from onceflow.engine.progress import ProgressDisplay
 from onceflow.engine.runner import DEFAULT_CHECKPOINT_DIR, JobRunner, RestartStrategy, RunStatus
 from onceflow.engine.stopping import StopRequest, handle_stop_signals
+
+METRICS_INTERVAL = 1.0
+"""Seconds between two readings of ``--metrics-port`` / ``--metrics-file``."""
 
 log = logging.getLogger("onceflow")
 
@@ -150,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--progress", choices=["auto", "tty", "log", "off"], default="auto")
     run.add_argument(
+        "--metrics-port",
+        type=_positive_int,
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (needs onceflow[metrics])",
+    )
+    run.add_argument("--metrics-file", help="append the metrics as one JSON line every --metrics-interval")
+    run.add_argument(
+        "--metrics-interval",
+        type=_positive_float,
+        default=METRICS_INTERVAL,
+        help=f"seconds between two metrics readings (default {METRICS_INTERVAL:g})",
+    )
+    run.add_argument(
         "--allow-unmatched-state",
         action="store_true",
         help="drop checkpointed state that no operator matches by uid and kind (default: refuse the run)",
@@ -226,6 +248,23 @@ def _report(exc: BaseException, verbose: bool) -> int:
     return code
 
 
+def _metrics_reporter(args: argparse.Namespace) -> MetricsReporter | None:
+    """Serve ``--metrics-port`` and open ``--metrics-file`` if asked; a usage error if that fails."""
+    if args.metrics_port is None and args.metrics_file is None:
+        return None
+    try:
+        return MetricsReporter(port=args.metrics_port, file=args.metrics_file, interval=args.metrics_interval)
+    except ImportError as exc:
+        msg = "--metrics-port needs the prometheus-client package: pip install 'onceflow[metrics]'"
+        raise JobDefinitionError(msg) from exc
+    except OSError as exc:
+        what = f"port {args.metrics_port}" if args.metrics_port else f"file {args.metrics_file!r}"
+        msg = (
+            f"cannot serve or write metrics ({what}): {exc}; choose another --metrics-port or --metrics-file"
+        )
+        raise JobDefinitionError(msg) from exc
+
+
 def _run(args: argparse.Namespace) -> int:
     with handle_stop_signals(StopRequest()) as stop:
         return _run_until_done_or_stopped(args, stop)
@@ -250,6 +289,7 @@ def _run_until_done_or_stopped(args: argparse.Namespace, stop: StopRequest) -> i
     if args.progress != "off":
         interactive = None if args.progress == "auto" else args.progress == "tty"
         progress = ProgressDisplay(interactive=interactive)
+    reporter = _metrics_reporter(args)
     runner = JobRunner(
         job,
         checkpoint_dir=args.checkpoint_dir,
@@ -258,7 +298,7 @@ def _run_until_done_or_stopped(args: argparse.Namespace, stop: StopRequest) -> i
         settings=settings,
         restart=RestartStrategy(attempts=args.restart_attempts, initial_delay=args.restart_delay),
         fresh=args.fresh,
-        on_tick=progress,
+        on_tick=chain_ticks(progress, reporter),
         params=loaded.params,
         executor=args.executor,
         stop=stop,
@@ -270,6 +310,8 @@ def _run_until_done_or_stopped(args: argparse.Namespace, stop: StopRequest) -> i
     finally:
         if progress is not None:
             progress.close()
+        if reporter is not None:
+            reporter.close()
     elapsed = time.monotonic() - started
     if result.status is RunStatus.STOPPED:
         print(

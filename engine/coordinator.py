@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -140,6 +141,8 @@ class CheckpointCoordinator:
         self.clock = clock
         self.pending: PendingCheckpoint | None = None
         self.last_completed: CompletedCheckpoint | None = None
+        self.recent_completed: deque[CompletedCheckpoint] = deque(maxlen=64)
+        """The latest completed checkpoints, newest last (metrics read each one once)."""
         self.finished = False
         self.stopped = False
         """The stop checkpoint (``request_stop``) completed and was committed."""
@@ -266,6 +269,7 @@ class CheckpointCoordinator:
         self.completed_count += 1
         self.completed[checkpoint_id] = meta
         self.last_completed = CompletedCheckpoint(checkpoint_id, duration, size, pending.final)
+        self.recent_completed.append(self.last_completed)
         log.debug("checkpoint %d complete (%.3f s, %d bytes)", checkpoint_id, duration, size)
         CRASH_POINTS.hit("after_metadata_before_notify")
         # Step 3: retention.

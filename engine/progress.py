@@ -1,8 +1,9 @@
 """Live progress of a run: a redrawn table on a terminal, plain log lines otherwise.
 
-It reads the counters every executor reports (:class:`SubtaskMetrics`: records
-per operator, steps blocked by full channels) and the coordinator's last
-checkpoint; it never touches the per-record path.
+It reads the same per-operator figures as the metrics exporters
+(:func:`~onceflow.engine.metrics.read_metrics`: records per operator, steps
+blocked by full channels) and the coordinator's last checkpoint; it never
+touches the per-record path.
 
 On a terminal the frame is redrawn in place, which must never eat other
 output: a log line (a restart warning) first erases the frame, so it stays on
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from typing import IO
 
 from onceflow.engine.executors.base import Executor
+from onceflow.engine.metrics import read_metrics
 
 _ERASE_FRAME = "\x1b[{n}F\x1b[J"
 """Move the cursor to the start of the line ``n`` rows up, then clear to the end of the screen."""
@@ -104,35 +106,27 @@ class ProgressDisplay:
             # A restarted attempt (a new executor) counts from zero again.
             self._executor = executor
             self._prev_counts.clear()
-        plan = executor.plan
-        counts: dict[str, int] = {}
-        backpressure: dict[int, float] = {}
-        for m in executor.metrics():
-            task = plan.task(m.key[0])
-            specs = task.operators
-            if task.is_source:
-                uid = specs[0].uid
-                counts[uid] = counts.get(uid, 0) + m.source_records
-                specs = specs[1:]
-            for spec, n in zip(specs, m.records_in):
-                counts[spec.uid] = counts.get(spec.uid, 0) + n
-            total = m.steps + m.blocked_steps
-            if total:
-                backpressure[task.task_id] = max(backpressure.get(task.task_id, 0.0), m.blocked_steps / total)
-        for task in plan.tasks:
-            for op in task.operators:
-                n = counts.get(op.uid, 0)
-                previous = self._prev_counts.get(op.uid, 0)
-                # Counters only grow within an attempt; smaller means they started again.
-                delta = n - previous if n >= previous else n
-                rate = delta / elapsed if elapsed > 0 else 0.0
-                self._prev_counts[op.uid] = n
-                bp = backpressure.get(task.task_id, 0.0)
-                lines.append(
-                    f"  {op.name:<16} {n:>12,} in  {rate:>12,.0f}/s"
-                    + (f"  backpressure {bp:.0%}" if op is task.operators[-1] and bp >= 0.01 else "")
-                )
+        operators = read_metrics(executor).operators
+        last_of_task = {op.task_id: op.uid for op in operators}
+        for op in operators:
+            n = op.records_in
+            previous = self._prev_counts.get(op.uid, 0)
+            # Counters only grow within an attempt; smaller means they started again.
+            delta = n - previous if n >= previous else n
+            rate = delta / elapsed if elapsed > 0 else 0.0
+            self._prev_counts[op.uid] = n
+            bp = op.backpressure
+            lag = op.source_lag
+            lines.append(
+                f"  {op.name:<16} {n:>12,} in  {rate:>12,.0f}/s"
+                + (f"  backpressure {bp:.0%}" if last_of_task[op.task_id] == op.uid and bp >= 0.01 else "")
+                + (f"  {_amount(lag, op.source_lag_unit)} left" if lag else "")
+            )
         return lines
+
+
+def _amount(n: int, unit: str | None) -> str:
+    return _size(n) if unit == "bytes" else f"{n:,} {unit or ''}".rstrip()
 
 
 def _size(n: int) -> str:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections import deque
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
@@ -110,6 +112,9 @@ class Subtask:
         self.source_records = 0
         self.steps = 0
         self.blocked_steps = 0
+        self.alignments: deque[tuple[int, float]] = deque(maxlen=16)
+        """``(checkpoint_id, seconds)`` from a checkpoint's first barrier to the last, newest last."""
+        self._alignment_start = 0.0
 
     def _input_heads(self, sides: list[int]) -> list[Callable[[list, list], list] | None]:
         """Per input channel, the head's method for its keyed batches (None: ``process_keyed_batch``).
@@ -244,7 +249,10 @@ class Subtask:
             elif kind is Watermark:
                 self._on_watermark(current, element)
             elif kind is Barrier:
+                if aligner.pending_id is None:
+                    self._alignment_start = time.monotonic()
                 if aligner.on_barrier(current, element.checkpoint_id) is AlignmentResult.ALIGNED:
+                    self.alignments.append((element.checkpoint_id, time.monotonic() - self._alignment_start))
                     self._checkpoint(element)
             elif kind is EndOfData:
                 self._on_watermark_update(self._input_watermarks.on_end(current))

@@ -216,6 +216,15 @@ class Operator:
         """Release resources. Called on every exit path; must not raise."""
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """How far a source reader is behind its input: ``amount`` of ``unit`` not yet read."""
+
+    amount: int
+    unit: str
+    """``"bytes"`` (files) or ``"entries"`` (log streams)."""
+
+
 class SourceReader:
     """One subtask's reader of a source.
 
@@ -250,6 +259,15 @@ class SourceReader:
         dict, or None when the reader cannot tell (the default). Must be cheap
         to support: ``poll_batch`` may remember a reference, never build
         anything per record.
+        """
+        return None
+
+    def backlog(self) -> Backlog | None:
+        """Say how much input is left to read (source lag); None when the reader cannot tell (the default).
+
+        Called by the metrics path every second or so, never per record, from
+        the thread that polls; must not raise and must be cheap: at most one
+        small round trip, better none (offsets the reader already holds).
         """
         return None
 

@@ -18,7 +18,7 @@ from fsspec import AbstractFileSystem
 
 from onceflow.operators._file_paths import FILE_DONE, FileIdentity, resolve_input
 from onceflow.operators.bad_records import BadInput
-from onceflow.operators.base import RestoredState, RuntimeContext, SourceReader
+from onceflow.operators.base import Backlog, RestoredState, RuntimeContext, SourceReader
 from onceflow.operators.errors import (
     SourceChangedError,
     SourceDecodeError,
@@ -203,6 +203,22 @@ class FileSourceReader(SourceReader):
         return {
             path: {"offset": offset, **vars(self._identities[path])} for path, offset in self._offsets.items()
         }
+
+    def backlog(self) -> Backlog:
+        """Return the bytes of the owned files not yet read (source lag), from offsets held in memory.
+
+        A started compressed or Parquet file, whose offset is not a byte
+        position in the file, counts whole until it is done.
+        """
+        left = 0
+        plain = self._source.format != "parquet"
+        for path, offset in self._offsets.items():
+            if offset == FILE_DONE:
+                continue
+            size = self._identities[path].size
+            exact = plain and offset and self._compressed(path) is None
+            left += max(size - offset, 0) if exact else size
+        return Backlog(left, "bytes")
 
     # ------------------------------------------------------------ reading
 

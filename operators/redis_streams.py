@@ -41,6 +41,7 @@ from onceflow.operators._redis_common import (
     safe_url,
 )
 from onceflow.operators.base import (
+    Backlog,
     RestoredState,
     RuntimeContext,
     Source,
@@ -136,6 +137,10 @@ class RedisStreamSourceReader(SourceReader):
         self._done: set[str] = set()
         self._idle_until = 0.0
         self._where = f"RedisStreamSource({safe_url(source.url)!r})"
+        self._read: dict[str, int | None] = {}
+        """Entries returned per stream since its beginning (None: restored from a checkpoint without it)."""
+        self._backlog: tuple[float, Backlog | None] = (-1.0, None)
+        """``backlog`` cached for a second: (when, value)."""
 
     def open(self, ctx: RuntimeContext) -> None:
         """Connect and, on a fresh start, fix the end of every owned stream (bounded mode).
@@ -153,6 +158,7 @@ class RedisStreamSourceReader(SourceReader):
             return
         self._client = connect(self._source.url, self._where, self._source.timeout, RedisUnavailableError)
         self._last = dict.fromkeys(self._streams, NO_ID)
+        self._read = dict.fromkeys(self._streams, 0)
         self._end, self._first = {}, {}
         if ctx.restored_checkpoint_id is None:
             # A restore takes the ends from the checkpoint; streams it has no state
@@ -212,6 +218,7 @@ class RedisStreamSourceReader(SourceReader):
                 self._last[stream] = merged[stream]["last"]
                 self._end[stream] = merged[stream]["end"] if self._source.bounded else None
                 self._first[stream] = merged[stream].get("first")
+                self._read[stream] = merged[stream].get("read")
         self._fix_ends()
         self._done = {s for s in self._streams if self._finished(s)}
         if self._source.bounded:
@@ -293,6 +300,9 @@ class RedisStreamSourceReader(SourceReader):
                 entries = kept
             if entries:
                 self._last[stream] = entries[-1][0]
+                read = self._read.get(stream)
+                if read is not None:
+                    self._read[stream] = read + len(entries)
                 records.extend((stream, entry_id, fields) for entry_id, fields in entries)
             if self._finished(stream):
                 self._done.add(stream)
@@ -322,13 +332,45 @@ class RedisStreamSourceReader(SourceReader):
         return {"stream": stream, "id": entry_id}
 
     def snapshot_state(self, checkpoint_id: int) -> dict[str, dict[str, Any]]:
-        """Return ``{stream: {"last": id, "end": id or None}}`` per owned stream (bounded: and ``first``)."""
+        """Return ``{stream: {"last", "end", "read"}}`` per owned stream (bounded: and ``first``).
+
+        ``end`` is None in unbounded mode; ``read`` counts the entries returned (for ``backlog``).
+        """
         states: dict[str, dict[str, Any]] = {}
         for s in self._streams:
-            states[s] = {"last": self._last[s], "end": self._end.get(s)}
+            states[s] = {"last": self._last[s], "end": self._end.get(s), "read": self._read.get(s)}
             if self._source.bounded:
                 states[s]["first"] = self._first.get(s)
         return states
+
+    def backlog(self) -> Backlog | None:
+        """Return the entries added to the owned streams that this reader has not returned yet.
+
+        ``entries-added`` of ``XINFO STREAM`` (Redis 7) minus the entries read
+        since each stream's beginning; a bounded stream read to its end counts
+        0. None when Redis is older, unreachable, or the restored checkpoint did
+        not count entries. At most one round trip per owned stream a second.
+        """
+        now = time.monotonic()
+        when, value = self._backlog
+        if now - when < 1.0 or self._client is None:
+            return value
+        behind = 0
+        try:
+            for stream in self._streams:
+                read = self._read.get(stream)
+                if stream in self._done:
+                    continue
+                added = self._client.xinfo_stream(stream).get("entries-added") if read is not None else None
+                if added is None or read is None:
+                    behind = -1
+                    break
+                behind += max(int(added) - read, 0)
+        except Exception:  # noqa: BLE001 - a metric must never fail the run
+            behind = -1
+        value = Backlog(behind, "entries") if behind >= 0 else None
+        self._backlog = (now, value)
+        return value
 
     def _unavailable(self, exc: BaseException) -> RedisUnavailableError:
         return RedisUnavailableError(f"{self._where}: Redis failed: {exc}")

@@ -7,6 +7,7 @@ does not choose checkpoints or restart anything; the runner does.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,13 +16,20 @@ from onceflow.engine.coordinator import CheckpointCoordinator
 from onceflow.engine.executors._wiring import Attempt
 from onceflow.engine.plan import PhysicalPlan
 from onceflow.engine.task import Subtask, SubtaskStatus
+from onceflow.operators.base import Backlog
 
 __all__ = ["Executor", "SubtaskMetrics", "TickHook"]
 
 
 @dataclass(frozen=True, slots=True)
 class SubtaskMetrics:
-    """Counters of one subtask at one moment, as the progress display and the runner read them."""
+    """Counters of one subtask at one moment, as the progress display, the metrics and the runner read them.
+
+    Every field is a counter the subtask keeps per batch or per barrier (or
+    the reader computes on request), never per record; reading them is
+    :meth:`of`, about once a second. :mod:`onceflow.engine.metrics` turns a
+    plan's worth of them into per-operator figures.
+    """
 
     key: tuple[int, int]
     """``(task_id, subtask_index)``."""
@@ -33,10 +41,25 @@ class SubtaskMetrics:
     blocked_steps: int
     """Steps skipped because a downstream channel was full (backpressure)."""
     status: SubtaskStatus
+    records_out: int = 0
+    """Records the chain's last operator sent downstream."""
+    watermark: float = -math.inf
+    """The subtask's event-time watermark (minus infinity: no event time yet)."""
+    backlog: Backlog | None = None
+    """The source reader's input left to read, if it can tell."""
+    alignments: tuple[tuple[int, float], ...] = ()
+    """``(checkpoint_id, seconds)`` of the latest barrier alignments, oldest first."""
 
     @classmethod
     def of(cls, subtask: Subtask) -> SubtaskMetrics:
-        """Read a subtask's counters now."""
+        """Read a subtask's counters now (and its reader's backlog, which must not raise)."""
+        reader = subtask.reader
+        backlog = None
+        if reader is not None:
+            try:
+                backlog = reader.backlog()
+            except Exception:  # noqa: BLE001 - a metric never fails the run
+                backlog = None
         return cls(
             subtask.key,
             subtask.source_records,
@@ -44,6 +67,10 @@ class SubtaskMetrics:
             subtask.steps,
             subtask.blocked_steps,
             subtask.status,
+            subtask.records_out,
+            subtask.watermark,
+            backlog,
+            tuple(subtask.alignments),
         )
 
     @classmethod

@@ -19,6 +19,7 @@ from onceflow import (
 )
 from onceflow.engine.context import SubtaskContext
 from onceflow.engine.testing import run_job_for_test
+from onceflow.operators.base import Backlog
 from onceflow.operators.testing import RunInterrupted
 from onceflow.state_backends.key_groups import KeyGroupRange
 
@@ -165,7 +166,9 @@ def test_an_unbounded_reader_follows_new_entries_and_snapshots_its_offsets(rds) 
         while not got and time.monotonic() < deadline:
             got = reader.poll_batch(10)
         assert [(i, f["i"]) for _, i, f in got] == [(new_id, "3")]
-        assert reader.snapshot_state(1) == {stream: {"last": new_id, "end": None}}
+        assert reader.snapshot_state(1) == {stream: {"last": new_id, "end": None, "read": 4}}
+        rds.fill(stream, 2, start=4)
+        assert reader.backlog() == Backlog(2, "entries")  # XINFO entries-added minus entries read
     finally:
         reader.close()
 

@@ -73,7 +73,7 @@ class FakeExecutor:
 
     def __init__(self, plan: PhysicalPlan, records: int) -> None:
         self.plan = plan
-        self.coordinator = SimpleNamespace(last_completed=None)
+        self.coordinator = SimpleNamespace(last_completed=None, completed_count=0, aborted_count=0)
         self.records = records
 
     def metrics(self) -> list[SubtaskMetrics]:
