@@ -102,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a job (a rerun resumes from the latest checkpoint)")
     job_args(run)
-    run.add_argument("--executor", choices=["local", "process"], default="local")
+    run.add_argument("--executor", choices=["local", "process", "ray"], default="local")
+    run.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to run on with --executor ray (default: RAY_ADDRESS, else a local Ray)",
+    )
     run.add_argument(
         "--checkpoint-dir",
         default=DEFAULT_CHECKPOINT_DIR,
@@ -284,6 +289,7 @@ def _run_until_done_or_stopped(args: argparse.Namespace, stop: StopRequest) -> i
         ),
         incremental_checkpoints=args.incremental_checkpoints,
         max_deltas=args.max_deltas,
+        ray_address=args.ray_address,
     )
     progress = None
     if args.progress != "off":
@@ -303,6 +309,7 @@ def _run_until_done_or_stopped(args: argparse.Namespace, stop: StopRequest) -> i
         executor=args.executor,
         stop=stop,
         allow_unmatched_state=args.allow_unmatched_state,
+        job_file=args.jobfile,
     )
     started = time.monotonic()
     try:

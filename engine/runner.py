@@ -29,6 +29,7 @@ from onceflow.engine.executors._wiring import Attempt, ExecutionSettings
 from onceflow.engine.executors.base import Executor, TickHook
 from onceflow.engine.executors.local import LocalExecutor
 from onceflow.engine.executors.process import ProcessExecutor
+from onceflow.engine.executors.ray import RayExecutor
 from onceflow.engine.plan import PhysicalPlan, build_plan
 from onceflow.engine.stopping import StopRequest
 from onceflow.operators.base import TwoPhaseCommitWriter
@@ -36,7 +37,11 @@ from onceflow.operators.base import TwoPhaseCommitWriter
 log = logging.getLogger("onceflow")
 
 DEFAULT_CHECKPOINT_DIR = ".onceflow/checkpoints"
-EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "process": ProcessExecutor}
+EXECUTORS: dict[str, type[Executor]] = {
+    "local": LocalExecutor,
+    "process": ProcessExecutor,
+    "ray": RayExecutor,
+}
 
 
 class RunStatus(Enum):
@@ -101,11 +106,15 @@ class JobRunner:
         executor: str = "local",
         stop: StopRequest | None = None,
         allow_unmatched_state: bool = False,
+        job_file: str | None = None,
     ) -> None:
         if executor not in EXECUTORS:
             msg = f"unknown executor {executor!r}; choose one of {sorted(EXECUTORS)}"
             raise ValueError(msg)
         self.job = job
+        self.job_file = job_file
+        """The job's file, for executors that rebuild the job in their workers (ray)."""
+        self.parallelism = parallelism
         self.params = dict(params or {})
         self.executor = executor
         self.plan: PhysicalPlan = build_plan(
@@ -198,6 +207,8 @@ class JobRunner:
             completed=selection.completed,
             params=self.params,
             stop=self.stop,
+            job_file=self.job_file,
+            parallelism=self.parallelism,
         )
         sinks = [op.config["sink"] for t in self.plan.tasks for op in t.operators if "sink" in op.config]
         if finished:

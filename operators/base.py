@@ -305,6 +305,15 @@ class Sink:
         """
         return True
 
+    @property
+    def shared_across_nodes(self) -> bool:
+        """Whether writers of this sink on different machines reach the same storage.
+
+        The ray executor refuses, on a cluster of several nodes, a sink that
+        says no (a local path). True by default (a database, a stream, s3://).
+        """
+        return True
+
     def create_writer(self, subtask_index: int, parallelism: int) -> Operator:
         """Return the writer operator for one subtask."""
         raise NotImplementedError

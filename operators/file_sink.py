@@ -132,6 +132,12 @@ class FileSink(Sink):
         protocol, _ = fsspec.core.split_protocol(self.directory)
         return protocol != "memory"
 
+    @property
+    def shared_across_nodes(self) -> bool:
+        """False for a local path (or ``memory://``): other machines cannot see it."""
+        protocol, _ = fsspec.core.split_protocol(self.directory)
+        return protocol not in (None, "file", "local", "memory")
+
     def create_writer(self, subtask_index: int, parallelism: int) -> FileSinkWriter:
         """Return the writer of one subtask."""
         return FileSinkWriter(self)

@@ -56,6 +56,8 @@ class ExecutionSettings:
     """Write only the keyed entries changed since the previous checkpoint (``--incremental-checkpoints``)."""
     max_deltas: int = 32
     """Deltas a key-group segment's chain may hold before it is compacted (``--max-deltas``)."""
+    ray_address: str | None = None
+    """The Ray cluster the ray executor joins (``None``: ``RAY_ADDRESS``, else a local Ray)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,10 @@ class Attempt:
     params: dict[str, str]
     stop: StopRequest = field(default_factory=StopRequest)
     """Set by a first SIGINT/SIGTERM: the executor stops the sources and ends at a stop checkpoint."""
+    job_file: str | None = None
+    """The file the job was built from (executors that rebuild the job elsewhere need it)."""
+    parallelism: int = 1
+    """The default parallelism the plan was built with (to rebuild the same plan)."""
 
     def subtask_settings(self) -> SubtaskSettings:
         """Return what every subtask of this attempt shares."""

@@ -42,6 +42,7 @@ from onceflow.engine.executors.base import SubtaskMetrics
 from onceflow.engine.plan import PhysicalPlan
 from onceflow.engine.scheduler import Round, Scheduler
 from onceflow.engine.task import Subtask, SubtaskStatus
+from onceflow.engine.transport.base import WorkerTransport
 from onceflow.engine.transport.pipes import PipeTransport
 from onceflow.operators.base import RestoredState
 
@@ -72,7 +73,7 @@ class Worker:
         restored: dict[tuple[str, int], RestoredState],
         settings: SubtaskSettings,
         store: CheckpointStore,
-        transport: PipeTransport,
+        transport: WorkerTransport,
     ) -> None:
         self.index = index
         self.transport = transport

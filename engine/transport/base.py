@@ -10,7 +10,9 @@ placement, nothing else.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,3 +59,25 @@ class Transport(ABC):
         moves; a channel with both ends in this process returns one object for
         both calls.
         """
+
+
+class WorkerTransport(Protocol):
+    """What a worker outside the runner needs of its transport besides channel ends.
+
+    ``commands`` holds the runner's control messages in the order sent,
+    ``wakeup`` is set whenever anything arrived, ``send`` reports to the runner,
+    and ``closed`` says the runner is gone (send nothing more).
+    """
+
+    commands: deque
+    wakeup: threading.Event
+    closed: bool
+
+    def channel(self, cid: ChannelId) -> ChannelEnd:
+        """Return this worker's end of ``cid``."""
+
+    def start(self) -> None:
+        """Start taking elements in; every channel end was taken before."""
+
+    def send(self, message: tuple) -> None:
+        """Send a report to the runner."""

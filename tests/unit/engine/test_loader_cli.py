@@ -301,10 +301,10 @@ def test_unknown_executor_is_refused_by_the_argument_parser(
     before = unchanged_tree(tree_snapshot, finished.root)
 
     with pytest.raises(SystemExit) as info:
-        main(finished.run_args("--executor", "ray"))
+        main(finished.run_args("--executor", "spark"))
 
     assert info.value.code == 2
-    assert "invalid choice: 'ray'" in one_error_line(capsys.readouterr().err)
+    assert "invalid choice: 'spark'" in one_error_line(capsys.readouterr().err)
     assert unchanged_tree(tree_snapshot, finished.root) == before
 
 
