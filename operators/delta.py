@@ -40,11 +40,10 @@ import posixpath
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
@@ -57,6 +56,9 @@ from onceflow.operators.base import (
     TwoPhaseCommitWriter,
 )
 from onceflow.operators.errors import SinkCommitError, SinkError, SinkOutputExistsError
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 __all__ = ["DeltaSink", "DeltaSinkWriter"]
 
@@ -286,6 +288,8 @@ class DeltaSinkWriter(TwoPhaseCommitWriter):
         return SinkError(f"{self._where}: a batch cannot be stored as Arrow columns: {exc}")
 
     def _open_inprogress(self, schema: pa.Schema) -> pq.ParquetWriter:
+        import pyarrow.parquet as pq  # only when a job writes: keeps `import onceflow` light
+
         name = f".{self.ctx.subtask_index:05d}-{safe_name(self.ctx.attempt_id)}-{self._seq}.inprogress"
         self._seq += 1
         self._inprogress = posixpath.join(self._staging, name)
@@ -405,6 +409,8 @@ class DeltaSinkWriter(TwoPhaseCommitWriter):
 
     def _files_schema(self, files: list[dict[str, Any]], table: Any) -> pa.Schema:
         """Return the schema all files share (the table's if it exists); refuse a file that differs."""
+        import pyarrow.parquet as pq
+
         deltalake = _import_deltalake()
         expected = table.schema().to_json() if table is not None else None
         schema = None

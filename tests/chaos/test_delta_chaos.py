@@ -30,6 +30,9 @@ LABELS = [
     "after_metadata_before_notify",
     "after_pending_rename_before_commit_rename",
 ]
+RUNNER_LABELS = ["after_metadata_before_notify"]
+"""Under the process executor the sink's crash points are in a worker (whose death the runner
+survives by a restart); only the coordinator's kills the run."""
 RANDOM_KILLS = 5
 APP_ID = "onceflow:chaos-keyed:write"
 
@@ -49,12 +52,17 @@ def table_versions(table: Path) -> list[int | None]:
     return found
 
 
-def test_delta_sink_is_exactly_once_under_kills(workload: Workload, chaos_dir: Path, chaos_seed: int) -> None:
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_delta_sink_is_exactly_once_under_kills(
+    executor: str, workload: Workload, chaos_dir: Path, chaos_seed: int
+) -> None:
+    # about 10 s of work per full run (the process executor's two workers share it), so kills land mid-run
+    delay = "100" if executor == "local" else "250"
     table = chaos_dir / "table"
     checkpoints = chaos_dir / "chk"
     runs = CliRuns(
         JOBS / "chaos_job.py",
-        params={"input": str(workload.input_dir), "output": str(table), "sink": "delta", "delay_us": "60"},
+        params={"input": str(workload.input_dir), "output": str(table), "sink": "delta", "delay_us": delay},
         args=[
             "--checkpoint-dir",
             str(checkpoints),
@@ -66,6 +74,8 @@ def test_delta_sink_is_exactly_once_under_kills(workload: Workload, chaos_dir: P
             "2",
             "--restart-delay",
             "0.1",
+            "--executor",
+            executor,
         ],
         logs=chaos_dir / "logs",
         seed=chaos_seed,
@@ -89,9 +99,10 @@ def test_delta_sink_is_exactly_once_under_kills(workload: Workload, chaos_dir: P
         assert set(txns) <= done, f"{when}: versions {sorted(set(txns) - done)} are no completed checkpoint"
         return len(txns), len(done)
 
-    for kind, arg in runs.fault_plan(RANDOM_KILLS, LABELS, max_n=3):
+    labels = LABELS if executor == "local" else RUNNER_LABELS
+    for kind, arg in runs.fault_plan(RANDOM_KILLS, labels, max_n=3):
         if kind == "random":
-            outcome = runs.run(kill_after=runs.rng.uniform(0.8, 3.0))
+            outcome = runs.run(kill_after=runs.rng.uniform(0.8, 3.0), runner_only=executor == "process")
         else:
             outcome = runs.run(crash_at=str(arg))
         if outcome.returncode == 0:
@@ -108,7 +119,7 @@ def test_delta_sink_is_exactly_once_under_kills(workload: Workload, chaos_dir: P
     staging = list((table / "_onceflow").rglob("*"))
     assert not [p for p in staging if p.is_file()], f"staged files left: {staging[:5]}; {runs.where()}"
     runs.summary(
-        "test_delta_sink_is_exactly_once_under_kills",
+        f"test_delta_sink_is_exactly_once_under_kills[{executor}]",
         rows=rows,
         expected=len(oracle),
         duplicates=0,
