@@ -597,6 +597,7 @@ class KeyedStream:
         )
         return Stream(self._job, [(node, _FORWARD)])
 
+
 def _all_records_key(record: Any) -> int:
     """Return the one key of ``window_all``, so every record meets in one subtask."""
     return 0

@@ -5,8 +5,9 @@ Input rows are ``{id, key, value}`` written by ``tests/chaos/test_formats_chaos.
 compressed. Pipeline: read (``watch`` follows a landing folder), normalize the
 row (CSV values are strings) with an optional per-batch spin so a run can be
 killed mid-way, drop ids with ``id % 7 == 3`` (as the oracle does),
-``key_by(key)``, ``stateful_map`` keeping ``(count, sum)`` per key, and a ``FileSink`` writing ``{id, key, count, sum, part}`` rows in
-``out_format``, partitioned into ``part=<id % 3>/`` folders when ``partition``
+``key_by(key)``, ``stateful_map`` keeping ``(count, sum)`` per key, and a
+``FileSink`` writing ``{id, key, count, sum, part}`` rows in ``out_format``,
+partitioned into ``part=<id % 3>/`` folders when ``partition``
 is ``"1"``.
 """
 
