@@ -1,0 +1,306 @@
+"""Nexmark benchmark: q0, q1, q5, q7 on onceflow, a plain Python loop and Bytewax, same data, same run.
+
+``python -m benchmarks.nexmark.bench`` generates 1,000,000 events (seed 1),
+then measures every (query, variant) ``--reps`` times, interleaved (run 1 of
+every variant of a query, then run 2, ...), each in a fresh process. It writes
+``results.md``, ``results.json`` and ``nexmark.png`` to ``--out`` (default
+``benchmarks/results/nexmark``). Every variant's output must equal the plain
+loop's (the same lines; q0/q1: the same number of lines), or the run fails.
+
+Variants: ``plain`` (the baseline, ``benchmarks/nexmark/plain.py``);
+``p1`` (onceflow, local executor, one subtask per operator); ``proc-p1`` and
+``proc-p2`` (process executor at parallelism 1 and 2; q7 only, for scaling);
+``bytewax`` (Bytewax 0.21 ``run_main``, when installed). onceflow runs are
+end to end: plan, executor, a checkpoint every second, the final checkpoint
+and the FileSink's commit, reading the same files with ``FileSource``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+JOB_FILE = REPO / "benchmarks" / "jobs" / "nexmark.py"
+VARIANTS = {
+    "q0": ["plain", "p1", "bytewax"],
+    "q1": ["plain", "p1", "bytewax"],
+    "q5": ["plain", "p1", "bytewax"],
+    "q7": ["plain", "p1", "proc-p1", "proc-p2", "bytewax"],
+}
+TARGETS = [
+    ("q0", "p1", "plain", 0.9),
+    ("q1", "p1", "plain", 0.9),
+    ("q5", "p1", "plain", 0.8),
+    ("q7", "proc-p2", "proc-p1", 1.5),
+]
+
+
+def _engine(query: str, variant: str, data: Path, out: Path, tmp: str) -> None:
+    from benchmarks.nexmark.queries import build
+    from onceflow import CoordinatorSettings, ExecutionSettings, JobRunner
+    from onceflow.engine.loader import load_job
+
+    settings = ExecutionSettings(checkpoint=CoordinatorSettings(interval=1.0, timeout=120.0))
+    chk = tempfile.mkdtemp(prefix="chk-", dir=tmp)
+    if not variant.startswith("proc-"):
+        JobRunner(build(query, str(data), str(out)), checkpoint_dir=chk, settings=settings).run()
+        return
+    params = {"query": query, "input": str(data), "output": str(out)}
+    job = load_job(str(JOB_FILE), params)  # a job file, so the worker processes can rebuild it
+    runner = JobRunner(
+        job,
+        checkpoint_dir=chk,
+        settings=settings,
+        executor="process",
+        parallelism=int(variant[-1]),
+        params=params,
+    )
+    runner.run()
+
+
+def measure(query: str, variant: str, data: Path, tmp: str) -> dict[str, Any]:
+    """Run one (query, variant) and return its seconds and output lines (sorted)."""
+    from benchmarks.nexmark.plain import PLAIN
+
+    out = Path(tmp) / "out"
+    start = time.perf_counter()
+    if variant == "plain":
+        PLAIN[query](data, out)
+    elif variant == "bytewax":
+        from benchmarks.nexmark.bytewax_flows import run
+
+        run(query, data, out, tmp)
+    else:
+        _engine(query, variant, data, out, tmp)
+    seconds = time.perf_counter() - start
+    if out.is_dir():
+        from onceflow import read_committed_lines
+
+        lines = read_committed_lines(str(out))
+    else:
+        lines = out.read_text(encoding="utf-8").splitlines()
+    return {"seconds": seconds, "lines": lines}
+
+
+def _one(args: argparse.Namespace) -> int:
+    tmp = tempfile.mkdtemp(prefix="nexmark-", dir=args.tmp)
+    try:
+        result = measure(args.one[0], args.one[1], Path(args.data), tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = result.pop("lines")
+    result["n_lines"] = len(lines)
+    result["lines_digest"] = _digest(lines) if args.one[0] in ("q5", "q7") else None
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["max_rss_mb"] = round(own.ru_maxrss / 1024, 1)
+    result["children_max_rss_mb"] = round(children.ru_maxrss / 1024, 1)
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    return 0
+
+
+def _digest(lines: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(Counter(lines).elements())).encode()).hexdigest()[:16]
+
+
+def _bytewax_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("bytewax")
+    except Exception:
+        return None
+
+
+def _run_one(query: str, variant: str, data: Path, tmp: str) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.nexmark.bench",
+        "--one",
+        query,
+        variant,
+        "--data",
+        str(data),
+        "--tmp",
+        tmp,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        msg = f"{query} {variant} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+        raise RuntimeError(msg)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_all(n: int, reps: int, out: Path, tmp: str, queries: list[str], log: Any) -> dict[str, Any]:
+    from benchmarks.nexmark.generator import generate
+
+    data = Path(tmp) / "data"
+    counts = generate(data, n, seed=1)
+    log(f"generated {counts.total} events: {counts.bids} bids")
+    has_bytewax = _bytewax_version() is not None
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    load_start = os.getloadavg()
+    for query in queries:
+        variants = [v for v in VARIANTS[query] if v != "bytewax" or has_bytewax]
+        runs[query] = {v: [] for v in variants}
+        for rep in range(reps):
+            for variant in variants:
+                result = _run_one(query, variant, data, tmp)
+                runs[query][variant].append(result)
+                log(f"{query} {variant} run {rep + 1}: {result['seconds']:.2f} s, {result['n_lines']} lines")
+        base = runs[query]["plain"][0]
+        for variant, results in runs[query].items():
+            for r in results:
+                same = r["n_lines"] == base["n_lines"] and r["lines_digest"] == base["lines_digest"]
+                if not same:
+                    msg = f"{query} {variant}: output differs from the plain loop's ({r} vs {base})"
+                    raise RuntimeError(msg)
+    report = {
+        "events": counts.total,
+        "bids": counts.bids,
+        "reps": reps,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "bytewax": _bytewax_version() or "not installed",
+        "load_start": [round(x, 2) for x in load_start],
+        "load_end": [round(x, 2) for x in os.getloadavg()],
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+        "runs": runs,
+        "table": _table(runs, counts.bids),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "results.md").write_text(render(report))
+    plot = draw(report, out / "nexmark.png")
+    log(f"wrote {out / 'results.md'}" + (f" and {plot}" if plot else " (no plot: matplotlib missing)"))
+    return report
+
+
+def _table(runs: dict[str, Any], bids: int) -> list[dict[str, Any]]:
+    rows = []
+    for query, variants in runs.items():
+        plain = median(r["seconds"] for r in variants["plain"])
+        for variant, results in variants.items():
+            seconds = median(r["seconds"] for r in results)
+            rows.append(
+                {
+                    "query": query,
+                    "variant": variant,
+                    "median_s": round(seconds, 3),
+                    "all_s": [round(r["seconds"], 3) for r in results],
+                    "bids_per_s": round(bids / seconds),
+                    "ratio_to_plain": round(plain / seconds, 3),
+                    "max_rss_mb": max(r["max_rss_mb"] for r in results),
+                }
+            )
+    return rows
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, float | None, float, bool | None]]:
+    """``(what, ratio, goal, met)`` for every acceptance target; ratios of medians in this run."""
+    by = {(r["query"], r["variant"]): r["median_s"] for r in report["table"]}
+    out = []
+    for query, variant, base, goal in TARGETS:
+        a, b = by.get((query, variant)), by.get((query, base))
+        ratio = round(b / a, 3) if a and b else None
+        out.append(
+            (f"{query}: {variant} throughput / {base}", ratio, goal, None if ratio is None else ratio >= goal)
+        )
+    return out
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        "# Nexmark: onceflow, plain Python, Bytewax",
+        "",
+        f"{report['events']:,} events ({report['bids']:,} bids), median of {report['reps']} interleaved runs "
+        f"each in a fresh process; Python {report['python']}, {report['machine']}, "
+        f"Bytewax {report['bytewax']}, "
+        f"git {report['git']}; load average {report['load_start']} at start, {report['load_end']} at end.",
+        "",
+        "| query | variant | median s | runs s | bids/s | ratio to plain | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["table"]:
+        lines.append(
+            f"| {r['query']} | {r['variant']} | {r['median_s']:.2f} "
+            f"| {', '.join(f'{s:.2f}' for s in r['all_s'])} "
+            f"| {r['bids_per_s']:,} | {r['ratio_to_plain']:.2f} | {r['max_rss_mb']} |"
+        )
+    lines += ["", "| target | ratio | goal | met |", "| --- | --- | --- | --- |"]
+    for what, ratio, goal, met in targets(report):
+        lines.append(
+            f"| {what} | {ratio} | >= {goal} | {'yes' if met else 'no' if met is not None else '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def draw(report: dict[str, Any], path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = report["table"]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    labels = [f"{r['query']}\n{r['variant']}" for r in rows]
+    colors = {"plain": "#888888", "bytewax": "#d08a2c"}
+    ax.bar(
+        range(len(rows)),
+        [r["bids_per_s"] / 1000 for r in rows],
+        color=[colors.get(r["variant"], "#3a6ea5") for r in rows],
+    )
+    for i, r in enumerate(rows):
+        ax.text(i, r["bids_per_s"] / 1000, f"{r['ratio_to_plain']:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("thousand bids / s")
+    ax.set_title(f"Nexmark, {report['events']:,} events (label: ratio to the plain Python loop)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "nexmark"))
+    parser.add_argument("--tmp", default=None)
+    parser.add_argument("--only", nargs="*", default=sorted(VARIANTS, key=lambda q: int(q[1:])))
+    parser.add_argument("--one", nargs=2, metavar=("QUERY", "VARIANT"), help="one measurement (internal)")
+    parser.add_argument("--data", help="with --one: the generated events")
+    args = parser.parse_args(argv)
+    if args.one:
+        return _one(args)
+    tmp = tempfile.mkdtemp(prefix="nexmark-bench-", dir=args.tmp)
+    try:
+        report = run_all(args.n, args.reps, Path(args.out), tmp, args.only, lambda m: print(m, flush=True))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
