@@ -18,6 +18,7 @@ from onceflow import read_committed_lines
 from onceflow.engine.testing import run_job_for_test
 from tests.support.chaos import REPO, CliRuns
 from tests.support.nexmark_reference import committed, differences, expected
+from tests.support.stopping import completed_checkpoints
 
 SEED = 2026
 N = 200_000
@@ -82,6 +83,8 @@ class NexmarkRuns(CliRuns):
             run_timeout=180.0,
         )
         self.parallelism = 2
+        self.q0_at_kills: list[int] = []
+        """How many q0 lines were committed after each kill: kills land mid-run."""
 
     def command(self) -> list[str]:
         return [
@@ -89,7 +92,7 @@ class NexmarkRuns(CliRuns):
             "--checkpoint-dir",
             str(self.chk),
             "--checkpoint-interval",
-            "0.5",
+            "0.3",
             "--parallelism",
             str(self.parallelism),
             "--executor",
@@ -98,6 +101,8 @@ class NexmarkRuns(CliRuns):
 
     def after_kill(self, outcome) -> None:
         """Nothing committed may be outside the reference (final values only for q4, q6 and q12)."""
+        q0 = self.out / "q0"
+        self.q0_at_kills.append(len(read_committed_lines(str(q0))) if q0.exists() else 0)
         for query in QUERIES:
             if query in ("q4", "q6", "q12") or not (self.out / query).exists():
                 continue
@@ -113,16 +118,19 @@ class NexmarkRuns(CliRuns):
 @pytest.mark.chaos
 @pytest.mark.timeout(600)
 def test_every_query_survives_kills_and_a_rescale(nexmark_data, tmp_path):
-    """SIGKILL the p2 job at seeded random moments (>= 3 times), resume at p1, then p2 again; the
-    committed output of every query equals the reference."""
+    """SIGKILL the job 4 times at seeded random moments (each after a checkpoint of its run), at
+    parallelism 2, 1, 1, 2 (a rescale on each change), then finish at 2; the committed output of
+    every query equals the reference."""
     data, want = nexmark_data
     runs = NexmarkRuns(tmp_path, data, want, SEED)
     plan = [2, 1, 1, 2]
-    for i, parallelism in enumerate(plan):
+    for parallelism in plan:
         runs.parallelism = parallelism
+        before = max(completed_checkpoints(runs.chk), default=0)
+        # each run gets a checkpoint of its own before its kill, so every run makes progress
         outcome = runs.run(
-            kill_after=runs.rng.uniform(2.5, 4.0) if i == 0 else runs.rng.uniform(1.0, 2.5),
-            after_text=None if i == 0 else "restoring from",
+            kill_after=runs.rng.uniform(0.1, 0.8),
+            after=lambda before=before: max(completed_checkpoints(runs.chk), default=0) > before,
         )
         assert outcome.returncode == -signal.SIGKILL, (
             f"run {outcome.index} ended {outcome.returncode} before its kill; {runs.where()}\n"
@@ -132,7 +140,9 @@ def test_every_query_survives_kills_and_a_rescale(nexmark_data, tmp_path):
     final = runs.run_to_completion()
     assert "restoring from" in final.stderr or "restor" in final.stderr.lower()
     figures = _check(data, runs.out, want)
+    assert len([c for c in runs.q0_at_kills if 0 < c < N]) >= 3, f"kills not mid-run: {runs.q0_at_kills}"
     print(
         f"nexmark chaos seed={SEED} events={N} kills={sum(runs.kills.values())} parallelism={plan}+[2] "
+        f"q0_committed_at_kills={runs.q0_at_kills} "
         + " ".join(f"{q}={f['committed']}" for q, f in figures.items())
     )
