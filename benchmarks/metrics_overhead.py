@@ -48,8 +48,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _scrape_until(port: int, stop: threading.Event, scrapes: list[int]) -> None:
-    while not stop.wait(0.2):
+def _scrape_until(port: int, every: float, stop: threading.Event, scrapes: list[int]) -> None:
+    while not stop.wait(every):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
                 response.read()
@@ -58,7 +58,9 @@ def _scrape_until(port: int, stop: threading.Event, scrapes: list[int]) -> None:
             pass
 
 
-def run_once(words: list[str], metrics: bool, executor: str, tmp: str) -> tuple[float, int]:
+def run_once(
+    words: list[str], metrics: bool, executor: str, tmp: str, scrape_every: float = 0.2
+) -> tuple[float, int]:
     """Run the job once; return (seconds, scrapes served)."""
     sink = CountingSink()
     reporter = None
@@ -68,8 +70,11 @@ def run_once(words: list[str], metrics: bool, executor: str, tmp: str) -> tuple[
     if metrics:
         port = _free_port()
         reporter = MetricsReporter(port=port, file=tempfile.mktemp(dir=tmp, suffix=".jsonl"), interval=1.0)
-        scraper = threading.Thread(target=_scrape_until, args=(port, stop, scrapes), daemon=True)
-        scraper.start()
+        if scrape_every > 0:
+            scraper = threading.Thread(
+                target=_scrape_until, args=(port, scrape_every, stop, scrapes), daemon=True
+            )
+            scraper.start()
     runner = JobRunner(
         _job(words, sink),
         checkpoint_dir=tempfile.mkdtemp(prefix="chk-", dir=tmp),
@@ -99,6 +104,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2_000_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--executor", choices=["local", "process"], default="local")
+    parser.add_argument("--scrape-every", type=float, default=0.2, help="seconds; 0: serve but never scrape")
     args = parser.parse_args()
     words = make_words(args.records)
     times: dict[str, list[float]] = {"off": [], "on": []}
@@ -107,13 +113,14 @@ def main() -> None:
         run_once(words[: args.records // 10], False, args.executor, tmp)  # warm up imports and caches
         for _ in range(args.rounds):
             for variant in ("off", "on"):
-                seconds, served = run_once(words, variant == "on", args.executor, tmp)
+                seconds, served = run_once(words, variant == "on", args.executor, tmp, args.scrape_every)
                 times[variant].append(seconds)
                 scrapes += served
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
     report = {
         "records": args.records,
         "executor": args.executor,
+        "scrape_every_s": args.scrape_every,
         "rounds": args.rounds,
         "off_s": [round(t, 3) for t in times["off"]],
         "on_s": [round(t, 3) for t in times["on"]],

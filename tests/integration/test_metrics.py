@@ -57,7 +57,9 @@ def test_metrics_endpoint_is_scraped_during_a_run(executor: str, tmp_path: Path)
         "onceflow",
         "run",
         str(JOBS / "chaos_job.py"),
-        *("-p", f"input={tmp_path / 'in'}", "-p", f"output={tmp_path / 'out'}", "-p", "delay_us=60"),
+        *("-p", f"input={tmp_path / 'in'}", "-p", f"output={tmp_path / 'out'}"),
+        # workers report twice a second: a longer run, so several reports land between scrapes
+        *("-p", f"delay_us={60 if executor == 'local' else 250}"),
         *("--checkpoint-dir", str(tmp_path / "chk"), "--checkpoint-interval", "0.1"),
         *("--parallelism", "2", "--executor", executor, "--progress", "off"),
         *("--metrics-port", str(port), "--metrics-interval", "0.1"),
