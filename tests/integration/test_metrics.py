@@ -133,3 +133,32 @@ def test_the_progress_display_and_the_metrics_file_show_the_same_exact_counts(tm
     assert last["histograms"]["checkpoint_duration_seconds"]["count"] == result.checkpoints_completed
     assert last["operators"][0]["source_lag"] is None  # TestingSource cannot tell
     assert any("numbers" in line and "5,000 in" in line for line in frames[-1]), frames[-1]
+
+
+def test_watermark_lag_is_the_wall_clock_minus_the_event_time_watermark(tmp_path: Path) -> None:
+    behind = 100.0
+    start = time.time() - behind
+    job = Job("metrics-watermarks")
+    (
+        job.source(
+            TestingSource([start + i * 0.001 for i in range(3_000)], batch_size=100), name="ts", uid="ts"
+        )
+        .assign_timestamps(lambda t: t, name="stamp")
+        .map(lambda t: t, name="same")
+        .sink(TestingSink(str(tmp_path / "sink")), name="sink", uid="sink")
+    )
+    reporter = MetricsReporter(interval=0.0)
+    lags: list[float] = []
+
+    def capture(executor, now: float) -> None:
+        reporter.publish(executor)
+        lag = next(
+            op["watermark_lag_seconds"] for op in reporter.snapshot()["operators"] if op["name"] == "same"
+        )
+        if lag is not None:
+            lags.append(lag)
+
+    JobRunner(job, checkpoint_dir=f"memory://wm-{time.monotonic_ns()}", on_tick=capture).run()
+    reporter.close()
+    assert lags, "no watermark lag was reported while event time advanced"
+    assert all(behind - 5 < lag < behind + 30 for lag in lags), lags[:5]

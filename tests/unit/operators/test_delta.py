@@ -175,3 +175,23 @@ def test_a_manifest_lists_the_staged_file_and_its_rows(
     manifest = json.loads((tmp_path / "t" / STAGING / a._digest / committable["manifest"]).read_text())
     (entry,) = manifest["files"]
     assert entry["rows"] == 2 and (tmp_path / "t" / entry["path"]).stat().st_size == entry["size"]
+
+
+def test_a_job_writes_arrow_batches_once_across_a_crash_and_restart(tmp_path: Path) -> None:
+    from onceflow import Job
+    from onceflow.engine.testing import run_job_for_test
+    from onceflow.operators.testing import Crash, TestingSource
+
+    items: list[Any] = [{"id": i, "v": f"r{i}"} for i in range(3_000)]
+    items.insert(1_700, Crash())  # raises once mid-run; the restarted attempt restores and goes on
+    uri = str(tmp_path / "t")
+    job = Job("delta-arrow")
+    (
+        job.source(TestingSource(items, batch_size=100), name="rows", uid="rows")
+        .map_batches(lambda batch: batch, arrow=True, name="as-arrow")  # Arrow batches to the sink
+        .sink(DeltaSink(uri), name="delta", uid="delta", parallelism=2)
+    )
+    result = run_job_for_test(job, checkpoint_dir=str(tmp_path / "chk"), checkpoint_interval=0.02)
+    assert result.restarts == 1
+    assert [r["id"] for r in rows(uri)] == list(range(3_000))
+    assert 1 <= versions(uri) <= result.checkpoints_completed
