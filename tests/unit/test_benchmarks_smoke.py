@@ -57,3 +57,20 @@ def test_quick_suite_writes_parseable_results(tmp_path: Path) -> None:
     assert "## Targets" in markdown and "## Throughput" in markdown
     assert (tmp_path / "profile_keyed_count.txt").is_file()
     assert ("plot" in report and (tmp_path / "throughput.png").is_file()) or "plot_note" in report
+
+
+def test_formats_benchmark_runs_and_checks_both_outputs(tmp_path: Path) -> None:
+    out = tmp_path / "formats.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/formats.py", "--rows", "4000", "--rounds", "1", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["csv_hourly_parquet"]["rows_or_groups_out"] > 0
+    assert report["parquet_map_batches"]["rows_or_groups_out"] > 0
+    assert report["parquet_map_batches"]["throughput_ratio_onceflow_vs_pyarrow"] > 0
