@@ -36,7 +36,10 @@ HOUR = 3600.0
 
 
 def validate(row: dict[str, str]) -> tuple[float, str, float]:
-    """``{"ts": "2026-03-02T08:15:03Z", "sensor": "s01", "value": "21.5"}`` -> ``(epoch s, sensor, value)``."""
+    """Turn a row ``{"ts": "2026-03-02T08:15:03Z", "sensor": "s01", "value": "21.5"}`` into a reading.
+
+    Returns ``(epoch seconds, sensor, value)``; raises ``ValueError`` for a bad row (a dead letter).
+    """
     ts = datetime.fromisoformat(row["ts"])
     if ts.tzinfo is None:
         msg = f"ts {row['ts']!r} has no time zone; write e.g. 2026-03-02T08:15:03Z"
@@ -52,21 +55,25 @@ def validate(row: dict[str, str]) -> tuple[float, str, float]:
     return ts.timestamp(), sensor, value
 
 
-def init() -> tuple[int, float, float, float]:
+Acc = tuple[int, float, float, float]
+"""count, sum, min, max of an hour's readings."""
+
+
+def init() -> Acc:
     return 0, 0.0, math.inf, -math.inf
 
 
-def add(acc: tuple[int, float, float, float], reading: tuple[float, str, float]) -> tuple[int, float, float, float]:
+def add(acc: Acc, reading: tuple[float, str, float]) -> Acc:
     count, total, low, high = acc
     value = reading[2]
     return count + 1, total + value, min(low, value), max(high, value)
 
 
-def merge(a: tuple[int, float, float, float], b: tuple[int, float, float, float]) -> tuple[int, float, float, float]:
+def merge(a: Acc, b: Acc) -> Acc:
     return a[0] + b[0], a[1] + b[1], min(a[2], b[2]), max(a[3], b[3])
 
 
-def row(window_result: tuple[str, Any, tuple[int, float, float, float]]) -> dict[str, Any]:
+def row(window_result: tuple[str, Any, Acc]) -> dict[str, Any]:
     """``(sensor, window, acc)`` -> the output row; ``day`` becomes the partition folder."""
     sensor, window, (count, total, low, high) = window_result
     start = datetime.fromtimestamp(window.start, tz=UTC)

@@ -1,4 +1,4 @@
-"""The ``jobs/landing_hourly.py`` example: hourly Parquet by day equals a plain-Python reference, read by DuckDB."""
+"""``jobs/landing_hourly.py``: hourly Parquet by day, read by DuckDB, equals a plain-Python reference."""
 
 from __future__ import annotations
 
