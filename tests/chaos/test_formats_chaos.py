@@ -47,6 +47,8 @@ N_FILES = 6
 SLOW_US = 300
 """Spin per record in ``normalize``: a full run takes about 9 s, so random kills land mid-run."""
 WATCH_FILES = 12
+SPIN_US = SLOW_US * (2 if os.environ.get("CHAOS_EXECUTOR") == "process" else 1)
+"""Worker processes use both cores: twice the spin keeps a run as long as on the local executor."""
 BATCH = ["--batch-size", "128"]
 """Small batches: barriers pass every few tens of ms, so checkpoints complete between kills."""
 SUFFIX = {"csv": ".csv.gz", "jsonl": ".jsonl.zst", "parquet": ".parquet"}
@@ -137,7 +139,7 @@ def test_formats_in_and_out_are_exact_under_random_kills(
         chaos_seed,
         out_format=out_format,
         parallelism=2,
-        delay_us=SLOW_US,
+        delay_us=SPIN_US,
         params={"in_format": in_format, "out_format": out_format, "partition": partition},
         args=BATCH,
     )
@@ -227,7 +229,7 @@ def test_watched_folder_counts_each_file_once_across_kills_and_a_graceful_stop(
         chaos_seed,
         out_format="parquet",
         parallelism=2,
-        delay_us=SLOW_US // 6,
+        delay_us=SPIN_US // 6,
         params={"in_format": "csv", "out_format": "parquet", "watch": "1", "poll_interval": "0.2"},
         args=BATCH,
     )
@@ -291,7 +293,7 @@ def test_readers_never_see_partial_parquet_files_while_a_job_writes(
         chaos_seed,
         out_format="parquet",
         parallelism=2,
-        delay_us=SLOW_US // 3,
+        delay_us=SPIN_US // 3,
         params={"in_format": "csv", "out_format": "parquet", "partition": "1"},
         args=["--checkpoint-interval", "0.05", *BATCH],
     )
