@@ -39,6 +39,7 @@ from onceflow.engine.plan import build_plan, describe_graph
 from onceflow.engine.progress import ProgressDisplay
 from onceflow.engine.runner import DEFAULT_CHECKPOINT_DIR, JobRunner, RestartStrategy, RunStatus
 from onceflow.engine.stopping import StopRequest, handle_stop_signals
+from onceflow.state_backends.config import STATE_BACKENDS, StateBackendConfig
 
 METRICS_INTERVAL = 1.0
 """Seconds between two readings of ``--metrics-port`` / ``--metrics-file``."""
@@ -177,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds between two metrics readings (default {METRICS_INTERVAL:g})",
     )
     run.add_argument(
+        "--state-backend",
+        choices=list(STATE_BACKENDS),
+        default="heap",
+        help="keyed state in memory (heap, default) or in a local database per subtask (disk: "
+        "state larger than memory); checkpoints of either restore on the other",
+    )
+    run.add_argument(
+        "--state-dir",
+        default=None,
+        help="local directory for the disk backend's databases (default: the system temp directory)",
+    )
+    run.add_argument(
+        "--state-cache-entries",
+        type=_positive_int,
+        default=StateBackendConfig.cache_entries,
+        help="disk backend: keys per state held in memory (default %(default)s)",
+    )
+    run.add_argument(
         "--allow-unmatched-state",
         action="store_true",
         help="drop checkpointed state that no operator matches by uid and kind (default: refuse the run)",
@@ -290,6 +309,9 @@ def _run_until_done_or_stopped(args: argparse.Namespace, stop: StopRequest) -> i
         incremental_checkpoints=args.incremental_checkpoints,
         max_deltas=args.max_deltas,
         ray_address=args.ray_address,
+        state_backend=StateBackendConfig(
+            args.state_backend, directory=args.state_dir, cache_entries=args.state_cache_entries
+        ),
     )
     progress = None
     if args.progress != "off":

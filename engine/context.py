@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from onceflow.engine.faults import CRASH_POINTS
+from onceflow.state_backends.config import StateBackendConfig
 from onceflow.state_backends.key_groups import KeyGroupRange
 
 
@@ -23,6 +24,7 @@ class SubtaskContext:
     restored_checkpoint_id: int | None
     overwrite_output: bool
     incremental_checkpoints: bool = False
+    state_backend: StateBackendConfig = field(default_factory=StateBackendConfig)
 
     def crash_point(self, label: str) -> None:
         """Kill the process here when ``ONCEFLOW_CRASH_AT`` names ``label``."""

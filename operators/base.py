@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from onceflow.operators.errors import SinkAheadOfCheckpointError
+from onceflow.state_backends.config import StateBackendConfig
+from onceflow.state_backends.disk import DiskSnapshot
 from onceflow.state_backends.key_groups import KeyGroupRange
 
 log = logging.getLogger("onceflow")
@@ -56,6 +58,8 @@ class RuntimeContext(Protocol):
     """True when the user asked to start over (``--fresh``): sinks may replace their old output."""
     incremental_checkpoints: bool
     """True when checkpoints write only the keyed entries changed since the previous one."""
+    state_backend: StateBackendConfig
+    """Where keyed operators keep their state (``--state-backend``); they create it in ``open``."""
 
     def crash_point(self, label: str) -> None:
         """Kill the process here if the fault-injection setting names ``label``."""
@@ -68,7 +72,8 @@ class OperatorSnapshot:
     ``operator_state`` is a picklable value restored to every subtask of the
     next attempt (union semantics, so parallelism may change). ``keyed_state``
     maps a state name to a ``{key: value}`` dict that the caller must treat as
-    frozen; the runtime partitions it by key group when writing.
+    frozen, or is the disk backend's read view of all its states (always a
+    full capture); the runtime partitions it by key group when writing.
 
     ``keyed_kind`` says what ``keyed_state`` holds (``HeapKeyedState.capture``):
     every entry (``"full"``, the default; ``"base"`` starts a chain of
@@ -77,7 +82,7 @@ class OperatorSnapshot:
     """
 
     operator_state: Any = None
-    keyed_state: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    keyed_state: dict[str, dict[Any, Any]] | DiskSnapshot = field(default_factory=dict)
     keyed_kind: str = "full"
     deleted: dict[str, list[Any]] = field(default_factory=dict)
 

@@ -2,9 +2,12 @@
 
 They run after a ``key_by``: the runtime hands them each record's key, already
 checked and routed by its stable hash, so the per-record path is one dict
-lookup and one user call. State lives in ``HeapKeyedState`` tables keyed by
-the user's key; the snapshot is a shallow copy (values are immutable by
-contract), partitioned into key groups when written.
+lookup and one user call. State lives in the run's keyed-state backend
+(``ctx.state_backend``): per batch the operator asks it for a dict holding the
+batch's keys (the live table on the heap; the hot cache, with the batch's keys
+loaded, on disk), loops over the records with plain dict operations, and tells
+the backend which keys it touched. The snapshot is a shallow copy on the heap
+(values are immutable by contract) or a read view of the local database.
 
 When the user function raises for a record, the loop stops there: the records
 before it were applied once (state and output), the failing one changed
@@ -20,6 +23,7 @@ from typing import Any
 
 from onceflow.operators.bad_records import failure_at
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState, RuntimeContext
+from onceflow.state_backends.disk import DiskKeyedState
 from onceflow.state_backends.heap import HeapKeyedState
 
 _MISSING = object()
@@ -28,26 +32,37 @@ _VALUE = "value"
 
 class _KeyedOperator(Operator):
     def __init__(self) -> None:
-        self.state = HeapKeyedState()
-        self.values = self.state.table(_VALUE)
-        self.dirty: set | None = None
-        """Keys of the batches since the last snapshot (incremental checkpoints), else None."""
+        self.state: HeapKeyedState | DiskKeyedState = HeapKeyedState()
 
     def open(self, ctx: RuntimeContext) -> None:
-        """Track changed keys when the run takes incremental checkpoints."""
+        """Create this subtask's keyed state in the run's backend.
+
+        Heap state tracks changed keys when the run takes incremental
+        checkpoints; the disk backend's captures are always full.
+        """
         super().open(ctx)
-        self.state.incremental = bool(getattr(ctx, "incremental_checkpoints", False))
-        self.dirty = self.state.dirty_keys(_VALUE)
+        state = ctx.state_backend.create(
+            job_name=ctx.job_name,
+            uid=ctx.uid,
+            subtask_index=ctx.subtask_index,
+            max_parallelism=ctx.max_parallelism,
+        )
+        if isinstance(state, HeapKeyedState):
+            state.incremental = bool(getattr(ctx, "incremental_checkpoints", False))
+        self.state = state
 
     def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
-        """Capture a frozen copy of every key's value, or of the changed ones (incremental)."""
+        """Capture a frozen copy of every key's value, or of the changed ones (incremental heap)."""
         capture = self.state.capture()
         return OperatorSnapshot(keyed_state=capture.tables, keyed_kind=capture.kind, deleted=capture.deleted)
 
     def restore_state(self, restored: RestoredState) -> None:
         """Load the keys of this subtask's key-group range."""
         self.state.restore(restored.keyed_state)
-        self.values = self.state.table(_VALUE)
+
+    def close(self) -> None:
+        """Release the state (the disk backend deletes its local database)."""
+        self.state.close()
 
 
 class ReduceOperator(_KeyedOperator):
@@ -62,12 +77,10 @@ class ReduceOperator(_KeyedOperator):
     def process_keyed_batch(self, records: list, keys: list) -> list:
         """Update and emit the running value of every record's key; ``BatchFailure`` if ``fn`` raises."""
         fn = self.fn
-        values = self.values
+        values = self.state.prepare(_VALUE, keys)
         get = values.get
         out: list = []
         append = out.append
-        if self.dirty is not None:
-            self.dirty.update(keys)
         remaining = iter(records)
         try:
             for record, key in zip(remaining, keys):
@@ -78,6 +91,8 @@ class ReduceOperator(_KeyedOperator):
                 append(record)
         except Exception as exc:
             raise failure_at(records, remaining, exc, out) from None
+        finally:
+            self.state.done(_VALUE, keys)
         return out
 
 
@@ -96,12 +111,10 @@ class StatefulMapOperator(_KeyedOperator):
     def process_keyed_batch(self, records: list, keys: list) -> list:
         """Run the user function against each key's state; ``BatchFailure`` if ``fn`` raises."""
         fn = self.fn
-        values = self.values
+        values = self.state.prepare(_VALUE, keys)
         get = values.get
         out: list = []
         append = out.append
-        if self.dirty is not None:
-            self.dirty.update(keys)
         remaining = iter(records)
         try:
             for record, key in zip(remaining, keys):
@@ -114,4 +127,6 @@ class StatefulMapOperator(_KeyedOperator):
                     append(output)
         except Exception as exc:
             raise failure_at(records, remaining, exc, out) from None
+        finally:
+            self.state.done(_VALUE, keys)
         return out

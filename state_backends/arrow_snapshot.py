@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from onceflow.state_backends.disk import DiskSnapshot
 from onceflow.state_backends.errors import CorruptStateError, IncompatibleStateError, StateSerializationError
 from onceflow.state_backends.key_groups import KeyGroupRange, decode_key, encode_key, stable_hash
 
@@ -185,7 +186,7 @@ def write_state_file(
     fs: fsspec.AbstractFileSystem,
     path: str,
     *,
-    keyed_state: dict[str, dict[Any, Any]],
+    keyed_state: dict[str, dict[Any, Any]] | DiskSnapshot,
     operator_state: Any,
     key_group_of: Callable[[Any], int] | None = None,
     max_parallelism: int | None = None,
@@ -204,7 +205,8 @@ def write_state_file(
     Args:
         fs: Target filesystem.
         path: File path on ``fs``; overwritten if present.
-        keyed_state: ``{state_name: {key: value}}``, treated as frozen.
+        keyed_state: ``{state_name: {key: value}}``, treated as frozen; or a
+            disk backend's snapshot, streamed batch by batch (bounded memory).
         operator_state: Any picklable value (may be None), stored in the schema
             metadata.
         key_group_of: Maps a key to its key group, e.g. ``KeyGroupAssigner.key_group``.
@@ -221,6 +223,8 @@ def write_state_file(
         StateSerializationError: a value or the operator state cannot be
             pickled (the message names the state, the key and the type).
     """
+    if isinstance(keyed_state, DiskSnapshot):
+        return _write_streamed(fs, path, keyed_state, operator_state)
     table = state_table(
         keyed_state=keyed_state,
         operator_state=operator_state,
@@ -282,21 +286,7 @@ def state_table(
     if tombstones:
         value_array = pa.concat_arrays([value_array, pa.nulls(tombstones, value_array.type)])
     state_array = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(names, pa.string()))
-    metadata = {
-        _META_FORMAT: _FORMAT_VERSION,
-        _META_VALUE_ENCODING: encoding.encode(),
-        _META_PYTHON: _PYTHON_VERSION.encode(),
-        _META_OPERATOR_STATE: _pickle_operator_state(operator_state),
-    }
-    schema = pa.schema(
-        [
-            pa.field("key_group", pa.int32(), nullable=False),
-            pa.field("state", _STATE_TYPE, nullable=False),
-            pa.field("key", pa.large_binary(), nullable=False),
-            pa.field("value", _ARROW_TYPES[encoding]),
-        ],
-        metadata=metadata,
-    )
+    schema = _schema(encoding, operator_state)
     table = pa.Table.from_arrays([key_groups, state_array, encoded_keys, value_array], schema=schema)
     if table.num_rows:
         table = table.take(pc.sort_indices(table["key_group"]))
@@ -333,6 +323,91 @@ def write_table(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> St
         sha256=digest,
         key_group_start=kg_start,
         key_group_end=kg_end,
+    )
+
+
+class _HashingWriter:
+    """A write-only file that hashes and counts what passes through to ``out``."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.sha256.update(view)
+        self.size += view.nbytes
+        self.out.write(view)
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _write_streamed(
+    fs: fsspec.AbstractFileSystem, path: str, snapshot: DiskSnapshot, operator_state: Any
+) -> StateFileHandle:
+    """Write a disk backend's snapshot in the same layout, one record batch at a time.
+
+    The snapshot yields rows already sorted by key group with values pickled,
+    so memory stays at one batch however large the state is.
+    """
+    try:
+        schema = _schema(snapshot.value_encoding, operator_state)
+        names = pa.array(snapshot.names, pa.string())
+        rows = 0
+        kg_start: int | None = None
+        kg_end: int | None = None
+        parent = _parent(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(path, "wb") as out:
+            hashing = _HashingWriter(out)
+            with ipc.new_file(pa.PythonFile(hashing, mode="w"), schema) as writer:
+                for key_groups, ids, keys, values in snapshot.batches(BATCH_ROWS):
+                    state = pa.DictionaryArray.from_arrays(ids, names)
+                    writer.write_batch(
+                        pa.RecordBatch.from_arrays([key_groups, state, keys, values], schema=schema)
+                    )
+                    rows += len(keys)
+                    if kg_start is None:
+                        kg_start = key_groups[0].as_py()
+                    kg_end = key_groups[-1].as_py() + 1
+    finally:
+        snapshot.release()
+    return StateFileHandle(
+        path=path,
+        rows=rows,
+        bytes=hashing.size,
+        sha256=hashing.sha256.hexdigest(),
+        key_group_start=kg_start,
+        key_group_end=kg_end,
+    )
+
+
+def _schema(encoding: str, operator_state: Any) -> pa.Schema:
+    metadata = {
+        _META_FORMAT: _FORMAT_VERSION,
+        _META_VALUE_ENCODING: encoding.encode(),
+        _META_PYTHON: _PYTHON_VERSION.encode(),
+        _META_OPERATOR_STATE: _pickle_operator_state(operator_state),
+    }
+    return pa.schema(
+        [
+            pa.field("key_group", pa.int32(), nullable=False),
+            pa.field("state", _STATE_TYPE, nullable=False),
+            pa.field("key", pa.large_binary(), nullable=False),
+            pa.field("value", _ARROW_TYPES[encoding]),
+        ],
+        metadata=metadata,
     )
 
 

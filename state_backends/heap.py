@@ -7,8 +7,12 @@ and deciding when to snapshot is the engine's.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from onceflow.state_backends.disk import DiskSnapshot
 
 FULL = "full"
 """A capture of every entry, written as one state file per subtask (full checkpoints)."""
@@ -28,7 +32,7 @@ class KeyedCapture:
     """
 
     kind: str
-    tables: dict[str, dict[Any, Any]]
+    tables: dict[str, dict[Any, Any]] | DiskSnapshot
     deleted: dict[str, list[Any]] = field(default_factory=dict)
 
 
@@ -86,6 +90,24 @@ class HeapKeyedState:
             keys: set[Any] = set()
             self._dirty[name] = keys
             return keys
+
+    def prepare(self, name: str, keys: Iterable[Any]) -> dict[Any, Any]:
+        """Return the dict an operator reads and writes for a batch with ``keys``: the live table.
+
+        The disk backend loads the batch's keys here; on the heap every key is
+        already in the table.
+        """
+        return self.table(name)
+
+    def done(self, name: str, keys: Iterable[Any]) -> None:
+        """End a batch with ``keys``; with incremental checkpoints they are marked changed (a set update)."""
+        if self.incremental:
+            dirty = self.dirty_keys(name)
+            if dirty is not None:
+                dirty.update(keys)
+
+    def close(self) -> None:
+        """Nothing to release on the heap."""
 
     def snapshot(self) -> dict[str, dict[Any, Any]]:
         """Capture every table synchronously at a barrier.

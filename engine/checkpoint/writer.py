@@ -25,6 +25,7 @@ from __future__ import annotations
 import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from onceflow.engine.checkpoint.metadata import StateHandle
 from onceflow.engine.checkpoint.paths import CheckpointPaths
@@ -54,11 +55,19 @@ class _Ack:
     """The operator whose state could not be written, with ``error``."""
 
 
+def _incremental_tables(snap: OperatorSnapshot) -> dict[str, dict[Any, Any]]:
+    """Return the dicts of a base or delta capture (only heap state is captured incrementally)."""
+    if not isinstance(snap.keyed_state, dict):
+        msg = f"an incremental capture must hold dicts, got {type(snap.keyed_state).__name__}"
+        raise TypeError(msg)
+    return snap.keyed_state
+
+
 def _merge(older: OperatorSnapshot, newer: OperatorSnapshot) -> OperatorSnapshot:
     """One delta holding ``older``'s changes overridden by ``newer``'s (a failed write carried on)."""
-    tables = {name: dict(table) for name, table in older.keyed_state.items()}
+    tables = {name: dict(table) for name, table in _incremental_tables(older).items()}
     deleted = {name: set(keys) for name, keys in older.deleted.items()}
-    for name, table in newer.keyed_state.items():
+    for name, table in _incremental_tables(newer).items():
         tables.setdefault(name, {}).update(table)
         deleted.get(name, set()).difference_update(table)
     for name, keys in newer.deleted.items():
@@ -149,6 +158,7 @@ class SnapshotWriter:
             snap = _merge(older, snap)
         kind = snap.keyed_kind
         paths = self.store.paths
+        keyed_state = _incremental_tables(snap)
 
         def relative(segment: KeyGroupRange) -> str:
             return CheckpointPaths.relative_shared_file(uid, subtask, checkpoint_id, segment.start, kind)
@@ -158,7 +168,7 @@ class SnapshotWriter:
                 self.store.fs,
                 lambda segment: paths.resolve(relative(segment)),
                 self._segments,
-                keyed_state=snap.keyed_state,
+                keyed_state=keyed_state,
                 deleted=snap.deleted if kind != BASE else None,
                 operator_state=snap.operator_state,
                 max_parallelism=self.max_parallelism,

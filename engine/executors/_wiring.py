@@ -23,6 +23,7 @@ from onceflow.engine.stopping import StopRequest
 from onceflow.engine.task import SnapshotSink, Subtask
 from onceflow.engine.transport.base import ChannelEnd, ChannelId
 from onceflow.operators.base import RestoredState
+from onceflow.state_backends.config import StateBackendConfig
 from onceflow.state_backends.key_groups import key_group_range_for_subtask
 
 
@@ -58,6 +59,7 @@ class ExecutionSettings:
     """Deltas a key-group segment's chain may hold before it is compacted (``--max-deltas``)."""
     ray_address: str | None = None
     """The Ray cluster the ray executor joins (``None``: ``RAY_ADDRESS``, else a local Ray)."""
+    state_backend: StateBackendConfig = StateBackendConfig()
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class SubtaskSettings:
     overwrite_output: bool
     incremental_checkpoints: bool = False
     max_deltas: int = 32
+    state_backend: StateBackendConfig = StateBackendConfig()
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class Attempt:
             overwrite_output=self.settings.overwrite_output,
             incremental_checkpoints=self.settings.incremental_checkpoints,
             max_deltas=self.settings.max_deltas,
+            state_backend=self.settings.state_backend,
         )
 
     def coordinator(
@@ -203,6 +207,7 @@ def open_subtask(
             restored_checkpoint_id=settings.restored_checkpoint_id,
             overwrite_output=settings.overwrite_output,
             incremental_checkpoints=settings.incremental_checkpoints,
+            state_backend=settings.state_backend,
         )
         for op in task.operators
     ]

@@ -14,6 +14,8 @@ from typing import Any
 import fsspec
 import pytest
 
+from onceflow.state_backends.config import StateBackendConfig
+
 # Plain `pytest` does not put the repository root on sys.path (nothing is
 # installed and pyproject sets no `pythonpath`); `python -m pytest` does.
 if importlib.util.find_spec("operators") is None:
@@ -34,6 +36,7 @@ class FakeContext:
     attempt_id: str = "attempt-1"
     restored_checkpoint_id: int | None = None
     overwrite_output: bool = False
+    state_backend: StateBackendConfig = field(default_factory=StateBackendConfig)
     crash_points: list[str] = field(default_factory=list)
     crash_at: tuple[str, int] | None = None
     """``(label, n)``: ``crash_point`` raises ``SimulatedCrash`` the n-th time it passes label."""

@@ -86,7 +86,7 @@ def test_reduce_never_applies_a_record_twice_and_a_failed_one_leaves_the_state()
     # "j" 1 is the key's first record, stored as is; "j" 0 then fails like "k" 0
     assert failed == [2, 4, 5]
     assert outputs == [1, 2.0, 1, 3.0]
-    assert op.values == {"k": 3.0, "j": 1}
+    assert op.state.table("value") == {"k": 3.0, "j": 1}
 
 
 def test_stateful_map_with_equal_records_in_one_batch_locates_the_failing_one() -> None:
@@ -108,7 +108,7 @@ def test_stateful_map_with_equal_records_in_one_batch_locates_the_failing_one() 
 def test_stateful_map_returning_no_pair_is_a_failed_record_not_a_state_change() -> None:
     op = StatefulMapOperator(lambda state, record: None if record == "bad" else ((state or 0) + 1, record))
     outputs, failed = run_isolated(op, ["a", "bad", "b"], ["k", "k", "k"])
-    assert (outputs, failed, op.values) == (["a", "b"], [1], {"k": 2})
+    assert (outputs, failed, op.state.table("value")) == (["a", "b"], [1], {"k": 2})
 
 
 def test_file_reader_names_the_line_of_a_record_and_the_lines_of_a_batch(

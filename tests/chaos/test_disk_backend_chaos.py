@@ -1,0 +1,123 @@
+"""Kill -9 runs with keyed state in the disk backend, and restores across backends and parallelisms.
+
+A checkpoint of one backend must restore on the other at any parallelism, so
+these tests change ``--state-backend`` (and ``--parallelism``) between the
+runs of one job and compare the committed output with the plain-Python oracle.
+
+Replay a failure with the printed seed: ``CHAOS_SEED=<seed> pytest tests/chaos -m slow -s``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support.chaos import ChaosRun, Workload
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
+SLOW_US = 100
+"""Spin per record: about 10 s for a full run, so random kills land mid-run."""
+
+
+def _set(run: ChaosRun, option: str, value: str) -> None:
+    """Change one command-line option for the next runs of ``run``."""
+    run.args[run.args.index(option) + 1] = value
+
+
+def _state_dir_is_empty(run: ChaosRun) -> None:
+    local = run.root / "state" / "onceflow-state"
+    assert not local.exists() or not any(local.iterdir()), f"local databases left: {list(local.iterdir())}"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("executor", "switch"), [("local", False), ("process", False), ("local", True)])
+def test_random_kills_with_the_disk_backend(
+    executor: str, switch: bool, workload: Workload, chaos_dir, chaos_seed: int
+) -> None:
+    """Kill at random times; with ``switch`` every run draws its backend and parallelism (1-3) anew."""
+    run = ChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        parallelism=2,
+        delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
+        executor=executor,
+        # a small cache, so most keys live only in the database between checkpoints
+        args=[
+            "--state-backend",
+            "disk",
+            "--state-dir",
+            str(chaos_dir / "state"),
+            "--state-cache-entries",
+            "50",
+        ],
+    )
+    target = int(os.environ.get("CHAOS_KILLS", "6"))
+    backends: list[tuple[str, int]] = []
+    finished = False
+    while sum(run.kills.values()) < target:
+        if switch:
+            backend, parallelism = run.rng.choice(["heap", "disk"]), run.rng.randint(1, 3)
+            _set(run, "--state-backend", backend)
+            _set(run, "--parallelism", str(parallelism))
+            backends.append((backend, parallelism))
+        outcome = run.run(kill_after=run.rng.uniform(0.3, 2.5))
+        if outcome.returncode == 0:
+            finished = True
+            break
+        run.expect_killed(outcome)
+    assert sum(run.kills.values()) >= 5, (
+        f"the job finished after {sum(run.kills.values())} kills; {run.where()}"
+    )
+    if not finished:
+        run.run_to_completion()
+    figures = run.check_final()
+    print(f"backends and parallelisms of the runs: {backends}")
+    run.report(f"test_random_kills_with_the_disk_backend[{executor},switch={switch}]", figures)
+    if executor == "local":
+        _state_dir_is_empty(run)  # the last run closed its databases (killed runs' are swept)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [("heap", 1), ("disk", 2), ("heap", 3)],
+        [("disk", 3), ("heap", 2), ("disk", 1)],
+    ],
+    ids=["heap1-disk2-heap3", "disk3-heap2-disk1"],
+)
+def test_a_checkpoint_restores_on_the_other_backend_at_another_parallelism(
+    steps: list[tuple[str, int]], workload: Workload, chaos_dir, chaos_seed: int
+) -> None:
+    """Each run but the last dies right after its 3rd checkpoint completed; the next restores it."""
+    run = ChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        delay_us=10,
+        args=[
+            "--state-backend",
+            "heap",
+            "--state-dir",
+            str(chaos_dir / "state"),
+            "--state-cache-entries",
+            "50",
+        ],
+    )
+    for n, (backend, parallelism) in enumerate(steps):
+        _set(run, "--state-backend", backend)
+        _set(run, "--parallelism", str(parallelism))
+        if n == len(steps) - 1:
+            outcome = run.run_to_completion()
+        else:
+            outcome = run.run(crash_at="after_metadata_before_notify:3")
+            run.expect_killed(outcome)
+        if n:
+            assert "restoring from checkpoint" in outcome.stderr, (
+                f"run {n + 1} did not restore: {outcome.stderr[-2000:]}; {run.where()}"
+            )
+    figures = run.check_final()
+    run.report(f"test_a_checkpoint_restores_on_the_other_backend[{steps}]", figures)

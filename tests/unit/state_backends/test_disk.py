@@ -1,0 +1,180 @@
+"""The disk backend: a hot cache in front of a local LMDB database, snapshots in the heap's file format."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import fsspec
+import pytest
+
+from onceflow.state_backends import (
+    KeyGroupRange,
+    key_group_for,
+    key_group_range_for_subtask,
+    read_state_file,
+    write_state_file,
+)
+from onceflow.state_backends.config import StateBackendConfig
+from onceflow.state_backends.disk import DiskKeyedState
+from onceflow.state_backends.errors import StateSerializationError
+
+
+@pytest.fixture
+def make(tmp_path):
+    created: list[DiskKeyedState] = []
+
+    def make(cache_entries: int = 50, uid: str = "count", subtask: int = 0) -> DiskKeyedState:
+        config = StateBackendConfig("disk", directory=str(tmp_path / "local"), cache_entries=cache_entries)
+        state = config.create(job_name="job", uid=uid, subtask_index=subtask, max_parallelism=128)
+        assert isinstance(state, DiskKeyedState)
+        created.append(state)
+        return state
+
+    yield make
+    for state in created:
+        state.close()
+
+
+def _apply(state, name: str, updates: dict) -> None:
+    """One batch: every key of ``updates`` set (or deleted, for None), through prepare/done."""
+    keys = list(updates)
+    table = state.prepare(name, keys)
+    for key, value in updates.items():
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    state.done(name, keys)
+
+
+def test_values_survive_eviction_and_deletes_do_not_come_back(make):
+    state = make(cache_entries=10)
+    reference: dict = {}
+    for start in range(0, 500, 25):
+        batch = {("k", i): {"n": i, "start": start} for i in range(start, start + 25)}
+        _apply(state, "s", batch)
+        reference.update(batch)
+    deleted = {("k", i): None for i in range(0, 500, 3)}
+    _apply(state, "s", deleted)
+    for key in deleted:
+        reference.pop(key)
+    # the deleted keys are asked for again before and after they reach the database
+    assert not set(state.prepare("s", list(deleted))) & set(deleted)
+    state.done("s", [])
+    _apply(state, "s", {("k", 999): 1})
+    assert len(state.table("s").cache) <= 10 + 25
+    reference[("k", 999)] = 1
+    assert state.keyed_tables() == {"s": reference}
+    assert len(state) == len(reference)
+
+
+def test_a_snapshot_is_not_changed_by_later_writes_and_streams_into_the_heap_format(make, tmp_path):
+    state = make()
+    _apply(state, "value", {f"user-{i}": i for i in range(1000)})
+    _apply(state, "other", {(1, "a"): [1, 2], b"x": None, 2.5: "s"})
+    snapshot = state.snapshot()
+    _apply(state, "value", {f"user-{i}": -1 for i in range(0, 1000, 2)} | {"user-1": None, "new": 5})
+    fs = fsspec.filesystem("file")
+    handle = write_state_file(
+        fs, f"{tmp_path}/s.arrow", keyed_state=snapshot, operator_state={"wm": 3}, max_parallelism=128
+    )
+    assert handle.rows == 1002 and (handle.key_group_start, handle.key_group_end) == (0, 128)
+    operator_state, tables = read_state_file(fs, handle)
+    assert operator_state == {"wm": 3}
+    assert tables == {"value": {f"user-{i}": i for i in range(1000)}, "other": {(1, "a"): [1, 2], 2.5: "s"}}
+    # a restore at parallelism 3 reads only its key groups from the same file
+    merged: dict = {}
+    for index in range(3):
+        rng = key_group_range_for_subtask(128, 3, index)
+        _, part = read_state_file(fs, handle, rng)
+        assert all(key_group_for(k) in rng for k in part.get("value", {}))
+        merged.update(part.get("value", {}))
+    assert merged == tables["value"]
+
+
+def test_heap_checkpoint_restores_into_disk_and_back_at_other_key_group_ranges(make, tmp_path):
+    fs = fsspec.filesystem("file")
+    heap_state = {"value": {f"u{i}": (i, "x" * (i % 5)) for i in range(3000)}, "list:l": {7: (1, 2)}}
+    heap_file = write_state_file(
+        fs, f"{tmp_path}/heap.arrow", keyed_state=heap_state, operator_state=None, key_group_of=key_group_for
+    )
+    disk_files = []
+    for index in range(2):
+        rng = key_group_range_for_subtask(128, 2, index)
+        _, part = read_state_file(fs, heap_file, rng)
+        state = make(uid="count", subtask=index)
+        state.restore(part)
+        assert state.keyed_tables() == part
+        _apply(state, "value", {k: None for k in list(part.get("value", {}))[:5]})
+        disk_files.append(
+            write_state_file(
+                fs,
+                f"{tmp_path}/disk-{index}.arrow",
+                keyed_state=state.snapshot(),
+                operator_state=None,
+                max_parallelism=128,
+            )
+        )
+    restored: dict = {}
+    for handle in disk_files:
+        _, part = read_state_file(fs, handle, KeyGroupRange(0, 128))
+        for name, table in part.items():
+            restored.setdefault(name, {}).update(table)
+    assert len(restored["value"]) == 3000 - 10
+    assert restored["list:l"] == {7: (1, 2)}
+    assert all(heap_state["value"][k] == v for k, v in restored["value"].items())
+
+
+def test_a_value_that_cannot_be_pickled_names_operator_state_key_and_type(make):
+    state = make(cache_entries=1, uid="sessions")
+    pattern = r"'sessions'.*state 'value', key 'k2'.*'_thread.lock'"
+    with pytest.raises(StateSerializationError, match=pattern):
+        for i in range(4):  # written when the cache overflows
+            _apply(state, "value", {f"k{i}": threading.Lock() if i == 2 else i})
+    other = make(uid="sessions", subtask=1)
+    _apply(other, "value", {"k2": threading.Lock()})
+    with pytest.raises(StateSerializationError, match=pattern):  # or at the latest at the checkpoint
+        other.snapshot()
+
+
+def test_close_waits_for_an_open_snapshot_and_removes_the_local_database(make, tmp_path):
+    state = make()
+    _apply(state, "value", {"a": 1})
+    snapshot = state.snapshot()
+    state.close()
+    assert os.path.isdir(state.directory)
+    assert snapshot.to_dicts() == {"value": {"a": 1}}
+    snapshot.release()
+    assert not os.path.exists(state.directory)
+
+
+def test_a_killed_process_database_is_removed_by_the_next_subtask(tmp_path):
+    base = tmp_path / "local"
+    code = (
+        "import os, sys\n"
+        "from onceflow.state_backends.config import StateBackendConfig\n"
+        f"s = StateBackendConfig('disk', directory={str(base)!r}).create("
+        "job_name='j', uid='u', subtask_index=0, max_parallelism=128)\n"
+        "print(s.directory, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    leftover = proc.stdout.strip()
+    assert proc.returncode == -9 and os.path.isdir(leftover)
+    state = StateBackendConfig("disk", directory=str(base)).create(
+        job_name="j", uid="u", subtask_index=0, max_parallelism=128
+    )
+    try:
+        assert not os.path.exists(leftover)
+    finally:
+        state.close()
+
+
+def test_unknown_backend_and_bad_cache_size_are_refused():
+    with pytest.raises(ValueError, match=r"'rocks' is unknown; choose one of heap, disk"):
+        StateBackendConfig("rocks")
+    with pytest.raises(ValueError, match="cache_entries must be at least 1"):
+        StateBackendConfig("disk", cache_entries=0)
