@@ -33,6 +33,7 @@ from onceflow.engine.executors.ray import RayExecutor
 from onceflow.engine.plan import PhysicalPlan, build_plan
 from onceflow.engine.stopping import StopRequest
 from onceflow.operators.base import TwoPhaseCommitWriter
+from onceflow.state_backends.disk import sweep_local_state
 
 log = logging.getLogger("onceflow")
 
@@ -134,6 +135,7 @@ class JobRunner:
         """Run until the final checkpoint is committed; raise after exhausted restarts."""
         self.store.ensure_writable()
         self.store.acquire_lock()
+        sweep_local_state(self.settings.state_backend.directory)
         try:
             if self.fresh:
                 for cid in self.store.checkpoint_ids():

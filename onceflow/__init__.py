@@ -61,6 +61,7 @@ if _typing.TYPE_CHECKING:
         TumblingProcessingTimeWindows,
         Window,
     )
+    from onceflow.state_backends.config import StateBackendConfig
     from onceflow.state_backends.errors import CorruptStateError, ErrorDomain, OnceflowError
 
 _HOMES: dict[str, str] = {
@@ -102,6 +103,7 @@ _HOMES: dict[str, str] = {
     "RunStatus": "onceflow.engine.runner",
     "ExecutionSettings": "onceflow.engine.executors._wiring",
     "CoordinatorSettings": "onceflow.engine.coordinator",
+    "StateBackendConfig": "onceflow.state_backends.config",
     # errors
     "OnceflowError": "onceflow.state_backends.errors",
     "ErrorDomain": "onceflow.state_backends.errors",
@@ -159,6 +161,7 @@ __all__ = [
     "Source",
     "SourceError",
     "SourceReader",
+    "StateBackendConfig",
     "Stream",
     "TimestampAssigner",
     "TumblingEventTimeWindows",

@@ -1,4 +1,4 @@
-"""Keyed state for onceflow: key groups, the heap backend and Arrow state files.
+"""Keyed state for onceflow: key groups, the heap and disk backends and Arrow state files.
 
 The lowest layer: it imports nothing from ``operators`` or ``engine``. It decides
 where a key lives and how state is stored; when to snapshot and which files make
@@ -8,6 +8,8 @@ up a checkpoint is ``engine``'s job.
 from __future__ import annotations
 
 from onceflow.state_backends.arrow_snapshot import StateFileHandle, read_state_file, write_state_file
+from onceflow.state_backends.config import STATE_BACKENDS, StateBackendConfig
+from onceflow.state_backends.disk import DiskKeyedState
 from onceflow.state_backends.errors import (
     CorruptStateError,
     ErrorDomain,
@@ -32,7 +34,9 @@ from onceflow.state_backends.key_groups import (
 __all__ = [
     "DEFAULT_MAX_PARALLELISM",
     "HASH_FUNCTION_ID",
+    "STATE_BACKENDS",
     "CorruptStateError",
+    "DiskKeyedState",
     "ErrorDomain",
     "HeapKeyedState",
     "IncompatibleStateError",
@@ -40,6 +44,7 @@ __all__ = [
     "KeyGroupAssigner",
     "KeyGroupRange",
     "OnceflowError",
+    "StateBackendConfig",
     "StateFileHandle",
     "decode_key",
     "encode_key",

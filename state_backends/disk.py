@@ -56,6 +56,14 @@ _DIR_PREFIX = "onceflow-state-"
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -65,19 +73,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def local_state_directory(base: str | None, label: str) -> str:
-    """Create a fresh directory for one subtask's database under ``base`` (default: the temp dir).
+def sweep_local_state(base: str | None) -> None:
+    """Delete the local databases under ``base`` that belong to processes no longer running.
 
-    The name starts with the process id, so directories of processes that are
-    gone (killed with SIGKILL, which skips every cleanup) are removed here.
+    A process killed with SIGKILL skips every cleanup; its databases are only
+    a cache of a checkpoint, so whoever comes next removes them. Never raises.
     """
     root = os.path.join(base or tempfile.gettempdir(), "onceflow-state")
-    os.makedirs(root, exist_ok=True)
     with contextlib.suppress(OSError):
         for entry in os.listdir(root):
             pid = entry.removeprefix(_DIR_PREFIX).split("-", 1)[0]
             if entry.startswith(_DIR_PREFIX) and pid.isdigit() and not _pid_alive(int(pid)):
                 shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+
+
+def local_state_directory(base: str | None, label: str) -> str:
+    """Create a fresh directory for one subtask's database under ``base`` (default: the temp dir).
+
+    The name starts with the process id, so :func:`sweep_local_state` can tell
+    the directories of processes that are gone; they are removed here first.
+    """
+    sweep_local_state(base)
+    root = os.path.join(base or tempfile.gettempdir(), "onceflow-state")
+    os.makedirs(root, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "._" else "_" for c in label)[:80]
     return tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-{safe}-", dir=root)
 
@@ -347,4 +365,4 @@ class DiskSnapshot:
         self.release()
 
 
-__all__ = ["DiskKeyedState", "DiskSnapshot", "DiskTable", "local_state_directory"]
+__all__ = ["DiskKeyedState", "DiskSnapshot", "DiskTable", "local_state_directory", "sweep_local_state"]
