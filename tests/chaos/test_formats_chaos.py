@@ -14,7 +14,8 @@ and between a kill and the rerun; a graceful stop (SIGTERM) ends the last
 run once everything is committed: each file counted once. The readers test
 reads the committed Parquet output with ``pyarrow.dataset`` and DuckDB over
 and over while a job writes it: no read may fail on a partial file or see a
-row twice.
+row twice. The commit-phase test kills the partitioned Parquet job at named
+crash points of the two-phase commit, then finishes it exactly.
 """
 
 from __future__ import annotations
@@ -342,4 +343,48 @@ def test_readers_never_see_partial_parquet_files_while_a_job_writes(
         reads_mid_run=mid,
         read_errors=len(errors),
         **{k: figures[k] for k in ("committed", "expected", "duplicates", "lost", "unexpected")},
+    )
+
+
+CRASH_LABELS = [
+    "after_pending_rename_before_commit_rename",
+    "mid_commit",
+    "after_metadata_before_notify",
+    "after_task_snapshots_before_metadata",
+]
+
+
+@pytest.mark.timeout(300)
+def test_partitioned_parquet_commit_survives_a_kill_at_each_commit_phase(
+    tmp_path_factory, chaos_dir, chaos_seed
+) -> None:
+    """Kill -9 at each commit phase (``mid_commit``: before the n-th partition file moves), then finish."""
+    workload = make_input(tmp_path_factory.mktemp("in-crash"), "csv")
+    run = FormatsChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        out_format="parquet",
+        parallelism=2,
+        delay_us=SPIN_US // 3,
+        params={"in_format": "csv", "out_format": "parquet", "partition": "1"},
+        args=BATCH,
+    )
+    for kind, spec in run.fault_plan(0, CRASH_LABELS, max_n=4):
+        assert kind == "crash"
+        outcome = run.run(crash_at=str(spec))
+        if outcome.returncode == 0:
+            break  # the job ended before the label's n-th pass; nothing left to kill
+        run.expect_killed(outcome)
+    labels = sorted(run.kills)
+    assert len(labels) >= 3, f"only {labels} crash points fired; {run.where()}"
+    run.run_to_completion()
+    figures = run.check_final()
+    run.summary(
+        "test_partitioned_parquet_commit_survives_a_kill_at_each_commit_phase",
+        {"p": run.parallelism, "repo": REPO.name},
+        **{
+            k: figures[k]
+            for k in ("committed", "expected", "duplicates", "lost", "unexpected", "wrong_value")
+        },
     )
