@@ -81,7 +81,11 @@ def compression_of(owner: str, path: str, compression: str | None) -> str | None
 
 
 class BadRow:
-    """A line that does not decode as a record of the format: what it was, and why."""
+    """A line that does not decode as a record of the format: what it was, and why.
+
+    The error is a :class:`SourceDecodeError` (user domain): the same input
+    fails the same way on every attempt, so the runner does not retry it.
+    """
 
     __slots__ = ("error", "index", "line")
 
@@ -148,13 +152,15 @@ def _decode_csv(lines: list[str], header: list[str]) -> tuple[list, list[BadRow]
         try:
             row = next(csv.reader([line], strict=True), [])
         except csv.Error as exc:
-            bad.append(BadRow(i, line, ValueError(f"malformed CSV row: {exc}")))
+            bad.append(BadRow(i, line, SourceDecodeError(f"malformed CSV row: {exc}")))
             continue
         if len(row) == width:
             kept.append(i)
             records.append(dict(zip(header, row, strict=True)))
         elif row:
-            error = ValueError(f"CSV row has {len(row)} fields, the header has {width} ({', '.join(header)})")
+            error = SourceDecodeError(
+                f"CSV row has {len(row)} fields, the header has {width} ({', '.join(header)})"
+            )
             bad.append(BadRow(i, line, error))
     return records, bad, kept
 
@@ -174,7 +180,7 @@ def _decode_jsonl(lines: list[str]) -> tuple[list, list[BadRow], list[int] | Non
         try:
             records.append(loads(line))
         except ValueError as exc:
-            bad.append(BadRow(i, line, ValueError(f"malformed JSON: {exc}")))
+            bad.append(BadRow(i, line, SourceDecodeError(f"malformed JSON: {exc}")))
             continue
         kept.append(i)
     return records, bad, kept
