@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from onceflow.engine.api import Job
+from onceflow.engine.checkpoint.inspect import format_sizes, keyed_state_table, state_sizes
 from onceflow.engine.checkpoint.metadata import CheckpointMetadata
 from onceflow.engine.checkpoint.paths import CheckpointPaths
+from onceflow.engine.checkpoint.restore import load_operator_keyed_state
 from onceflow.engine.checkpoint.retention import plan_deletions, surviving_references
 from onceflow.engine.checkpoint.store import CheckpointStore, list_jobs
 from onceflow.engine.coordinator import CoordinatorSettings
@@ -218,9 +220,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--verbose", "-v", action="store_true")
 
     chk_args(actions.add_parser("list", help="list every job's checkpoints"))
-    inspect = actions.add_parser("inspect", help="print a checkpoint's metadata")
+    inspect = actions.add_parser(
+        "inspect",
+        help="show a checkpoint's state size per operator, its metadata, or an operator's keyed state",
+    )
     chk_args(inspect)
     inspect.add_argument("--id", type=int, help="checkpoint id (default: the latest completed)")
+    shown = inspect.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print the checkpoint's _metadata as JSON")
+    shown.add_argument(
+        "--state",
+        metavar="UID",
+        help="the keyed state of operator UID as a table (state, key_group, key, value)",
+    )
+    inspect.add_argument(
+        "--out", metavar="FILE", help="with --state: write the table to FILE (.parquet or .arrow)"
+    )
+    inspect.add_argument(
+        "--limit", type=_positive_int, default=20, help="with --state: rows to print (default 20)"
+    )
     delete = actions.add_parser(
         "delete",
         help="delete one checkpoint (--id N) or all of a job's (--all); refused while a run holds URL",
@@ -428,9 +446,58 @@ def _checkpoints(args: argparse.Namespace) -> int:
         if meta is None:
             sys.stderr.write(f"onceflow: error: no completed checkpoint {chosen} for {jobs[0]!r}\n")
             return EXIT_USAGE
-        print(json.dumps(meta.to_json(), indent=2, sort_keys=True))
+        if args.state is not None:
+            return _inspect_state(store, meta, args.state, args.out, args.limit)
+        if args.out is not None:
+            sys.stderr.write("onceflow: error: --out needs --state UID\n")
+            return EXIT_USAGE
+        if args.json:
+            print(json.dumps(meta.to_json(), indent=2, sort_keys=True))
+        else:
+            print(format_sizes(meta, state_sizes(meta)))
         return EXIT_OK
     return _delete_checkpoints(store, args.id, every=args.all)
+
+
+def _inspect_state(
+    store: CheckpointStore, meta: CheckpointMetadata, uid: str, out: str | None, limit: int
+) -> int:
+    """Print operator ``uid``'s keyed state in ``meta`` as a table, or write it to ``out``."""
+    if out is not None and not out.endswith((".parquet", ".arrow")):
+        sys.stderr.write(f"onceflow: error: --out {out!r}: name a .parquet or .arrow file\n")
+        return EXIT_USAGE
+    try:
+        tables = load_operator_keyed_state(store, meta, uid)
+    except KeyError:
+        uids = ", ".join(sorted({h.uid for h in meta.handles})) or "none"
+        sys.stderr.write(
+            f"onceflow: error: checkpoint {meta.checkpoint_id} has no state of operator uid {uid!r} "
+            f"(operators with state: {uids})\n"
+        )
+        return EXIT_USAGE
+    table = keyed_state_table(tables, meta.max_parallelism)
+    if out is None:
+        print(f"operator {uid!r}, checkpoint {meta.checkpoint_id}: {table.num_rows:,} keyed entries")
+        print(table.schema.to_string(show_schema_metadata=False))
+        for row in table.slice(0, limit).to_pylist():
+            print(f"{row['state']}\t{row['key_group']}\t{row['key']!r}\t{row['value']!r}")
+        if table.num_rows > limit:
+            print(f"... {table.num_rows - limit:,} more (--limit N, or --out FILE.parquet for all)")
+        return EXIT_OK
+    if out.endswith(".parquet"):
+        import pyarrow.parquet as pq  # noqa: PLC0415 - only this option needs it
+
+        pq.write_table(table, out)
+    else:
+        import pyarrow.ipc as ipc  # noqa: PLC0415
+
+        with ipc.new_file(out, table.schema) as writer:
+            writer.write_table(table)
+    print(
+        f"wrote {table.num_rows:,} keyed entries of operator {uid!r} "
+        f"(checkpoint {meta.checkpoint_id}) to {out}"
+    )
+    return EXIT_OK
 
 
 def _delete_checkpoints(store: CheckpointStore, checkpoint_id: int | None, *, every: bool) -> int:

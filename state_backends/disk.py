@@ -109,7 +109,7 @@ class DiskTable:
     and writes the dict directly, then calls :meth:`done` with the same keys.
     """
 
-    __slots__ = ("name", "table_id", "cache", "dirty", "_state")
+    __slots__ = ("name", "table_id", "cache", "dirty", "db_keys", "recent", "previous", "_state")
 
     def __init__(self, state: DiskKeyedState, name: str, table_id: int) -> None:
         self.name = name
@@ -118,6 +118,13 @@ class DiskTable:
         """Hot keys and their values; a key absent here may still be in the database."""
         self.dirty: set[Any] = set()
         """Keys whose cache entry (or absence: a delete) is not yet written to the database."""
+        self.db_keys: dict[Any, bytes] = {}
+        """Database keys of the keys looked up or written since the cache was last emptied
+        (a key is encoded once per stay in the cache, not at every read and write)."""
+        self.recent: set[Any] = set()
+        self.previous: set[Any] = set()
+        """Keys of the latest batches (two generations of a quarter of the cache each): what an
+        eviction keeps, so hot keys stay in memory."""
         self._state = state
 
     def prepare(self, keys: Iterable[Any]) -> dict[Any, Any]:
@@ -133,7 +140,10 @@ class DiskTable:
     def done(self, keys: Iterable[Any]) -> None:
         """Mark the batch's keys as changed; write them out when the cache is full."""
         self.dirty.update(keys)
+        self.recent.update(keys)
         limit = self._state.cache_entries
+        if len(self.recent) > limit // 4:
+            self.previous, self.recent = self.recent, set()
         if len(self.cache) > limit or len(self.dirty) > limit:
             self._state.write(self, evict=True)
 
@@ -193,7 +203,11 @@ class DiskKeyedState:
         """Read ``keys`` from the database into ``table.cache`` (keys not stored stay absent)."""
         db_key = self._db_key
         tid = table.table_id
-        by_db_key = {db_key(tid, key): key for key in keys}
+        known = table.db_keys
+        by_db_key: dict[bytes, Any] = {}
+        for key in keys:
+            k = known[key] = db_key(tid, key)
+            by_db_key[k] = key
         with self._env.begin() as txn:
             found = txn.cursor().getmulti(sorted(by_db_key))
         cache = table.cache
@@ -209,13 +223,17 @@ class DiskKeyedState:
         puts: list[tuple[bytes, bytes]] = []
         deletes: list[bytes] = []
         dumps = pickle.dumps
+        known = table.db_keys
         for key in table.dirty:
+            k = known.get(key)
+            if k is None:
+                k = db_key(tid, key)
             value = cache.get(key, _MISSING)
             if value is _MISSING:
-                deletes.append(db_key(tid, key))
+                deletes.append(k)
                 continue
             try:
-                puts.append((db_key(tid, key), dumps(value, protocol=_PICKLE_PROTOCOL)))
+                puts.append((k, dumps(value, protocol=_PICKLE_PROTOCOL)))
             except Exception as exc:
                 msg = (
                     f"{self.operator_label}: state {table.name!r}, key {key!r}: a value of type "
@@ -231,7 +249,9 @@ class DiskKeyedState:
                 txn.delete(k)
         table.dirty.clear()
         if evict and len(cache) > self.cache_entries:
-            cache.clear()
+            keep = table.recent | table.previous
+            table.cache = {k: v for k in keep if (v := cache.get(k, _MISSING)) is not _MISSING}
+            table.db_keys = {k: b for k in keep if (b := known.get(k)) is not None}
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -267,6 +287,7 @@ class DiskKeyedState:
         for table in self.tables.values():
             table.cache.clear()
             table.dirty.clear()
+            table.db_keys.clear()
         with self._env.begin(write=True) as txn:
             txn.drop(self._env.open_db(txn=txn), delete=False)
         for name, restored in tables.items():
@@ -277,6 +298,7 @@ class DiskKeyedState:
                 table.dirty.update(chunk)
                 self.write(table, evict=False)
                 table.cache.clear()
+                table.db_keys.clear()
 
     def keyed_tables(self) -> dict[str, dict[Any, Any]]:
         """Decode every state into dicts (tests and small states; a snapshot streams instead)."""

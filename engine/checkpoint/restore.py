@@ -279,6 +279,26 @@ def load_states(
     return states
 
 
+def load_operator_keyed_state(
+    store: CheckpointStore, meta: CheckpointMetadata, uid: str
+) -> dict[str, dict[Any, Any]]:
+    """Read the whole keyed state of operator ``uid`` in ``meta`` (all subtasks, chains applied).
+
+    For inspection (``onceflow checkpoints inspect --state UID``): the same
+    files and verification as a restore, over every key group at once.
+
+    Raises:
+        KeyError: no state file of ``meta`` belongs to ``uid``.
+    """
+    handles = sorted((h for h in meta.handles if h.uid == uid), key=lambda h: h.subtask)
+    if not handles:
+        raise KeyError(uid)
+    everything = KeyGroupRange(0, meta.max_parallelism)
+    if any(h.incremental for h in handles):
+        return _load_chains(store, handles, everything)[1]
+    return _load_full(store, handles, everything)[1]
+
+
 def _load_full(
     store: CheckpointStore, handles: list[StateHandle], rng: KeyGroupRange
 ) -> tuple[list[tuple[int, Any]], dict[str, dict[Any, Any]]]:

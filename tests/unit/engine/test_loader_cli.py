@@ -182,7 +182,7 @@ def test_checkpoints_list_and_inspect_after_a_run(
     assert listed[0].startswith("cli-count  chk-1")
     assert "complete" in listed[0] and listed[0].endswith("final")
 
-    assert main(["checkpoints", "inspect", str(finished.chk)]) == 0
+    assert main(["checkpoints", "inspect", str(finished.chk), "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["job"] == "cli-count"
     assert meta["checkpoint_id"] == 1
