@@ -21,13 +21,16 @@ file; the value is the pickled state value. A snapshot therefore streams the
 database into the Arrow state file without decoding a single key or value.
 
 Memory: what lives on the Python heap is bounded by ``cache_entries`` per
-state (the hot keys and the changes not yet written). Pages of the database
-file are memory-mapped by the operating system and evicted by it as needed.
+state (the hot keys and the changes not yet written). LMDB reads through a
+memory map of its file; the pages lookups and snapshots touched are given back
+regularly (:class:`_MappedPages`), so the database's size does not show up in
+the process's memory: its data stays in the OS page cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pickle
 import shutil
@@ -53,6 +56,59 @@ _MAP_SIZE = 1 << 40
 """Address space reserved for the database file (it grows on disk only as written)."""
 _MISSING = object()
 _DIR_PREFIX = "onceflow-state-"
+_MADV_DONTNEED = 4
+"""Linux: drop the pages of a range from this process's page tables (a shared file mapping
+keeps its data in the page cache; the next read faults the page back in)."""
+_libc: Any = None
+
+
+def _madvise_dontneed(start: int, length: int) -> None:
+    global _libc  # noqa: PLW0603 - loaded once, on first use
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    _libc.madvise(start, length, _MADV_DONTNEED)
+
+
+class _MappedPages:
+    """The memory map of one LMDB data file, so the pages this process touched can be given back.
+
+    LMDB reads through a shared, read-only mapping of its file (writes go
+    through ``pwrite``), and every page a lookup or a snapshot touched stays
+    in the process's resident set. :meth:`release` drops them from the page
+    tables (Linux ``madvise(MADV_DONTNEED)``); their data stays in the OS page
+    cache, which the kernel shrinks as it needs, so the process's memory stays
+    bounded by the cache and not by the database size. Elsewhere a no-op.
+    """
+
+    def __init__(self, data_file: str) -> None:
+        self.data_file = data_file
+        self.ranges: list[tuple[int, int]] | None = None
+        self.touched = 0
+        """Keys read since the last release (lookups call :meth:`release` every so many)."""
+
+    def _find(self) -> list[tuple[int, int]]:
+        ranges: list[tuple[int, int]] = []
+        with contextlib.suppress(OSError), open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                if line.rstrip("\n").endswith(self.data_file):
+                    start, end = line.split(None, 1)[0].split("-")
+                    ranges.append((int(start, 16), int(end, 16)))
+        return ranges
+
+    def release(self) -> None:
+        """Give back the resident pages of the mapping (cheap for pages never touched)."""
+        self.touched = 0
+        if self.ranges is None:
+            self.ranges = self._find()
+        try:
+            size = os.path.getsize(self.data_file)
+        except OSError:
+            return
+        for start, end in self.ranges:
+            length = min(end - start, size + (1 << 21))
+            if length > 0:
+                _madvise_dontneed(start, length)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -171,6 +227,7 @@ class DiskKeyedState:
         self._env = lmdb.open(
             directory, map_size=_MAP_SIZE, sync=False, metasync=False, readahead=False, max_readers=64
         )
+        self.pages = _MappedPages(os.path.realpath(os.path.join(directory, "data.mdb")))
         self._lock = threading.Lock()
         self._open_snapshots = 0
         self._closing = False
@@ -214,6 +271,9 @@ class DiskKeyedState:
         loads = pickle.loads
         for k, raw in found:
             cache[by_db_key[k]] = loads(raw)
+        self.pages.touched += len(by_db_key)
+        if self.pages.touched > self.cache_entries // 4:
+            self.pages.release()
 
     def write(self, table: DiskTable, *, evict: bool) -> None:
         """Write ``table``'s changed keys to the database; with ``evict``, empty the cache if full."""
@@ -249,6 +309,7 @@ class DiskKeyedState:
                 txn.delete(k)
         table.dirty.clear()
         if evict and len(cache) > self.cache_entries:
+            self.pages.release()
             keep = table.recent | table.previous
             table.cache = {k: v for k in keep if (v := cache.get(k, _MISSING)) is not _MISSING}
             table.db_keys = {k: b for k in keep if (b := known.get(k)) is not None}
@@ -363,6 +424,7 @@ class DiskSnapshot:
                 low = pc.cast(data.take(pc.add(starts, at + 1)), pa.int32())
                 return pc.add(pc.multiply(high, 256), low)
 
+            self._state.pages.release()  # the pages this chunk was read from
             yield u16(0), u16(2), keys, values
 
     def to_dicts(self) -> dict[str, dict[Any, Any]]:

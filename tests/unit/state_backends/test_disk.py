@@ -178,3 +178,32 @@ def test_unknown_backend_and_bad_cache_size_are_refused():
         StateBackendConfig("rocks")
     with pytest.raises(ValueError, match="cache_entries must be at least 1"):
         StateBackendConfig("disk", cache_entries=0)
+
+
+def _resident_kib(path: str) -> int:
+    """Resident KiB of this process's mappings of ``path`` (Linux ``/proc/self/smaps``)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps", encoding="utf-8") as smaps:
+        for line in smaps:
+            first = line.split(None, 1)[0]
+            if "-" in first and all(c in "0123456789abcdef-" for c in first):
+                inside = line.rstrip().endswith(path)
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_database_pages_read_by_lookups_and_snapshots_are_given_back(make):
+    state = make(cache_entries=1000)
+    for start in range(0, 100_000, 1000):
+        _apply(state, "value", {f"key-{i}": ("x" * 40, i) for i in range(start, start + 1000)})
+    data_file = state.pages.data_file
+    assert os.path.getsize(data_file) > 4 << 20
+    snapshot = state.snapshot()
+    assert len(snapshot.to_dicts()["value"]) == 100_000  # streams every page of the file
+    assert _resident_kib(data_file) < 1024
+    state.load(state.table("value"), [f"key-{i}" for i in range(0, 100_000, 7)])
+    state.pages.release()
+    assert _resident_kib(data_file) < 1024
+    snapshot.release()
