@@ -165,7 +165,12 @@ class HashGate(OutputGate):
                 # 0/1, so they select target 1 themselves and their negation target 0.
                 targets = list(map(get, keys))
                 if None in targets:
-                    targets = [t if t is not None else self._miss(k) for t, k in zip(targets, keys)]
+                    # a key new to this batch may come many times in it: hash it once
+                    miss = self._miss
+                    targets = [
+                        t if t is not None else (route[k] if k in route else miss(k))
+                        for t, k in zip(targets, keys)
+                    ]
                 others = list(map(not_, targets))
                 out_records = [list(compress(records, others)), list(compress(records, targets))]
                 out_keys = [list(compress(keys, others)), list(compress(keys, targets))]

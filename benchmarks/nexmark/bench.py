@@ -105,6 +105,8 @@ def _one(args: argparse.Namespace) -> int:
     result["n_lines"] = len(lines)
     result["lines_digest"] = _digest(lines) if args.one[0] in ("q5", "q7") else None
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["cpu_s"] = round(own.ru_utime + own.ru_stime, 3)
+    result["workers_cpu_s"] = round(children.ru_utime + children.ru_stime, 3)
     result["max_rss_mb"] = round(own.ru_maxrss / 1024, 1)
     result["children_max_rss_mb"] = round(children.ru_maxrss / 1024, 1)
     sys.stdout.write("\n" + json.dumps(result) + "\n")
