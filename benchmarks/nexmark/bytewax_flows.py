@@ -108,8 +108,7 @@ def build(query: str, data: Path, out: Path) -> Any:
             counts,
             lambda kv: ("all", (kv[0], EPOCH + timedelta(seconds=2 * kv[1][0], microseconds=-1), kv[1])),
         )
-        # the counts of one window arrive from many keys at once: the second stage waits for end of input
-        top_clock = win.EventClock(lambda v: v[1], wait_for_system_duration=timedelta(days=1))
+        top_clock = win.EventClock(lambda v: v[1], wait_for_system_duration=IN_ORDER)
         tumbling = win.TumblingWindower(timedelta(seconds=2), EPOCH)
         windows = win.collect_window("top", stamped, top_clock, tumbling).down
         lines = op.flat_map("hottest", windows, _hottest)

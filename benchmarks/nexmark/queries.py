@@ -45,6 +45,8 @@ QUERIES = ("q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "q9", "q11", "q
 MAX_AUCTION_SECONDS = 20.0
 """The generator's longest auction: a bid can win an auction only this long after it opened."""
 Q3_STATES = ("OR", "ID", "CA")
+UNTIMED = ("q0", "q1", "q2")
+"""Queries that need no event time: run alone, their streams get no ``assign_timestamps``."""
 
 
 # -- parsing and formatting --------------------------------------------------------------------
@@ -107,17 +109,20 @@ def _auction_ts(record: tuple) -> float:
 class Sources:
     """The three event streams of one job, read and parsed lazily (a query uses what it needs)."""
 
-    def __init__(self, job: Job, input: str, max_delay: float) -> None:
-        self.job, self.input, self.max_delay = job, input.rstrip("/"), max_delay
+    def __init__(self, job: Job, input: str, max_delay: float, *, timed: bool = True) -> None:
+        self.job, self.input, self.max_delay, self.timed = job, input.rstrip("/"), max_delay, timed
         self._made: dict[str, Any] = {}
 
     def _read(self, kind: str, parse: Any, ts: Any) -> Any:
         if kind not in self._made:
-            self._made[kind] = (
-                self.job.source(FileSource(f"{self.input}/{kind}"), name=f"read-{kind}", uid=f"read-{kind}")
-                .map_batches(parse, name=f"parse-{kind}", uid=f"parse-{kind}")
-                .assign_timestamps(ts, max_delay=self.max_delay, name=f"time-{kind}", uid=f"time-{kind}")
-            )
+            stream = self.job.source(
+                FileSource(f"{self.input}/{kind}"), name=f"read-{kind}", uid=f"read-{kind}"
+            ).map_batches(parse, name=f"parse-{kind}", uid=f"parse-{kind}")
+            if self.timed:
+                stream = stream.assign_timestamps(
+                    ts, max_delay=self.max_delay, name=f"time-{kind}", uid=f"time-{kind}"
+                )
+            self._made[kind] = stream
         return self._made[kind]
 
     @property
@@ -422,7 +427,7 @@ def build(query: str, input: str, output: str, *, max_delay: float = 0.0) -> Job
         msg = f"unknown Nexmark query {query!r}: one of {', '.join(QUERIES)} or 'all'"
         raise ValueError(msg)
     job = Job(f"nexmark-{query}")
-    sources = Sources(job, input, max_delay)
+    sources = Sources(job, input, max_delay, timed=query not in UNTIMED)
     if query == "all":
         for name in QUERIES:
             BUILDERS[name](sources, f"{output.rstrip('/')}/{name}")
