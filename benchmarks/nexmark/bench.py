@@ -37,9 +37,15 @@ JOB_FILE = REPO / "benchmarks" / "jobs" / "nexmark.py"
 VARIANTS = {
     "q0": ["plain", "p1", "bytewax"],
     "q1": ["plain", "p1", "bytewax"],
-    "q5": ["plain", "p1", "bytewax"],
+    "q5": ["plain", "p1"],  # Bytewax: see BYTEWAX_Q5
     "q7": ["plain", "p1", "proc-p1", "proc-p2", "bytewax"],
 }
+BYTEWAX_Q5 = (
+    "Bytewax q5 is left out at 1,000,000 events: one run of its SlidingWindower count took 343 s and "
+    "committed 608 of the 671 window results (its event clock also advances with the wall clock, so "
+    "on a slow run the second stage sees windows as late); at 100,000 events it took 5.2 s with the "
+    "right 75 lines (plain loop 0.14 s). `--bytewax-q5` puts it back."
+)
 TARGETS = [
     ("q0", "p1", "plain", 0.9),
     ("q1", "p1", "plain", 0.9),
@@ -247,6 +253,8 @@ def render(report: dict[str, Any]) -> str:
             f"| {', '.join(f'{s:.2f}' for s in r['all_s'])} "
             f"| {r['bids_per_s']:,} | {r['ratio_to_plain']:.2f} | {r['max_rss_mb']} |"
         )
+    if "bytewax" not in report["runs"].get("q5", {"bytewax": 1}):
+        lines += ["", BYTEWAX_Q5]
     lines += ["", "| target | ratio | goal | met |", "| --- | --- | --- | --- |"]
     for what, ratio, goal, met in targets(report):
         lines.append(
@@ -292,9 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=sorted(VARIANTS, key=lambda q: int(q[1:])))
     parser.add_argument("--one", nargs=2, metavar=("QUERY", "VARIANT"), help="one measurement (internal)")
     parser.add_argument("--data", help="with --one: the generated events")
+    parser.add_argument("--bytewax-q5", action="store_true", help="also run q5 on Bytewax (slow)")
     args = parser.parse_args(argv)
     if args.one:
         return _one(args)
+    if args.bytewax_q5:
+        VARIANTS["q5"].append("bytewax")
     tmp = tempfile.mkdtemp(prefix="nexmark-bench-", dir=args.tmp)
     try:
         report = run_all(args.n, args.reps, Path(args.out), tmp, args.only, lambda m: print(m, flush=True))
