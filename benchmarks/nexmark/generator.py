@@ -137,6 +137,14 @@ def _person(rng: random.Random, next_id: int, hot_ratio: int) -> int:
     return max(FIRST_PERSON_ID, last - rng.randrange(NUM_ACTIVE_PEOPLE))
 
 
+def count_events(directory: Path | str) -> Counts:
+    """Count the events ``generate`` wrote under ``directory`` (one per line)."""
+    n = {}
+    for kind in KINDS:
+        n[kind] = sum(sum(1 for _ in open(p, "rb")) for p in sorted((Path(directory) / kind).iterdir()))
+    return Counts(n["persons"], n["auctions"], n["bids"])
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.nexmark.generator DIR N [SEED]``: write N events under DIR."""
     import sys
