@@ -342,6 +342,12 @@ class ChaosRun(CliRuns):
     def where(self) -> str:
         return f"chaos seed={self.seed} dir={self.root} (replay with CHAOS_SEED={self.seed})"
 
+    def rescale(self, parallelism: int) -> None:
+        """Run the next runs at ``parallelism``: they restore the latest checkpoint rescaled."""
+        at = self.args.index("--parallelism")
+        self.args[at + 1] = str(parallelism)
+        self.parallelism = parallelism
+
     def after_kill(self, outcome: RunOutcome) -> None:
         """Check the committed output after every kill."""
         self.check_intermediate(f"after run {outcome.index} ({outcome.label}, {outcome.seconds:.2f} s)")

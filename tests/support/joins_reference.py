@@ -134,14 +134,19 @@ def _window_totals(key: int, window: Any, lefts: list, rights: list) -> list:
     ]
 
 
-def joins_job(w: JoinWorkload, left_source: Any, right_source: Any, sink: Any, name: str = "joins") -> Job:
-    """The three two-input operators over the two sources, into one sink; every stateful uid set."""
-    job = Job(name)
+def join_streams(w: JoinWorkload, job: Job, left_source: Any, right_source: Any, parse: Any = None) -> Any:
+    """The three two-input operators over the two sources, as one stream; every stateful uid set.
+
+    ``parse`` (optional) turns a batch of source records into events, e.g. CSV
+    lines read from files; by default each record is parsed on its own.
+    """
     sides = []
     for label, source in (("left", left_source), ("right", right_source)):
-        stream = job.source(source, name=label, uid=label, parallelism=1).map(
-            _event, name=f"{label}-parse", parallelism=1
-        )
+        stream = job.source(source, name=label, uid=label, parallelism=1)
+        if parse is None:
+            stream = stream.map(_event, name=f"{label}-parse", parallelism=1)
+        else:
+            stream = stream.map_batches(parse, name=f"{label}-parse", parallelism=1)
         sides.append(
             stream.assign_timestamps(lambda e: e[2], max_delay=w.max_delay, name=f"{label}-ts", parallelism=1)
         )
@@ -153,8 +158,30 @@ def joins_job(w: JoinWorkload, left_source: Any, right_source: Any, sink: Any, n
     windowed = left.window_join(right, TumblingEventTimeWindows(w.window)).process(
         _window_totals, name="window", uid="window"
     )
-    connected.union(interval, windowed).sink(sink, name="out", uid="out")
+    return connected.union(interval, windowed)
+
+
+def joins_job(w: JoinWorkload, left_source: Any, right_source: Any, sink: Any, name: str = "joins") -> Job:
+    """:func:`join_streams` into one sink."""
+    job = Job(name)
+    join_streams(w, job, left_source, right_source).sink(sink, name="out", uid="out")
     return job
+
+
+def output_line(record: tuple) -> str:
+    """One output record as a line (what the chaos job commits): its fields joined by ``|``."""
+    return "|".join(map(str, record))
+
+
+def write_events(directory: Any, events: list[Event], files: int) -> None:
+    """Write events as CSV lines ``id,key,ts,value`` into ``files`` files, read back in order."""
+    directory.mkdir(parents=True, exist_ok=True)
+    per = math.ceil(len(events) / files)
+    for f in range(files):
+        chunk = events[f * per : (f + 1) * per]
+        (directory / f"events-{f:02d}.csv").write_text(
+            "".join(f"{i},{k},{t!r},{v}\n" for i, k, t, v in chunk)
+        )
 
 
 def _event(record: Any) -> Event:

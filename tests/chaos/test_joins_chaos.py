@@ -1,0 +1,118 @@
+"""Joins chaos: SIGKILL ``onceflow run`` of connect, interval_join and window_join at random moments,
+rescaling between runs (1 -> 2 -> 3 -> 2 ...), rerun until it finishes, compare with the
+plain-Python reference.
+
+The job (``tests/support/jobs/joins_chaos_job.py``) reads two event logs, each with one
+reader, and runs the three two-input operators of ``tests/support/joins_reference.py`` at the
+run's parallelism: keyed state of both inputs, cleanup and bucket timers and open windows
+are restored at another parallelism after every kill. Every output record is unique (an
+interval pair by its two ids, a bucket or window by key and start) and, as the input never
+has a late record, fixed: so after every kill the committed lines must be a subset of the
+reference without duplicates, no committed line may vanish, and at the end they must equal it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.support.chaos import JOBS, ChaosRun, Workload
+from tests.support.joins_reference import JoinWorkload, output_line, write_events
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
+WORKLOAD = JoinWorkload(n=60_000, n_keys=200)
+FILES = 3
+SLOW_US = 60
+"""Spin per record: a full run takes several seconds, so random kills land mid-run."""
+PARALLELISMS = [2, 3, 1]
+
+
+class JoinsChaosRun(ChaosRun):
+    """Runs of ``joins_chaos_job.py``, checked against the reference's lines."""
+
+    def __init__(self, root: Path, workload: Workload, seed: int, *, want: set[str], **kwargs) -> None:
+        self.want = want
+        self.committed_at_kill: list[int] = []
+        super().__init__(root, workload, seed, job_file=JOBS / "joins_chaos_job.py", mode="joins", **kwargs)
+
+    def figures(self, lines: list[str]) -> dict[str, int]:
+        got = Counter(lines)
+        return {
+            "committed": len(lines),
+            "expected": len(self.want),
+            "duplicates": sum(c - 1 for c in got.values()),
+            "lost": len(self.want - got.keys()),
+            "unexpected": len(got.keys() - self.want),
+            "wrong_value": 0,
+        }
+
+    def check_intermediate(self, when: str) -> dict[str, int]:
+        lines = self.committed()
+        figures = self.figures(lines)
+        bad = {k: figures[k] for k in ("duplicates", "unexpected")}
+        assert not any(bad.values()), f"{when}: committed output broken {bad}; {self.where()}"
+        current = set(lines)
+        vanished = self.previous - current
+        assert not vanished, f"{when}: {len(vanished)} committed lines disappeared; {self.where()}"
+        self.previous = current
+        if when.startswith("after run"):
+            self.committed_at_kill.append(len(lines))
+        return figures
+
+    def final_figures(self) -> dict[str, int]:
+        self.check_intermediate("final")
+        figures = self.figures(self.committed())
+        assert figures["lost"] == 0 and figures["committed"] == figures["expected"], (
+            f"final output differs from the reference: {figures}; {self.where()}"
+        )
+        return figures
+
+
+@pytest.fixture(scope="module")
+def joins_workload(tmp_path_factory) -> tuple[Workload, set[str]]:
+    lefts, rights = WORKLOAD.events()
+    directory = tmp_path_factory.mktemp("joins-chaos-input")
+    write_events(directory / "left", lefts, FILES)
+    write_events(directory / "right", rights, FILES)
+    want = {output_line(r) for r in WORKLOAD.reference(lefts, rights)}
+    return Workload(directory, 2 * WORKLOAD.n, WORKLOAD.n_keys, 2 * FILES), want
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_joins_survive_random_kills_with_rescaling(executor, joins_workload, chaos_dir, chaos_seed) -> None:
+    """Kill at >= 4 random moments (seeded), each rerun at another parallelism, then finish:
+    0 lost, 0 duplicated, 0 unexpected lines."""
+    workload, want = joins_workload
+    run = JoinsChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        want=want,
+        parallelism=PARALLELISMS[0],
+        executor=executor,
+        delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
+    )
+    finished = False
+    scales = [PARALLELISMS[0]]
+    while sum(run.kills.values()) < 5:
+        outcome = run.run(kill_after=run.rng.uniform(0.8, 2.5))
+        if outcome.returncode == 0:
+            finished = True
+            break
+        run.expect_killed(outcome)
+        run.rescale(PARALLELISMS[len(scales) % len(PARALLELISMS)])
+        scales.append(run.parallelism)
+    kills = sum(run.kills.values())
+    assert kills >= 4, f"the job finished after only {kills} kills; {run.where()}"
+    if not finished:
+        run.run_to_completion()
+    figures = run.check_final()
+    final = figures["committed"]
+    mid_run = [c for c in run.committed_at_kill if 0 < c < final]
+    assert len(mid_run) >= 3, f"kills did not land mid-run: {run.committed_at_kill} of {final}"
+    line = run.report(f"test_joins_survive_random_kills_with_rescaling[{executor}]", figures)
+    print(f"{line} parallelism_per_run={scales} committed_at_kills={run.committed_at_kill}")

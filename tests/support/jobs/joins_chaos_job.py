@@ -1,0 +1,44 @@
+"""The joins chaos job: connect, interval_join and window_join over two event logs in files.
+
+Input: ``input/left`` and ``input/right``, CSV lines ``id,key,ts,value`` in arrival
+order (written by ``tests/chaos/test_joins_chaos.py``), each read by one reader
+with an optional per-record spin (so a run can be killed mid-way). The graph is
+``tests/support/joins_reference.py``'s; each output record is committed as one
+line (fields joined by ``|``) through one ``FileSink``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from onceflow import FileSink, FileSource, Job
+from tests.support.joins_reference import JoinWorkload, join_streams, output_line
+
+
+def _parse_batch(delay_s: float):
+    def parse(lines: list) -> list:
+        if delay_s > 0:
+            end = time.perf_counter() + delay_s * len(lines)
+            while time.perf_counter() < end:
+                pass
+        out = []
+        for line in lines:
+            i, key, ts, value = line.split(",")
+            out.append((int(i), int(key), float(ts), int(value)))
+        return out
+
+    return parse
+
+
+def build(input: str = "", output: str = "", delay_us: str = "0", mode: str = "joins") -> Job:
+    job = Job("chaos-joins")
+    parse = _parse_batch(float(delay_us) / 1e6)
+    stream = join_streams(
+        JoinWorkload(),
+        job,
+        FileSource(f"{input}/left", read_size=4096),
+        FileSource(f"{input}/right", read_size=4096),
+        parse,
+    )
+    stream.map(output_line, name="lines").sink(FileSink(output), name="write", uid="write")
+    return job
