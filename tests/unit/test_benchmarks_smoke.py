@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -74,3 +76,27 @@ def test_formats_benchmark_runs_and_checks_both_outputs(tmp_path: Path) -> None:
     assert report["csv_hourly_parquet"]["rows_or_groups_out"] > 0
     assert report["parquet_map_batches"]["rows_or_groups_out"] > 0
     assert report["parquet_map_batches"]["throughput_ratio_onceflow_vs_pyarrow"] > 0
+
+
+@pytest.mark.slow
+def test_nexmark_benchmark_runs_and_checks_every_variant_against_the_loop(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.nexmark.bench", "--n", "20000", "--reps", "1"]
+        + ["--only", "q0", "q5", "q7", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert {(r["query"], r["variant"]) for r in report["table"]} >= {
+        ("q0", "p1"),
+        ("q5", "p1"),
+        ("q7", "proc-p2"),
+    }
+    assert "| target |" in (tmp_path / "results.md").read_text(encoding="utf-8")
