@@ -28,7 +28,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
@@ -37,6 +37,14 @@ from onceflow.operators.event_time import (
     frozen_copy,
     restored_watermark,
     timestamp_fn_failed,
+)
+from onceflow.operators.named_state import (
+    TTL_PREFIX,
+    ListState,
+    MapState,
+    ValueState,
+    check_ttl,
+    expired_keys,
 )
 from onceflow.state_backends.heap import HeapKeyedState
 
@@ -68,137 +76,6 @@ class KeyedProcessFunction:
     def on_timer(self, timestamp: float, ctx: ProcessContext) -> Iterable[Any] | None:
         """Handle a timer of key ``ctx.key`` firing at ``timestamp``; return records to emit."""
         return None
-
-
-class ValueState:
-    """One value per key: ``value()`` (None if unset), ``update(v)``, ``clear()``.
-
-    Treat the value as immutable: ``update`` with a new one instead of changing it in place.
-    """
-
-    __slots__ = ("_op", "_table")
-
-    def __init__(self, op: KeyedProcessOperator, table: dict) -> None:
-        self._op = op
-        self._table = table
-
-    def value(self, default: Any = None) -> Any:
-        """Return the current key's value, or ``default``."""
-        return self._table.get(self._op.current_key, default)
-
-    def update(self, value: Any) -> None:
-        """Set the current key's value (None clears it)."""
-        if value is None:
-            self._table.pop(self._op.current_key, None)
-        else:
-            self._table[self._op.current_key] = value
-
-    def clear(self) -> None:
-        """Forget the current key's value."""
-        self._table.pop(self._op.current_key, None)
-
-
-class ListState:
-    """A list per key: ``get()``, ``add(v)``, ``update(values)``, ``clear()``."""
-
-    __slots__ = ("_op", "_table")
-
-    def __init__(self, op: KeyedProcessOperator, table: dict) -> None:
-        self._op = op
-        self._table = table
-
-    def get(self) -> list:
-        """Return a copy of the current key's list (empty if unset)."""
-        return list(self._table.get(self._op.current_key, ()))
-
-    def add(self, value: Any) -> None:
-        """Append to the current key's list."""
-        key = self._op.current_key
-        values = self._table.get(key)
-        if values is None:
-            self._table[key] = [value]
-        else:
-            values.append(value)
-
-    def update(self, values: Iterable[Any]) -> None:
-        """Replace the current key's list."""
-        values = list(values)
-        if values:
-            self._table[self._op.current_key] = values
-        else:
-            self._table.pop(self._op.current_key, None)
-
-    def clear(self) -> None:
-        """Empty the current key's list."""
-        self._table.pop(self._op.current_key, None)
-
-
-class MapState:
-    """A dict per key: ``get``, ``put``, ``remove``, ``contains``, ``items``, ``keys``, ``clear``..."""
-
-    __slots__ = ("_op", "_table")
-
-    def __init__(self, op: KeyedProcessOperator, table: dict) -> None:
-        self._op = op
-        self._table = table
-
-    def _map(self) -> dict | None:
-        return self._table.get(self._op.current_key)
-
-    def _map_or_new(self) -> dict:
-        key = self._op.current_key
-        found = self._table.get(key)
-        if found is None:
-            found = self._table[key] = {}
-        return found
-
-    def get(self, name: Any, default: Any = None) -> Any:
-        """Return the value under ``name`` for the current key."""
-        found = self._map()
-        return default if found is None else found.get(name, default)
-
-    def put(self, name: Any, value: Any) -> None:
-        """Set ``name`` to ``value`` for the current key."""
-        self._map_or_new()[name] = value
-
-    def remove(self, name: Any) -> None:
-        """Delete ``name`` for the current key (no error if absent)."""
-        found = self._map()
-        if found is not None:
-            found.pop(name, None)
-            if not found:
-                self._table.pop(self._op.current_key, None)
-
-    def contains(self, name: Any) -> bool:
-        """Whether ``name`` is set for the current key."""
-        found = self._map()
-        return found is not None and name in found
-
-    __contains__ = contains
-
-    def items(self) -> list[tuple[Any, Any]]:
-        """Return a copy of the current key's entries."""
-        found = self._map()
-        return [] if found is None else list(found.items())
-
-    def keys(self) -> list[Any]:
-        """Return a copy of the current key's names."""
-        return [k for k, _ in self.items()]
-
-    def values(self) -> list[Any]:
-        """Return a copy of the current key's values."""
-        return [v for _, v in self.items()]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        found = self._map()
-        return 0 if found is None else len(found)
-
-    def clear(self) -> None:
-        """Forget every entry of the current key."""
-        self._table.pop(self._op.current_key, None)
 
 
 class TimerService:
@@ -279,27 +156,35 @@ class ProcessContext:
         """The operator's current event time (-inf before the first watermark)."""
         return self._op.watermark
 
-    def _state(self, kind: str, cls: type, name: str) -> Any:
+    def _state(self, kind: str, cls: type, name: str, ttl: float | None) -> Any:
         handle = self._states.get((kind, name))
         if handle is None:
             if not isinstance(name, str) or not name:
                 msg = f"{self._op.name}: state names are non-empty strings, got {name!r}"
                 raise TypeError(msg)
+            seconds = check_ttl(ttl, f"{self._op.name}: {kind}_state({name!r})")
             table = self._op.state.table(f"{kind}:{name}")
-            handle = self._states[(kind, name)] = cls(self._op, table)
+            expiry = self._op.state.table(f"{TTL_PREFIX}{kind}:{name}") if seconds is not None else None
+            handle = self._states[(kind, name)] = cls(self._op, table, seconds, expiry)
+        elif ttl != handle._ttl:  # noqa: SLF001 - one module's handles
+            msg = (
+                f"{self._op.name}: {kind}_state({name!r}) is used with ttl={handle._ttl!r} "  # noqa: SLF001
+                f"and ttl={ttl!r}; give one state one time-to-live"
+            )
+            raise TypeError(msg)
         return handle
 
-    def value_state(self, name: str) -> ValueState:
-        """Return the named value state of the current key."""
-        return self._state("value", ValueState, name)
+    def value_state(self, name: str, *, ttl: float | None = None) -> ValueState:
+        """Return the named value state of the current key (``ttl``: seconds since its last write)."""
+        return self._state("value", ValueState, name, ttl)
 
-    def list_state(self, name: str) -> ListState:
-        """Return the named list state of the current key."""
-        return self._state("list", ListState, name)
+    def list_state(self, name: str, *, ttl: float | None = None) -> ListState:
+        """Return the named list state of the current key (``ttl``: seconds since its last write)."""
+        return self._state("list", ListState, name, ttl)
 
-    def map_state(self, name: str) -> MapState:
-        """Return the named map state of the current key."""
-        return self._state("map", MapState, name)
+    def map_state(self, name: str, *, ttl: float | None = None) -> MapState:
+        """Return the named map state of the current key (``ttl``: seconds since its last ``put``)."""
+        return self._state("map", MapState, name, ttl)
 
     def output(self, tag: str, value: Any) -> None:
         """Emit ``value`` to side output ``tag`` (read it with ``stream.side_output(tag)``)."""
@@ -461,9 +346,12 @@ class KeyedProcessOperator(Operator):
     # -- state ---------------------------------------------------------------------------
 
     def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
-        """Named state and timers as immutable copies (keyed), and the watermark."""
+        """Named state (without expired entries) and timers as immutable copies (keyed), and the watermark."""
         keyed: dict[str, dict[Any, Any]] = {}
-        for name, table in self.state.tables.items():
+        expired = expired_keys(self.state.tables, self.clock())
+        for name, full in self.state.tables.items():
+            gone = expired.get(name)
+            table = {k: v for k, v in full.items() if k not in gone} if gone else full
             if not table:
                 continue
             if name.startswith("timers:"):
