@@ -8,11 +8,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from onceflow.engine.elements import END_OF_DATA, Batch, Watermark
-from onceflow.engine.graph import OperatorKind, OperatorSpec
-from onceflow.engine.plan import TaskSpec
+from onceflow.engine.elements import END_OF_DATA, Barrier, Batch, Watermark
+from onceflow.engine.graph import OperatorKind, OperatorSpec, Partitioning
+from onceflow.engine.plan import TaskEdge, TaskSpec
 from onceflow.engine.task import Subtask
 from onceflow.operators.base import Capability, Operator
+from onceflow.operators.co_process import KeyedCoProcessFunction, KeyedCoProcessOperator
 
 INF = math.inf
 
@@ -66,7 +67,12 @@ class Recording(Operator):
 
 
 def subtask(
-    operators: list[Operator], *, inputs: int = 1, gates: list[RecordingGate] | None = None
+    operators: list[Operator],
+    *,
+    inputs: int = 1,
+    gates: list[RecordingGate] | None = None,
+    input_sides: list[int] | None = None,
+    snapshot_sink: Any = None,
 ) -> Subtask:
     specs = [
         OperatorSpec(
@@ -74,15 +80,17 @@ def subtask(
         )
         for i in range(len(operators))
     ]
+    edges = [TaskEdge(0, 1, Partitioning.HASH, side=side) for side in sorted(set(input_sides or []))]
     st = Subtask(
-        task=TaskSpec(task_id=1, operators=specs, parallelism=1),
+        task=TaskSpec(task_id=1, operators=specs, parallelism=1, inputs=edges),
         index=0,
         reader=None,
         operators=operators,
         inputs=[Inbox() for _ in range(inputs)],
         gates=gates if gates is not None else [RecordingGate()],
-        snapshot_sink=lambda *args: None,
+        snapshot_sink=snapshot_sink or (lambda *args: None),
         batch_size=10,
+        input_sides=input_sides,
     )
     st.open([None] * len(operators), {})
     return st
@@ -178,3 +186,49 @@ def test_input_watermarks_combine_to_the_minimum_of_the_active_inputs_and_end_wi
     run(st, 1, END_OF_DATA)
     assert op.watermarks == [3.0, 5.0, INF]
     assert gate.control[-1] is END_OF_DATA
+
+
+class Sides(KeyedCoProcessFunction):
+    """Counts both inputs per key in one shared state; a timer at 10 reports the counts."""
+
+    def process_element1(self, value: Any, ctx: Any) -> None:
+        self._count(ctx, 0)
+
+    def process_element2(self, value: Any, ctx: Any) -> None:
+        self._count(ctx, 1)
+
+    def _count(self, ctx: Any, side: int) -> None:
+        counts = list(ctx.value_state("counts").value((0, 0)))
+        counts[side] += 1
+        ctx.value_state("counts").update(tuple(counts))
+        ctx.timers.register_event_time(10.0)
+
+    def on_timer(self, timestamp: float, ctx: Any) -> list:
+        return [(ctx.key, ctx.value_state("counts").value())]
+
+
+def test_a_two_input_head_gets_each_input_on_its_own_method_with_one_state_min_watermark_and_alignment():
+    op = KeyedCoProcessOperator(Sides(), (lambda r: r[1], lambda r: r[1]))
+    gate = RecordingGate()
+    snapshots: list[Any] = []
+    st = subtask(
+        [op], inputs=3, gates=[gate], input_sides=[0, 1, 1], snapshot_sink=lambda *a: snapshots.append(a)
+    )
+    run(st, 0, Batch([("a", 1.0), ("b", 1.0)], ["a", "b"]))
+    run(st, 1, Batch([("a", 2.0)], ["a"]))
+    run(st, 2, Batch([("a", 3.0), ("a", 4.0)], ["a", "a"]))
+    assert op.state.table("value:counts") == {"a": (1, 3), "b": (1, 0)}
+    # the watermark is the minimum over both inputs' channels; an idle channel does not hold it back
+    run(st, 0, Watermark(20.0))
+    run(st, 1, Watermark(12.0))
+    assert gate.records == []
+    run(st, 2, Watermark(5.0, idle=True))
+    assert sorted(r for batch in gate.records for r in batch) == [("a", (1, 3)), ("b", (1, 0))]
+    # a barrier on the first input blocks it until every channel of the second delivered it
+    run(st, 0, Barrier(1))
+    st.inputs[0].put(Batch([("c", 30.0)], ["c"]))
+    run(st, 1, Barrier(1))
+    assert not snapshots and len(st.inputs[0]) == 1
+    run(st, 2, Barrier(1))
+    assert len(snapshots) == 1 and "c" not in snapshots[0][2][0][1].keyed_state["value:counts"]
+    assert st.step() and op.state.table("value:counts")["c"] == (1, 0)
