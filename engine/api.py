@@ -476,8 +476,13 @@ class KeyedStream:
         parallelism: int | None,
         uid: str | None,
         on_error: OnError = OnError.FAIL,
+        second: KeyedStream | None = None,
     ) -> Stream:
+        """Add a keyed operator reading this stream (and ``second`` as its second input, if given)."""
         check_fn(fn, method)
+        inputs = self._inputs
+        if second is not None:
+            inputs = [*inputs, *((n, dataclasses.replace(e, side=1)) for n, e in second._inputs)]  # noqa: SLF001
         node = self._job._add(  # noqa: SLF001 - KeyedStream and Job are one API
             OperatorKind.KEYED,
             method,
@@ -486,7 +491,7 @@ class KeyedStream:
             parallelism=parallelism,
             uid=uid,
             description=describe_callable(fn),
-            inputs=self._inputs,
+            inputs=inputs,
             on_error=on_error,
         )
         return Stream(self._job, [(node, _FORWARD)])
@@ -572,30 +577,6 @@ class KeyedStream:
     def window_join(self, other: KeyedStream, assigner: Any) -> WindowJoinedStreams:
         """Group both streams' records by key and event-time window (a co-group)."""
         return WindowJoinedStreams(self, check_second_input(self, other, "window_join"), assigner)
-
-    def _two_inputs(
-        self,
-        other: KeyedStream,
-        method: str,
-        make: Callable[[], Any],
-        fn: Any,
-        name: str | None,
-        parallelism: int | None,
-        uid: str | None,
-    ) -> Stream:
-        """Add a keyed operator reading this stream as its first input and ``other`` as its second."""
-        second = [(n, dataclasses.replace(e, side=1)) for n, e in other._inputs]  # noqa: SLF001
-        node = self._job._add(  # noqa: SLF001 - KeyedStream and Job are one API
-            OperatorKind.KEYED,
-            method,
-            lambda i, p: make(),
-            name=name,
-            parallelism=parallelism,
-            uid=uid,
-            description=describe_callable(fn),
-            inputs=[*self._inputs, *second],
-        )
-        return Stream(self._job, [(node, _FORWARD)])
 
 
 def _all_records_key(record: Any) -> int:

@@ -139,14 +139,14 @@ class _TwoInputs:
         names = (f"output of {input_names(first)}", f"output of {input_names(second)}")
         timestamp_fns = (first._timestamp_fn, second._timestamp_fn)  # noqa: SLF001
         method = self._method
-        stream = first._two_inputs(  # noqa: SLF001 - one API
-            second,
+        stream = first._keyed(  # noqa: SLF001 - one API
             method,
             lambda: KeyedCoProcessOperator(make_fn(), timestamp_fns, input_names=names, name=name or method),
             shown,
             name,
             parallelism,
             uid,
+            second=second,
         )
         describe_output(stream, f"{description}: {describe_callable(shown)}")
         return stream
