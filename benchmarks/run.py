@@ -593,6 +593,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def sample_rates(samples: list[tuple[float, int]]) -> tuple[list[float], list[float]]:
+    """Midpoints and M records/s between consecutive ``(seconds, records)`` samples."""
+    xs, ys = [], []
+    for (t0, c0), (t1, c1) in zip(samples, samples[1:]):
+        if t1 > t0:
+            xs.append((t0 + t1) / 2)
+            ys.append((c1 - c0) / (t1 - t0) / 1e6)
+    return xs, ys
+
+
 def draw_plot(timeline_runs: dict[str, dict[str, Any]], path: Path) -> str | None:
     """Throughput over time with checkpoint spans; returns a note instead when impossible."""
     if importlib.util.find_spec("matplotlib") is None:
@@ -607,12 +617,7 @@ def draw_plot(timeline_runs: dict[str, dict[str, Any]], path: Path) -> str | Non
         return "no timeline samples"
     fig, axes = plt.subplots(len(runs), 1, figsize=(10, 3.2 * len(runs)), squeeze=False)
     for ax, (_, run) in zip(axes[:, 0], runs):
-        samples = run["samples"]
-        xs, ys = [], []
-        for (t0, c0), (t1, c1) in zip(samples, samples[1:]):
-            if t1 > t0:
-                xs.append((t0 + t1) / 2)
-                ys.append((c1 - c0) / (t1 - t0) / 1e6)
+        xs, ys = sample_rates(run["samples"])
         ax.plot(xs, ys, lw=1.2, color="tab:blue", label="records/s read (50 ms windows)")
         first = True
         for c in run["checkpoints"]:

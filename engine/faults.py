@@ -17,7 +17,10 @@ Labels used by the engine and the shipped connectors:
 re-commits), ``end_of_input_before_final_checkpoint``, ``during_graceful_stop``
 (the sources stopped, the stop checkpoint not yet triggered), ``mid_checkpoint_delete``
 (a checkpoint's ``_metadata`` is gone, its files not yet: retention, abort or
-``--fresh`` interrupted). The PostgreSQL sink adds ``after_prepare_before_ack``
+``--fresh`` interrupted), ``mid_shared_write`` (incremental checkpoints: after
+a subtask's delta or compacted base files are written, before the ack) and
+``mid_shared_delete`` (before each shared file that no retained checkpoint
+lists is deleted). The PostgreSQL sink adds ``after_prepare_before_ack``
 and ``after_commit_prepared_before_bookkeeping``.
 """
 

@@ -565,6 +565,41 @@ def read_state_table(
     return operator_state, table
 
 
+def _fixed_width_view(column: pa.Array, start: int, width: int, value_type: pa.DataType) -> pa.Array:
+    """Bytes ``start:start+width`` of every row as one fixed-width number (little-endian), no copy per row."""
+    sliced = pc.binary_slice(column, start, start + width).cast(pa.binary(width))
+    return pa.Array.from_buffers(value_type, len(sliced), [None, sliced.buffers()[1]], offset=sliced.offset)
+
+
+def _decode_keys(column: pa.ChunkedArray) -> list[Any]:
+    """Decode a key column: in Arrow when every key is a str or every key an int64, else one by one.
+
+    Restoring millions of keys is dominated by decoding them; the two common
+    shapes of :func:`~onceflow.state_backends.key_groups.encode_key` (``S`` +
+    length + UTF-8, ``i`` + 8 bytes) are checked and cut out as whole columns.
+    Anything else, including a str that is not valid UTF-8 (a lone
+    surrogate), goes through ``decode_key``.
+    """
+    keys = column.combine_chunks()
+    if len(keys) and keys.null_count == 0 and sys.byteorder == "little":
+        tags = pc.binary_slice(keys, 0, 1)
+        lengths = pc.binary_length(keys)
+        if pc.all(pc.equal(tags, pa.scalar(b"S", keys.type))).as_py():
+            declared = _fixed_width_view(keys, 1, 4, pa.uint32()).cast(pa.int64())
+            if pc.all(pc.equal(declared, pc.subtract(lengths.cast(pa.int64()), 5))).as_py():
+                longest = pc.max(lengths).as_py()
+                try:
+                    return pc.binary_slice(keys, 5, longest).cast(pa.large_string()).to_pylist()
+                except pa.ArrowInvalid:
+                    pass  # not UTF-8: a lone surrogate, decoded with surrogatepass below
+        elif (
+            pc.all(pc.equal(tags, pa.scalar(b"i", keys.type))).as_py()
+            and pc.all(pc.equal(lengths, 9)).as_py()
+        ):
+            return _fixed_width_view(keys, 1, 8, pa.int64()).to_pylist()
+    return list(map(decode_key, keys.to_pylist()))
+
+
 def _decode_tables(
     path: str, table: pa.Table, decode_values: Callable[[pa.ChunkedArray], list]
 ) -> dict[str, dict[Any, Any]]:
@@ -579,7 +614,7 @@ def _decode_tables(
         if not part.num_rows:
             continue
         try:
-            keys = list(map(decode_key, part["key"].to_pylist()))
+            keys = _decode_keys(part["key"])
         except ValueError as exc:
             msg = f"state file {path!r}: state {name!r} holds a malformed key: {exc}"
             raise CorruptStateError(msg) from exc

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from onceflow.operators.file_sink import read_committed_lines
+
 pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,10 +147,10 @@ def test_delete_is_refused_while_a_run_holds_the_directory(workspace: Path, seed
             pass
 
 
-def test_deleting_one_checkpoint_keeps_the_files_another_references(workspace: Path, seed: int) -> None:
-    rng = random.Random(seed)
+def kill_after_checkpoints(ws: Path, seed: int, count: int, *extra: str) -> list[int]:
+    """Run until ``count`` checkpoints completed, kill -9 the run, return the completed ids."""
     proc = subprocess.Popen(
-        run_command(workspace, "-p", "delay=0.001", "--checkpoint-interval", "0.1", "--retain", "10"),
+        run_command(ws, "-p", "delay=0.001", "--checkpoint-interval", "0.1", "--retain", "10", *extra),
         cwd=REPO,
         env=env(),
         stdout=subprocess.PIPE,
@@ -158,9 +160,9 @@ def test_deleting_one_checkpoint_keeps_the_files_another_references(workspace: P
     )
     try:
         deadline = time.monotonic() + RUN_TIMEOUT
-        while len(checkpoints(workspace)) < 3:
+        while len(checkpoints(ws)) < count:
             assert proc.poll() is None, f"seed={seed}: the run ended early: {proc.communicate()}"
-            assert time.monotonic() < deadline, f"seed={seed}: fewer than 3 checkpoints"
+            assert time.monotonic() < deadline, f"seed={seed}: fewer than {count} checkpoints"
             time.sleep(0.02)
     finally:
         try:
@@ -168,7 +170,63 @@ def test_deleting_one_checkpoint_keeps_the_files_another_references(workspace: P
         except ProcessLookupError:
             pass
         proc.communicate()
-    ids = sorted(int(name.split("-")[1]) for name in checkpoints(workspace))
+    return sorted(int(name.split("-")[1]) for name in checkpoints(ws))
+
+
+def listed_files(job_dir: Path, *, but: int | None = None) -> set[str]:
+    """Every file the completed checkpoints' ``_metadata`` list (all ``but`` one), relative to the job."""
+    listed: set[str] = set()
+    for meta in job_dir.glob("chk-*/_metadata"):
+        if meta.parent.name != f"chk-{but}":
+            listed |= {h["path"] for h in json.loads(meta.read_text())["handles"]}
+    return listed
+
+
+def test_deleting_incremental_checkpoints_keeps_the_shared_files_others_list(
+    workspace: Path, seed: int
+) -> None:
+    """The oldest incremental checkpoint holds the base every later one builds on: deleting it
+    keeps those files; a resumed run restores and ends exactly; ``--all`` leaves no shared file."""
+    job_dir = workspace / "chk" / "delete-me"
+    ids = kill_after_checkpoints(workspace, seed, 4, "--incremental-checkpoints")
+    shared_before = {f"shared/{p.name}" for p in (job_dir / "shared").iterdir()}
+    oldest = ids[0]
+    kept_for_others = listed_files(job_dir) - listed_files(job_dir, but=oldest)
+    shared_of_oldest = {p for p in listed_files(job_dir) if p.startswith("shared/")} - kept_for_others
+    assert shared_of_oldest & listed_files(job_dir, but=oldest), (
+        f"seed={seed}: no shared file of checkpoint {oldest} is listed by a later one"
+    )
+
+    done = onceflow("checkpoints", "delete", str(workspace / "chk"), "--id", str(oldest))
+
+    assert done.returncode == 0, f"seed={seed}: {done.stderr}"
+    listed = listed_files(job_dir)
+    missing = sorted(p for p in listed if not (job_dir / p).exists())
+    assert not missing, f"seed={seed}: deleting {oldest} removed files others list: {missing}"
+    shared_after = {f"shared/{p.name}" for p in (job_dir / "shared").iterdir()}
+    assert shared_after - listed == set(), f"seed={seed}: unlisted shared files kept: {shared_after - listed}"
+    assert shared_after <= shared_before, f"seed={seed}: the delete wrote shared files"
+
+    finished_run(workspace, "-p", "delay=0.001", "--incremental-checkpoints")
+    words = (workspace / "in" / "words.txt").read_text().split()
+    lines = read_committed_lines(str(workspace / "out"))
+    expected: dict[str, int] = {}
+    for word in words:
+        expected[word] = expected.get(word, 0) + 1
+    finals = {}
+    for line in lines:
+        word, count = line.split(",")
+        finals[word] = max(finals.get(word, 0), int(count))
+    assert len(lines) == len(words) and finals == expected, f"seed={seed}: output differs after the resume"
+
+    done = onceflow("checkpoints", "delete", str(workspace / "chk"), "--all")
+    assert done.returncode == 0, f"seed={seed}: {done.stderr}"
+    assert not list((job_dir / "shared").iterdir()), f"seed={seed}: --all left shared files"
+
+
+def test_deleting_one_checkpoint_keeps_the_files_another_references(workspace: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    ids = kill_after_checkpoints(workspace, seed, 3)
     older, newer = rng.sample(ids, 2)
     older, newer = min(older, newer), max(older, newer)
     job_dir = workspace / "chk" / "delete-me"
