@@ -87,11 +87,11 @@ def bytes_and_restore(keys: int, intervals: int, tmp: str) -> dict[str, Any]:
     state.incremental = True
     dirty = state.dirty_keys("value")
     assert dirty is not None
-    base = state.capture()
-    base_handles = _write(inc_writer, 1, OperatorSnapshot(keyed_state=base.tables, keyed_kind=base.kind))
-    del base
+    dirty.update(names)  # as in a run that wrote every key before its first checkpoint
+    first = state.capture()
+    handles = _write(inc_writer, 1, OperatorSnapshot(keyed_state=first.tables, keyed_kind=first.kind))
+    del first
     per_checkpoint = []
-    handles = base_handles
     changed = keys // 100
     for n in range(2, intervals + 2):
         batch = rng.sample(names, changed)

@@ -60,7 +60,8 @@ class HeapKeyedState:
         self.incremental = False
         """Set by the operator in ``open`` when the run takes incremental checkpoints."""
         self._dirty: dict[str, set[Any]] = {}
-        self._base_needed = True
+        self._base_needed = False
+        """Only after :meth:`restore`: a fresh state starts empty, so its first delta is all of it."""
 
     def table(self, name: str) -> dict[Any, Any]:
         """Return the live dict for state ``name``, creating it on first use.
@@ -122,11 +123,12 @@ class HeapKeyedState:
     def capture(self) -> KeyedCapture:
         """Capture the state at a barrier: everything (full or base) or the changes (delta).
 
-        Incremental: the first capture after open or restore is a base (the
-        files it would build on belong to another attempt and possibly
-        another parallelism); every later one holds the dirty keys' current
-        values and the dirty keys now absent (deleted), and empties the dirty
-        sets in place.
+        Incremental: the first capture after a restore is a base (the files it
+        would build on belong to another attempt and possibly another
+        parallelism); every other one holds the dirty keys' current values and
+        the dirty keys now absent (deleted), and empties the dirty sets in
+        place. A state that started empty needs no base: its first delta holds
+        every key written since.
         """
         if not self.incremental:
             return KeyedCapture(FULL, self.snapshot())

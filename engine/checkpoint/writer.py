@@ -192,8 +192,9 @@ class SnapshotWriter:
         """Compact the segment most in need (too many deltas, or deltas as large as the base), if any."""
         worst: tuple[float, KeyGroupRange] | None = None
         for segment, files in chain.items():
-            base = files[0].bytes if files[0].kind == BASE else 0
-            deltas = files[1:] if files[0].kind == BASE else files
+            # The oldest file stands for the base: a fresh state's chain starts with a delta of all it wrote.
+            base = files[0].bytes
+            deltas = files[1:]
             delta_bytes = sum(h.bytes for h in deltas)
             need = max(len(deltas) / self.max_deltas, delta_bytes / max(base, self.min_compaction_bytes))
             if need >= 1 and (worst is None or need > worst[0]):

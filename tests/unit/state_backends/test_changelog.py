@@ -22,7 +22,10 @@ def test_capture_is_full_unless_incremental_then_base_then_deltas() -> None:
     values = state.table("v")
     values["b"] = 2
     dirty.update(["b"])
-    base = state.capture()
+    first = state.capture()  # a state that started empty: its first delta is all it wrote
+    assert first.kind == DELTA and first.tables == {"v": {"b": 2}}
+    state.restore({"v": {"a": 1, "b": 2}})
+    base = state.capture()  # after a restore: everything, the chain starts anew
     assert base.kind == BASE and base.tables == {"v": {"a": 1, "b": 2}}
     values["a"] = 10
     del values["b"]
