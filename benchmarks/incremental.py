@@ -244,7 +244,8 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         "# Incremental checkpoints (heap backend)",
         "",
-        f"Machine: {os.cpu_count()} cores, shared; one run of `python benchmarks/incremental.py`.",
+        f"Machine: {os.cpu_count()} cores, shared; one run of `python benchmarks/incremental.py`; "
+        f"load average (1 min) {result['load'][0]:.1f} at start, {result['load'][1]:.1f} at end.",
         "",
         f"## Bytes per checkpoint: {b['keys']:,} keys, {b['changed_per_interval']:,} random keys changed "
         "per interval",
@@ -298,9 +299,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="onceflow-incremental-") as tmp:
-        result = {"throughput": throughput(args.state_keys, args.words, tmp)}
+        result: dict[str, Any] = {"throughput": throughput(args.state_keys, args.words, tmp)}
         result["bytes"] = bytes_and_restore(args.keys, args.intervals, tmp)
+    result["load"] = (load_start, os.getloadavg()[0])
     plot(result["throughput"], args.out / "incremental_throughput.png")
     (args.out / "incremental.json").write_text(json.dumps(result, indent=1, default=str))
     (args.out / "incremental.md").write_text(report(result))
