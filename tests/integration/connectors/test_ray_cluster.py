@@ -1,0 +1,109 @@
+"""The Ray executor on a two-node Ray cluster (``ray.cluster_utils.Cluster``, both nodes on 127.0.0.1).
+
+Checkpoints and output go to a moto S3 bucket, as every node must see them;
+a local path is refused before anything runs. The workers are placed one per
+node by the placement group.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from onceflow.engine.errors import CheckpointDirectoryError, JobDefinitionError
+from onceflow.operators.files import read_committed_lines
+from tests.support.chaos import JOBS
+from tests.support.oracles import compare, expected, write_input
+from tests.support.ray_support import ray_temp_dir, remove_temp_dir, run_on_ray, wait_for_no_ray_processes
+
+ray = pytest.importorskip("ray")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+pytestmark = pytest.mark.slow
+
+N, K, FILES = 20_000, 50, 4
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3_endpoint):
+    """A head and one more node, one CPU each; this process is the driver."""
+    temp_dir = ray_temp_dir()
+    # both nodes' sessions and sockets, and the cluster's address file, under temp_dir; and Ray's
+    # address resolution stays on the loopback (it otherwise swaps 127.0.0.1 for the host's address)
+    env = {"RAY_TMPDIR": temp_dir, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read when ray was imported
+    cluster = cluster_utils.Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+        },
+    )
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, _node_ip_address="127.0.0.1", configure_logging=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = True
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        left = wait_for_no_ray_processes(temp_dir, timeout=30)
+        remove_temp_dir(temp_dir)
+        assert not left, f"Ray processes left after the cluster shut down: {left}"
+
+
+@pytest.fixture(scope="module")
+def keyed_input(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("ray-cluster-input")
+    write_input(directory, N, K, FILES)
+    return directory
+
+
+def test_keyed_count_on_two_nodes_with_s3_checkpoints_is_exact(two_nodes, keyed_input, s3_bucket) -> None:
+    seen: list = []
+    out = f"{s3_bucket}/out"
+    result = run_on_ray(
+        JOBS / "chaos_job.py",
+        {"input": str(keyed_input), "output": out, "mode": "keyed"},
+        f"{s3_bucket}/chk",
+        on_tick=lambda executor, now: seen.append(executor),
+    )
+    nodes = seen[-1].nodes
+    print(f"two-node run: workers on nodes {nodes}, {result.checkpoints_completed} checkpoints")
+    assert len(set(nodes.values())) == 2, f"both workers on one node: {nodes}"
+    figures = compare(read_committed_lines(out), expected(N, K, "keyed"), "keyed")
+    assert figures["committed"] == figures["expected"] > 0, figures
+    assert figures["duplicates"] == figures["lost"] == figures["unexpected"] == figures["wrong_value"] == 0
+
+
+def test_local_checkpoints_are_refused_on_two_nodes(two_nodes, keyed_input, s3_bucket, tmp_path) -> None:
+    with pytest.raises(CheckpointDirectoryError, match="the Ray cluster has 2 nodes"):
+        run_on_ray(
+            JOBS / "chaos_job.py",
+            {"input": str(keyed_input), "output": f"{s3_bucket}/out", "mode": "keyed"},
+            str(tmp_path / "chk"),
+            restarts=0,
+        )
+
+
+def test_local_file_output_is_refused_on_two_nodes(two_nodes, keyed_input, s3_bucket, tmp_path) -> None:
+    with pytest.raises(JobDefinitionError, match="sink 'write'.*writes to a local path"):
+        run_on_ray(
+            JOBS / "chaos_job.py",
+            {"input": str(keyed_input), "output": str(tmp_path / "out"), "mode": "keyed"},
+            f"{s3_bucket}/chk",
+            restarts=0,
+        )
