@@ -19,7 +19,8 @@ in the driver (:class:`~onceflow.engine.executors._pool.WorkerPoolExecutor`).
 Failures: an actor that dies, a node that is lost or an object that cannot be
 fetched fails the attempt, and the runner restores from the latest completed
 checkpoint. The actors belong to this driver, so Ray ends them when the driver
-dies, even by ``kill -9``.
+dies, even by ``kill -9``; a local Ray this driver started goes with it
+(:mod:`onceflow.engine.executors._reaper`).
 
 Storage: on a cluster of more than one node, checkpoints and file output must
 be on storage every node sees; a local path is refused before anything runs.
@@ -37,6 +38,7 @@ from typing import Any
 from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.errors import CheckpointDirectoryError, JobDefinitionError, JobLoadError
 from onceflow.engine.executors._pool import WorkerPoolExecutor
+from onceflow.engine.executors._reaper import start_reaper
 from onceflow.engine.executors._wiring import Attempt, SubtaskSettings
 from onceflow.engine.executors.base import TickHook
 from onceflow.engine.executors.process import refuse_unshared_sinks
@@ -88,6 +90,7 @@ def connect_ray(address: str | None = None, job_dir: str | None = None) -> None:
         kwargs["_node_ip_address"] = "127.0.0.1"
     if address is None:
         log.info("starting a local Ray")
+        start_reaper()
     else:
         log.info("joining the Ray cluster at %s", address)
     ray.init(address=address, **kwargs)

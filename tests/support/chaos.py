@@ -134,6 +134,7 @@ class CliRuns:
         after_text: str | None = None,
         after: Callable[[], bool] | None = None,
         during: Callable[[subprocess.Popen], None] | None = None,
+        group_exit_timeout: float = 5.0,
     ) -> RunOutcome:
         """Start one run; SIGKILL its process group after ``kill_after`` seconds if still alive.
 
@@ -142,7 +143,7 @@ class CliRuns:
         with ``after`` it starts once ``after()`` is true (e.g. a checkpoint
         completed), so a kill lands where the test means it to on a busy machine.
         With ``runner_only`` only the runner process is killed; its workers (if
-        any) must die with it within a few seconds, or the test fails. ``label``
+        any) must die with it within ``group_exit_timeout`` seconds, or the test fails. ``label``
         names a harness kill in the kill statistics. ``during(proc)`` runs in a
         thread while the run is alive. A run that outlives ``timeout`` without
         ``kill_after`` is a hang: AssertionError.
@@ -193,7 +194,7 @@ class CliRuns:
                 if runner_only:
                     proc.kill()
                     proc.wait()
-                    survivors = _wait_for_group_exit(proc.pid, 5.0)
+                    survivors = _wait_for_group_exit(proc.pid, group_exit_timeout)
                     assert not survivors, (
                         f"run {index}: workers {survivors} outlived their killed runner; {self.where()}"
                     )
