@@ -54,6 +54,8 @@ _PREFIX_BYTES = _PREFIX.size
 _PICKLE_PROTOCOL = 5
 _MAP_SIZE = 1 << 40
 """Address space reserved for the database file (it grows on disk only as written)."""
+_TXN_ENTRIES = 8192
+"""Entries written per transaction (at most this many changed pages, 32 MiB, held at once)."""
 _MISSING = object()
 _DIR_PREFIX = "onceflow-state-"
 _MADV_DONTNEED = 4
@@ -302,11 +304,14 @@ class DiskKeyedState:
                 )
                 raise StateSerializationError(msg) from exc
         puts.sort()
-        with self._env.begin(write=True) as txn:
-            if puts:
-                txn.cursor().putmulti(puts)
-            for k in deletes:
-                txn.delete(k)
+        # One transaction per slice: LMDB copies every page a transaction changes into
+        # process memory until it commits, so a slice bounds that copy (random keys touch
+        # about one page each) whatever the cache size.
+        for start in range(0, max(len(puts), len(deletes)), _TXN_ENTRIES):
+            with self._env.begin(write=True) as txn:
+                txn.cursor().putmulti(puts[start : start + _TXN_ENTRIES])
+                for k in deletes[start : start + _TXN_ENTRIES]:
+                    txn.delete(k)
         table.dirty.clear()
         if evict and len(cache) > self.cache_entries:
             self.pages.release()

@@ -24,6 +24,7 @@ from onceflow import (
     JobRunner,
     OnceflowError,
     RestartStrategy,
+    StateBackendConfig,
 )
 from onceflow.engine.errors import ErrorDomain, classify
 
@@ -34,10 +35,12 @@ def keep_a_lock(state, word: str):
     return (count, threading.Lock()), f"{word},{count}"
 
 
+@pytest.mark.parametrize("backend", ["heap", "disk"])
 def test_unpicklable_state_fails_at_once_naming_operator_key_and_type(
     input_factory: Callable[..., Path],
     tmp_path: Path,
     executor: str,
+    backend: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     source = input_factory({"a.txt": "the\nfox\nthe\n"})
@@ -51,7 +54,10 @@ def test_unpicklable_state_fails_at_once_naming_operator_key_and_type(
     runner = JobRunner(
         job,
         checkpoint_dir=str(tmp_path / "chk"),
-        settings=ExecutionSettings(checkpoint=CoordinatorSettings(interval=0.0)),
+        settings=ExecutionSettings(
+            checkpoint=CoordinatorSettings(interval=0.0),
+            state_backend=StateBackendConfig(backend, directory=str(tmp_path / "state")),
+        ),
         restart=RestartStrategy(attempts=3, initial_delay=0.01),
         executor=executor,
     )
