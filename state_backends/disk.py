@@ -416,13 +416,21 @@ class DiskSnapshot:
             raise RuntimeError(msg)
         entries = self._txn.cursor().iternext(keys=True, values=True)
         while chunk := list(islice(entries, rows)):
-            prefixes = pa.array([k[:_PREFIX_BYTES] for k, _ in chunk], pa.binary(_PREFIX_BYTES))
-            keys = pa.array([k[_PREFIX_BYTES:] for k, _ in chunk], pa.large_binary())
-            values = pa.array([v for _, v in chunk], pa.large_binary())
+            raw_keys, raw_values = zip(*chunk, strict=True)
             del chunk
-            # The fixed-size prefixes sit back to back: byte i of entry j is at j * 4 + i.
-            data = pa.Array.from_buffers(pa.uint8(), len(keys) * _PREFIX_BYTES, [None, prefixes.buffers()[1]])
-            starts = pa.array(range(0, len(keys) * _PREFIX_BYTES, _PREFIX_BYTES), pa.int64())
+            db_keys = pa.array(raw_keys, pa.large_binary())
+            values = pa.array(raw_values, pa.large_binary())
+            del raw_keys, raw_values
+            # Every database key is longer than its prefix, so both slices are well defined
+            # (an explicit stop: pyarrow's binary_slice without one fails on long arrays).
+            keys = pc.binary_slice(db_keys, _PREFIX_BYTES, 1 << 40)
+            prefixes = pc.binary_slice(db_keys, 0, _PREFIX_BYTES)
+            # Byte i of the prefix of entry j is at offsets[j] + i of the slices' data buffer.
+            _, offsets_buffer, data_buffer = prefixes.buffers()
+            count = len(prefixes)
+            offsets = pa.Array.from_buffers(pa.int64(), count + 1, [None, offsets_buffer], 0, prefixes.offset)
+            data = pa.Array.from_buffers(pa.uint8(), offsets[-1].as_py(), [None, data_buffer])
+            starts = offsets.slice(0, count)
 
             def u16(at: int, starts: pa.Array = starts, data: pa.Array = data) -> pa.Array:
                 high = pc.cast(data.take(pc.add(starts, at)), pa.int32())
