@@ -55,7 +55,8 @@ _PICKLE_PROTOCOL = 5
 _MAP_SIZE = 1 << 40
 """Address space reserved for the database file (it grows on disk only as written)."""
 _TXN_ENTRIES = 8192
-"""Entries written per transaction (at most this many changed pages, 32 MiB, held at once)."""
+"""Entries written per transaction (at most this many changed pages, 32 MiB, held at once),
+and keys looked up between two releases of the mapped pages they read."""
 _MISSING = object()
 _DIR_PREFIX = "onceflow-state-"
 _MADV_DONTNEED = 4
@@ -274,7 +275,7 @@ class DiskKeyedState:
         for k, raw in found:
             cache[by_db_key[k]] = loads(raw)
         self.pages.touched += len(by_db_key)
-        if self.pages.touched > self.cache_entries // 4:
+        if self.pages.touched > _TXN_ENTRIES:
             self.pages.release()
 
     def write(self, table: DiskTable, *, evict: bool) -> None:
@@ -312,9 +313,9 @@ class DiskKeyedState:
                 txn.cursor().putmulti(puts[start : start + _TXN_ENTRIES])
                 for k in deletes[start : start + _TXN_ENTRIES]:
                     txn.delete(k)
+            self.pages.release()  # the B-tree pages the puts read through the map
         table.dirty.clear()
         if evict and len(cache) > self.cache_entries:
-            self.pages.release()
             keep = table.recent | table.previous
             table.cache = {k: v for k in keep if (v := cache.get(k, _MISSING)) is not _MISSING}
             table.db_keys = {k: b for k in keep if (b := known.get(k)) is not None}
