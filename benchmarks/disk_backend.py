@@ -1,0 +1,174 @@
+"""The disk state backend against the heap backend on the same keyed job, and its peak memory.
+
+Job: ``RangeSource(records)`` -> ``map`` to a key ``user-<n>`` spread over
+``keys`` distinct keys (a multiplicative permutation, so consecutive records
+hit far-apart keys in every key group) -> ``key_by`` -> ``stateful_map``
+keeping a count per key and emitting ``(key, running count)`` -> a counting
+sink. With 2 records per key every key is read back once after it was
+written, mostly from the database rather than the cache.
+
+Each run is a fresh child process (so its peak RSS is its own), heap and disk
+interleaved (heap, disk, heap, disk, ...) so both see the same machine load;
+the figures are the medians and the ratio of the median throughputs.
+Checkpoints are on (``--interval``), and a bounded job ends with a final one,
+so the time includes writing every key to a state file at least once.
+
+Run: ``python benchmarks/disk_backend.py [--workload skewed|uniform] [--keys 10000000]
+[--records 30000000] [--rounds 1] [--out FILE]``; writes ``benchmarks/results/disk_backend-<workload>.json``
+(and prints a Markdown table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import CountingSink, RangeSource  # noqa: E402
+from onceflow import CoordinatorSettings, ExecutionSettings, Job, JobRunner, StateBackendConfig  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MULTIPLIER = 2_654_435_761
+"""Knuth's multiplicative hash constant: ``i * M % keys`` visits the keys in a scattered order."""
+
+
+def _identity(key: str) -> str:
+    return key
+
+
+def _count(state: int | None, key: str) -> tuple[int, tuple[str, int]]:
+    n = 1 if state is None else state + 1
+    return n, (key, n)
+
+
+def key_function(workload: str, keys: int):
+    """Record number -> key. ``uniform``: ``i * M % keys``, every key equally often.
+
+    ``skewed``: the first ``keys`` records create every key once, the later
+    ones draw a key rank from a Zipf-like law (``P(rank <= r) = ln r / ln keys``,
+    so the 1% most popular keys get about 70% of the updates), scattered over
+    the key groups by the same permutation.
+    """
+    if workload == "uniform":
+
+        def uniform(i: int) -> str:
+            return f"user-{i * MULTIPLIER % keys}"
+
+        return uniform
+
+    def skewed(i: int) -> str:
+        if i < keys:
+            return f"user-{i * MULTIPLIER % keys}"
+        u = (i * 2_246_822_519 & 0xFFFFFFFF) / 2**32
+        rank = int(keys**u) - 1
+        return f"user-{rank * MULTIPLIER % keys}"
+
+    return skewed
+
+
+def _job(records: int, keys: int, workload: str, sink: CountingSink) -> Job:
+    key_of = key_function(workload, keys)
+
+    job = Job("bench-disk-backend")
+    (
+        job.source(RangeSource(records), name="range", uid="range")
+        .map(key_of, name="key")
+        .key_by(_identity)
+        .stateful_map(_count, name="count", uid="count")
+        .sink(sink, name="sink", uid="sink")
+    )
+    return job
+
+
+def child(backend: str, records: int, keys: int, workload: str, interval: float, cache: int) -> dict:
+    """Run the job once in this process; return its figures."""
+    with tempfile.TemporaryDirectory(prefix="bench-disk-") as tmp:
+        sink = CountingSink()
+        settings = ExecutionSettings(
+            checkpoint=CoordinatorSettings(interval=interval, timeout=600.0),
+            state_backend=StateBackendConfig(backend, directory=tmp, cache_entries=cache),
+        )
+        job = _job(records, keys, workload, sink)
+        runner = JobRunner(job, checkpoint_dir=f"{tmp}/chk", settings=settings)
+        start = time.perf_counter()
+        result = runner.run()
+        seconds = time.perf_counter() - start
+        checkpoint_bytes = sum(p.stat().st_size for p in Path(f"{tmp}/chk").rglob("*.arrow"))
+    return {
+        "backend": backend,
+        "workload": workload,
+        "records": records,
+        "keys": keys,
+        "seconds": round(seconds, 2),
+        "records_per_s": round(records / seconds),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "checkpoints": result.checkpoints_completed,
+        "retained_state_bytes": checkpoint_bytes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=10_000_000)
+    parser.add_argument("--records", type=int, default=30_000_000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--workload", choices=["uniform", "skewed"], default="skewed")
+    parser.add_argument("--interval", type=float, default=10.0, help="checkpoint interval, seconds")
+    parser.add_argument("--cache", type=int, default=StateBackendConfig.cache_entries)
+    parser.add_argument("--child", choices=["heap", "disk"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        figures = child(args.child, args.records, args.keys, args.workload, args.interval, args.cache)
+        print(json.dumps(figures))
+        return
+    runs: list[dict] = []
+    for _ in range(args.rounds):
+        for backend in ("heap", "disk"):
+            cmd = [sys.executable, __file__, "--child", backend, "--keys", str(args.keys)]
+            cmd += ["--records", str(args.records), "--interval", str(args.interval)]
+            cmd += ["--cache", str(args.cache), "--workload", args.workload]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            runs.append(json.loads(out.strip().splitlines()[-1]))
+            print(runs[-1], flush=True)
+    summary = {}
+    for backend in ("heap", "disk"):
+        mine = [r for r in runs if r["backend"] == backend]
+        summary[backend] = {
+            "records_per_s": statistics.median(r["records_per_s"] for r in mine),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
+        }
+    ratio = summary["disk"]["records_per_s"] / summary["heap"]["records_per_s"]
+    report = {
+        "keys": args.keys,
+        "records": args.records,
+        "workload": args.workload,
+        "checkpoint_interval_s": args.interval,
+        "cache_entries": args.cache,
+        "runs": runs,
+        "summary": summary,
+        "disk_over_heap_throughput": round(ratio, 3),
+    }
+    out = args.out or RESULTS / f"disk_backend-{args.workload}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{args.workload}: {args.keys:,} keys, {args.records:,} records, ", end="")
+    print(f"checkpoint every {args.interval:g} s\n")
+    print("| backend | records/s (median) | peak RSS |")
+    print("|---|---|---|")
+    for backend in ("heap", "disk"):
+        s = summary[backend]
+        print(f"| {backend} | {s['records_per_s']:,.0f} | {s['peak_rss_mib']:,} MiB |")
+    print(f"\ndisk / heap throughput: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
