@@ -124,3 +124,46 @@ def test_a_job_without_its_file_is_refused(local_ray, keyed_input, tmp_path) -> 
     runner = JobRunner(job, checkpoint_dir=str(tmp_path / "chk"), executor="ray")
     with pytest.raises(JobDefinitionError, match="from its job file"):
         runner.run()
+
+
+@pytest.mark.slow
+def test_event_time_windows_on_ray_are_exact(local_ray, tmp_path) -> None:
+    """Tumbling and session windows with lateness, timers and late side outputs, at p2 on two actors."""
+    from tests.chaos import test_windowed_chaos as w
+
+    events, dropped = w.event_log(4242).events()
+    w.write_input(tmp_path / "in", events)
+    want = w.oracle(events, dropped)
+    out = tmp_path / "out"
+    params = {
+        "input": str(tmp_path / "in"),
+        "output": str(out),
+        "mode": "windows",
+        "max_delay": str(w.MAX_DELAY),
+        "lateness": str(w.LATENESS),
+        "tumble": str(w.TUMBLE),
+        "gap": str(w.GAP),
+        "timer_after": str(w.TIMER_AFTER),
+    }
+    run_on_ray(JOBS / "windowed_chaos_job.py", params, str(tmp_path / "chk"))
+    figures = w.compare(read_committed_lines(str(out)), want, final=True)
+    assert figures["committed"] > 0
+    assert figures["duplicates"] == figures["lost"] == figures["unexpected"] == figures["wrong_value"] == 0, (
+        figures
+    )
+
+
+@pytest.mark.slow
+def test_postgres_sink_job_on_ray_is_exact(local_ray, keyed_input, pg, tmp_path) -> None:
+    """Every input line becomes one row, through the two-phase-commit PostgresSink on two actors."""
+    table = pg.table()
+    job = pg.job("rayjob")
+    run_on_ray(
+        JOBS / "ray_jobs.py",
+        {"kind": "postgres", "input": str(keyed_input), "dsn": pg.dsn, "table": table, "name": job},
+        str(tmp_path / "chk"),
+    )
+    rows = pg.q(f"SELECT id, name FROM {table}")
+    assert len(rows) == N
+    assert sorted(rows) == [(rid, f"user-{rid % K}") for rid in range(N)]
+    assert pg.prepared(job, "pg") == []
