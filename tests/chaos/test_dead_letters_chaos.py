@@ -183,7 +183,8 @@ def test_dead_letters_are_exact_under_random_kills(executor, tmp_path_factory, c
     )
     finished = False
     while sum(run.kills.values()) < 6:
-        outcome = run.run(kill_after=run.rng.uniform(0.8, 2.5))
+        after = run.checkpoint_completed_from_now()
+        outcome = run.run(kill_after=run.rng.uniform(0.1, 1.0), after=after)
         if outcome.returncode == 0:
             finished = True
             break

@@ -101,6 +101,7 @@ def test_named_crash_points_with_incremental_checkpoints(
     run.report(f"test_named_crash_points_with_incremental_checkpoints[{crash_at}]", figures)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_rescale_1_2_3_from_incremental_checkpoints(
     workload: Workload, chaos_dir: Path, chaos_seed: int

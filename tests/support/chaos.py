@@ -340,6 +340,19 @@ class ChaosRun(CliRuns):
         """Whether any checkpoint of the job in ``root/chk`` has its ``_metadata`` (it completed)."""
         return any(self.chk.glob("*/chk-*/_metadata"))
 
+    def latest_completed_checkpoint(self) -> int:
+        """The highest id of a checkpoint in ``root/chk`` with its ``_metadata``, 0 if none."""
+        return max((int(p.parent.name.split("-")[1]) for p in self.chk.glob("*/chk-*/_metadata")), default=0)
+
+    def checkpoint_completed_from_now(self) -> Callable[[], bool]:
+        """A condition for ``run(after=...)``: a checkpoint newer than the latest one now has completed.
+
+        A kill timed from it lands after the run committed something of its own,
+        however busy the machine is.
+        """
+        before = self.latest_completed_checkpoint()
+        return lambda: self.latest_completed_checkpoint() > before
+
     def where(self) -> str:
         return f"chaos seed={self.seed} dir={self.root} (replay with CHAOS_SEED={self.seed})"
 
