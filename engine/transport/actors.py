@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from onceflow.engine.transport.base import ChannelEnd, ChannelId, Transport
+from onceflow.engine.transport.base import ChannelEnd, ChannelId, CreditedOutput, Transport
 from onceflow.engine.transport.local import LocalChannel
 
 __all__ = ["ActorInput", "ActorOutput", "RayTransport"]
@@ -37,34 +37,19 @@ DRIVER = -1
 """The sender number of the driver's control messages."""
 
 
-class ActorOutput:
+class ActorOutput(CreditedOutput):
     """The producer end of a channel to another actor; ``capacity`` elements may be unread."""
 
-    __slots__ = ("outbox", "cid", "capacity", "sent", "acked")
+    __slots__ = ("outbox",)
 
     def __init__(self, outbox: list, cid: ChannelId, capacity: int) -> None:
+        super().__init__(cid, capacity)
         self.outbox = outbox
-        self.cid = cid
-        self.capacity = capacity
-        self.sent = 0
-        self.acked = 0  # written by receive() only
 
     def put(self, element: Any) -> None:
         """Buffer an element for the end-of-round call to the consumer's actor."""
         self.outbox.append(("d", self.cid, element))
         self.sent += 1
-
-    def has_room(self) -> bool:
-        """Whether fewer than ``capacity`` sent elements are unread by the consumer."""
-        return self.sent - self.acked < self.capacity
-
-    def poll(self) -> Any:
-        """Refuse: this end is written only."""
-        msg = "the producer end of a channel cannot be read"
-        raise RuntimeError(msg)
-
-    def __len__(self) -> int:
-        return self.sent - self.acked
 
 
 class ActorInput:

@@ -26,40 +26,25 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from onceflow.engine.transport.base import ChannelEnd, ChannelId, Transport
+from onceflow.engine.transport.base import ChannelEnd, ChannelId, CreditedOutput, Transport
 from onceflow.engine.transport.local import LocalChannel
 
 __all__ = ["PipeTransport", "RemoteInput", "RemoteOutput", "connect_workers"]
 
 
-class RemoteOutput:
+class RemoteOutput(CreditedOutput):
     """The producer end of a channel to another worker; ``capacity`` elements may be in flight."""
 
-    __slots__ = ("conn", "cid", "capacity", "sent", "acked")
+    __slots__ = ("conn",)
 
     def __init__(self, conn: Connection, cid: ChannelId, capacity: int) -> None:
+        super().__init__(cid, capacity)
         self.conn = conn
-        self.cid = cid
-        self.capacity = capacity
-        self.sent = 0
-        self.acked = 0  # written by the receiver thread only
 
     def put(self, element: Any) -> None:
         """Send an element (pickled) to the consumer's worker."""
         self.conn.send(("d", self.cid, element))
         self.sent += 1
-
-    def has_room(self) -> bool:
-        """Whether fewer than ``capacity`` sent elements are unread by the consumer."""
-        return self.sent - self.acked < self.capacity
-
-    def poll(self) -> Any:
-        """Refuse: this end is written only."""
-        msg = "the producer end of a channel cannot be read"
-        raise RuntimeError(msg)
-
-    def __len__(self) -> int:
-        return self.sent - self.acked
 
 
 class RemoteInput:
