@@ -41,9 +41,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from onceflow.state_backends._state_values import (
+    _ARROW_TYPES,
+    _ENC_PICKLE,
+    _decode_keys,
+    _pickle_operator_state,
+    _unpicklable_value,
+    _value_array,
+)
 from onceflow.state_backends.disk import DiskSnapshot
-from onceflow.state_backends.errors import CorruptStateError, IncompatibleStateError, StateSerializationError
-from onceflow.state_backends.key_groups import KeyGroupRange, decode_key, encode_key, stable_hash
+from onceflow.state_backends.errors import CorruptStateError, IncompatibleStateError
+from onceflow.state_backends.key_groups import KeyGroupRange, encode_key, stable_hash
 
 BATCH_ROWS = 64 * 1024
 """Rows per record batch: large enough to amortize per-batch overhead, small
@@ -56,22 +64,7 @@ _META_FORMAT = b"onceflow.format"
 _FORMAT_VERSION = b"2"
 _READABLE_FORMATS = (b"1", b"2")
 """Format 1 had 32-bit offsets (``binary``/``string``); its files decode the same way."""
-_PICKLE_PROTOCOL = 5
 _PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
-
-_ENC_INT64 = "int64"
-_ENC_FLOAT64 = "float64"
-_ENC_STRING = "string"
-_ENC_BINARY = "binary"
-_ENC_PICKLE = "pickle"
-
-_ARROW_TYPES = {
-    _ENC_INT64: pa.int64(),
-    _ENC_FLOAT64: pa.float64(),
-    _ENC_STRING: pa.large_string(),
-    _ENC_BINARY: pa.large_binary(),
-    _ENC_PICKLE: pa.large_binary(),
-}
 
 _STATE_TYPE = pa.dictionary(pa.int32(), pa.string())
 _COLUMNS = ("key_group", "state", "key", "value")
@@ -108,74 +101,6 @@ class StateFileHandle:
             key_group_start=None if d.get("key_group_start") is None else int(d["key_group_start"]),
             key_group_end=None if d.get("key_group_end") is None else int(d["key_group_end"]),
         )
-
-
-def _value_encoding(values: list[Any]) -> str:
-    """Pick the narrowest Arrow encoding that holds every value exactly.
-
-    Exact type checks, not isinstance: a bool or an int subclass stored as int64
-    would come back as a plain int, so those go through pickle.
-    """
-    if not values:
-        return _ENC_INT64
-    first = type(values[0])
-    if first is int:
-        if all(type(v) is int for v in values):
-            return _ENC_INT64
-    elif first is float:
-        if all(type(v) is float for v in values):
-            return _ENC_FLOAT64
-    elif first is str:
-        if all(type(v) is str for v in values):
-            return _ENC_STRING
-    elif first is bytes and all(type(v) is bytes for v in values):
-        return _ENC_BINARY
-    return _ENC_PICKLE
-
-
-def _value_array(values: list[Any]) -> tuple[str, pa.Array]:
-    encoding = _value_encoding(values)
-    if encoding == _ENC_INT64:
-        try:
-            return encoding, pa.array(values, pa.int64())
-        except (OverflowError, pa.ArrowInvalid):
-            encoding = _ENC_PICKLE  # An int beyond int64.
-    if encoding == _ENC_PICKLE:
-        dumps = pickle.dumps
-        return encoding, pa.array([dumps(v, protocol=_PICKLE_PROTOCOL) for v in values], pa.large_binary())
-    return encoding, pa.array(values, _ARROW_TYPES[encoding])
-
-
-_PICKLE_HINT = (
-    "keep plain data in state (numbers, strings, tuples, lists, dicts, dataclasses), not locks, "
-    "open files, connections, generators or lambdas"
-)
-
-
-def _unpicklable_value(keyed_state: dict[str, dict[Any, Any]]) -> StateSerializationError:
-    """Find the first value that cannot be pickled (the error path only) and describe it."""
-    for name, table in keyed_state.items():
-        for key, value in table.items():
-            try:
-                pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
-            except Exception as exc:  # noqa: BLE001 - any pickling failure is described the same way
-                msg = (
-                    f"state {name!r}, key {key!r}: a value of type {type(value).__qualname__!r} cannot be "
-                    f"pickled ({type(exc).__name__}: {exc}); {_PICKLE_HINT}"
-                )
-                return StateSerializationError(msg)
-    return StateSerializationError(f"a state value cannot be pickled; {_PICKLE_HINT}")
-
-
-def _pickle_operator_state(operator_state: Any) -> bytes:
-    try:
-        return pickle.dumps(operator_state, protocol=_PICKLE_PROTOCOL)
-    except Exception as exc:
-        msg = (
-            f"the operator state, of type {type(operator_state).__qualname__!r}, cannot be pickled "
-            f"({type(exc).__name__}: {exc}); {_PICKLE_HINT}"
-        )
-        raise StateSerializationError(msg) from exc
 
 
 def _parent(path: str) -> str:
@@ -563,41 +488,6 @@ def read_state_table(
             mask = pc.and_(pc.greater_equal(column, key_groups.start), pc.less(column, key_groups.end))
             table = table.filter(mask)
     return operator_state, table
-
-
-def _fixed_width_view(column: pa.Array, start: int, width: int, value_type: pa.DataType) -> pa.Array:
-    """Bytes ``start:start+width`` of every row as one fixed-width number (little-endian), no copy per row."""
-    sliced = pc.binary_slice(column, start, start + width).cast(pa.binary(width))
-    return pa.Array.from_buffers(value_type, len(sliced), [None, sliced.buffers()[1]], offset=sliced.offset)
-
-
-def _decode_keys(column: pa.ChunkedArray) -> list[Any]:
-    """Decode a key column: in Arrow when every key is a str or every key an int64, else one by one.
-
-    Restoring millions of keys is dominated by decoding them; the two common
-    shapes of :func:`~onceflow.state_backends.key_groups.encode_key` (``S`` +
-    length + UTF-8, ``i`` + 8 bytes) are checked and cut out as whole columns.
-    Anything else, including a str that is not valid UTF-8 (a lone
-    surrogate), goes through ``decode_key``.
-    """
-    keys = column.combine_chunks()
-    if len(keys) and keys.null_count == 0 and sys.byteorder == "little":
-        tags = pc.binary_slice(keys, 0, 1)
-        lengths = pc.binary_length(keys)
-        if pc.all(pc.equal(tags, pa.scalar(b"S", keys.type))).as_py():
-            declared = _fixed_width_view(keys, 1, 4, pa.uint32()).cast(pa.int64())
-            if pc.all(pc.equal(declared, pc.subtract(lengths.cast(pa.int64()), 5))).as_py():
-                longest = pc.max(lengths).as_py()
-                try:
-                    return pc.binary_slice(keys, 5, longest).cast(pa.large_string()).to_pylist()
-                except pa.ArrowInvalid:
-                    pass  # not UTF-8: a lone surrogate, decoded with surrogatepass below
-        elif (
-            pc.all(pc.equal(tags, pa.scalar(b"i", keys.type))).as_py()
-            and pc.all(pc.equal(lengths, 9)).as_py()
-        ):
-            return _fixed_width_view(keys, 1, 8, pa.int64()).to_pylist()
-    return list(map(decode_key, keys.to_pylist()))
 
 
 def _decode_tables(

@@ -28,10 +28,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from onceflow.state_backends._state_values import _ENC_PICKLE, _PICKLE_PROTOCOL
 from onceflow.state_backends.arrow_snapshot import (
-    _ENC_PICKLE,
     _META_VALUE_ENCODING,
-    _PICKLE_PROTOCOL,
     _STATE_TYPE,
     StateFileHandle,
     _decode_tables,
