@@ -108,11 +108,12 @@ def test_rescale_1_2_3_from_incremental_checkpoints(
 ) -> None:
     """Crash at p=1 after some incremental checkpoints, resume at p=2, crash again, finish at p=3."""
     runs = [
-        ChaosRun(chaos_dir, workload, chaos_seed, parallelism=p, delay_us=20, args=INCREMENTAL)
+        ChaosRun(chaos_dir, workload, chaos_seed, parallelism=p, delay_us=40, args=INCREMENTAL)
         for p in (1, 2, 3)
     ]
-    for run in runs[:2]:
-        outcome = run.run(crash_at="after_metadata_before_notify:6")
+    # The p=2 run crashes at its 2nd checkpoint: it resumes past the 4th and must still have work left.
+    for run, nth in zip(runs[:2], (4, 2), strict=True):
+        outcome = run.run(crash_at=f"after_metadata_before_notify:{nth}")
         run.expect_killed(outcome)
         run.check_intermediate(f"after the crash at p={run.parallelism}")
     assert "restoring from checkpoint" in runs[1].runs[0].stderr or runs[1].runs[0].returncode == -9
