@@ -16,7 +16,15 @@ from onceflow.engine.errors import CheckpointDirectoryError, JobDefinitionError
 from onceflow.operators.files import read_committed_lines
 from tests.support.chaos import JOBS
 from tests.support.oracles import compare, expected, write_input
-from tests.support.ray_support import ray_temp_dir, remove_temp_dir, run_on_ray, wait_for_no_ray_processes
+from tests.support.ray_support import (
+    check_postgres,
+    check_union,
+    check_windows,
+    ray_temp_dir,
+    remove_temp_dir,
+    run_on_ray,
+    wait_for_no_ray_processes,
+)
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -87,6 +95,25 @@ def test_keyed_count_on_two_nodes_with_s3_checkpoints_is_exact(two_nodes, keyed_
     figures = compare(read_committed_lines(out), expected(N, K, "keyed"), "keyed")
     assert figures["committed"] == figures["expected"] > 0, figures
     assert figures["duplicates"] == figures["lost"] == figures["unexpected"] == figures["wrong_value"] == 0
+
+
+def on_both_nodes(executor, what: str) -> None:
+    """Assert (and print) that the run's two workers ran on the cluster's two nodes."""
+    nodes = executor.nodes
+    print(f"{what}: workers on nodes {nodes}")
+    assert len(set(nodes.values())) == 2, f"{what}: both workers on one node: {nodes}"
+
+
+def test_union_on_two_nodes_is_exact(two_nodes, s3_bucket, tmp_path) -> None:
+    on_both_nodes(check_union(tmp_path, f"{s3_bucket}/out", f"{s3_bucket}/chk"), "union")
+
+
+def test_event_time_windows_on_two_nodes_are_exact(two_nodes, s3_bucket, tmp_path) -> None:
+    on_both_nodes(check_windows(tmp_path, f"{s3_bucket}/out", f"{s3_bucket}/chk"), "windows")
+
+
+def test_postgres_sink_job_on_two_nodes_is_exact(two_nodes, pg, s3_bucket, tmp_path) -> None:
+    on_both_nodes(check_postgres(tmp_path, pg, f"{s3_bucket}/chk"), "postgres")
 
 
 def test_local_checkpoints_are_refused_on_two_nodes(two_nodes, keyed_input, s3_bucket, tmp_path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,16 @@ from onceflow.engine.errors import CheckpointDirectoryError, JobDefinitionError
 from onceflow.operators.files import read_committed_lines
 from tests.support.chaos import JOBS
 from tests.support.oracles import compare, expected, write_input
-from tests.support.ray_support import LOOPBACK, ray_temp_dir, remove_temp_dir, run_on_ray
+from tests.support.ray_support import (
+    LOOPBACK,
+    check_joins,
+    check_postgres,
+    check_union,
+    check_windows,
+    ray_temp_dir,
+    remove_temp_dir,
+    run_on_ray,
+)
 
 ray = pytest.importorskip("ray")
 
@@ -65,18 +73,7 @@ def test_keyed_count_on_ray_is_exact(local_ray, keyed_input, tmp_path) -> None:
 
 def test_union_on_ray_is_exact(local_ray, tmp_path) -> None:
     """Two sources in a union feeding a keyed running count: every key counts 1..2n_key, once each."""
-    write_input(tmp_path / "in" / "a", N // 2, K, 2)
-    write_input(tmp_path / "in" / "b", N // 2, K, 3)
-    out = tmp_path / "out"
-    run_on_ray(
-        JOBS / "ray_jobs.py",
-        {"kind": "union", "input": str(tmp_path / "in"), "output": str(out)},
-        str(tmp_path / "chk"),
-    )
-    lines = read_committed_lines(str(out))
-    per_key = Counter(f"user-{rid % K}" for rid in range(N // 2))
-    want = sorted(f"{key},{c}" for key, n in per_key.items() for c in range(1, 2 * n + 1))
-    assert sorted(lines) == want
+    check_union(tmp_path, str(tmp_path / "out"), str(tmp_path / "chk"))
 
 
 @pytest.mark.slow
@@ -129,41 +126,17 @@ def test_a_job_without_its_file_is_refused(local_ray, keyed_input, tmp_path) -> 
 @pytest.mark.slow
 def test_event_time_windows_on_ray_are_exact(local_ray, tmp_path) -> None:
     """Tumbling and session windows with lateness, timers and late side outputs, at p2 on two actors."""
-    from tests.chaos import test_windowed_chaos as w
-
-    events, dropped = w.event_log(4242).events()
-    w.write_input(tmp_path / "in", events)
-    want = w.oracle(events, dropped)
-    out = tmp_path / "out"
-    params = {
-        "input": str(tmp_path / "in"),
-        "output": str(out),
-        "mode": "windows",
-        "max_delay": str(w.MAX_DELAY),
-        "lateness": str(w.LATENESS),
-        "tumble": str(w.TUMBLE),
-        "gap": str(w.GAP),
-        "timer_after": str(w.TIMER_AFTER),
-    }
-    run_on_ray(JOBS / "windowed_chaos_job.py", params, str(tmp_path / "chk"))
-    figures = w.compare(read_committed_lines(str(out)), want, final=True)
-    assert figures["committed"] > 0
-    assert figures["duplicates"] == figures["lost"] == figures["unexpected"] == figures["wrong_value"] == 0, (
-        figures
-    )
+    check_windows(tmp_path, str(tmp_path / "out"), str(tmp_path / "chk"))
 
 
 @pytest.mark.slow
-def test_postgres_sink_job_on_ray_is_exact(local_ray, keyed_input, pg, tmp_path) -> None:
+def test_postgres_sink_job_on_ray_is_exact(local_ray, pg, tmp_path) -> None:
     """Every input line becomes one row, through the two-phase-commit PostgresSink on two actors."""
-    table = pg.table()
-    job = pg.job("rayjob")
-    run_on_ray(
-        JOBS / "ray_jobs.py",
-        {"kind": "postgres", "input": str(keyed_input), "dsn": pg.dsn, "table": table, "name": job},
-        str(tmp_path / "chk"),
-    )
-    rows = pg.q(f"SELECT id, name FROM {table}")
-    assert len(rows) == N
-    assert sorted(rows) == [(rid, f"user-{rid % K}") for rid in range(N)]
-    assert pg.prepared(job, "pg") == []
+    check_postgres(tmp_path, pg, str(tmp_path / "chk"))
+
+
+@pytest.mark.slow
+def test_two_input_operators_on_ray_are_exact(local_ray, tmp_path) -> None:
+    """connect, interval_join and window_join at p2 on two actors (keyed state of both inputs)."""
+    executor = check_joins(tmp_path, str(tmp_path / "out"), str(tmp_path / "chk"))
+    assert executor.workers_count == 2
