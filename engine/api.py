@@ -544,13 +544,17 @@ class KeyedStream:
         ``fn`` has ``process_element(value, ctx)`` and optionally
         ``on_timer(timestamp, ctx)``; both return an iterable of outputs (or
         None). See ``onceflow.operators.KeyedProcessFunction``.
+
+        ``on_error="dead_letter"``: a record (or timer) whose method raises is
+        a dead letter naming its ``key``; its outputs are dropped, but state it
+        wrote and timers it registered before raising stay.
         """
         from onceflow.operators.process_function import KeyedProcessOperator
 
         if not callable(getattr(fn, "process_element", None)):
             msg = f"process() needs an object with process_element(value, ctx), got {fn!r}"
             raise JobDefinitionError(msg)
-        on_error_mode(on_error, "process", dead_letters=False)
+        mode = on_error_mode(on_error, "process")
         timestamp_fn = self._timestamp_fn
         return self._keyed(
             "process",
@@ -559,6 +563,7 @@ class KeyedStream:
             name,
             parallelism,
             uid,
+            mode,
         )
 
     def window(self, assigner: Any) -> WindowedStream:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["RECORD_REPR_LIMIT", "dead_letter", "describe_position", "describe_record"]
+__all__ = ["RECORD_REPR_LIMIT", "UNKEYED", "dead_letter", "describe_position", "describe_record"]
 
 RECORD_REPR_LIMIT = 1000
 """Characters of a record's ``repr`` (and of an error message) kept in a dead letter or an error."""
@@ -41,14 +41,29 @@ def describe_position(position: dict[str, Any] | None) -> str:
     return f" ({position})"
 
 
+UNKEYED: Any = object()
+"""``key=`` of :func:`dead_letter` for a record that has no key (None is a key)."""
+
+
 def dead_letter(
-    *, operator: str, subtask: int, error: BaseException, record: Any, source: dict[str, Any] | None
+    *,
+    operator: str,
+    subtask: int,
+    error: BaseException,
+    record: Any,
+    source: dict[str, Any] | None,
+    key: Any = UNKEYED,
+    input: int | None = None,  # noqa: A002 - the letter's field name
+    timer: float | None = None,
 ) -> str:
     """Return the dead letter of one bad record: a JSON object on one line.
 
     Keys: ``operator``, ``subtask``, ``error`` (``{"type", "message"}``),
     ``record`` (truncated repr) and, when known, ``source`` (what the source
-    reader's ``batch_position`` said).
+    reader's ``batch_position`` said); for a keyed operator the record's
+    ``key`` (its repr, truncated); for a two-input operator ``input`` (1 or 2:
+    which input the record came from); for a failing timer (a window join's
+    window, an ``on_timer``) the ``timer``'s timestamp.
     """
     letter: dict[str, Any] = {
         "operator": operator,
@@ -56,6 +71,12 @@ def dead_letter(
         "error": {"type": type(error).__name__, "message": _cut(_message(error))},
         "record": describe_record(record),
     }
+    if key is not UNKEYED:
+        letter["key"] = describe_record(key)
+    if input is not None:
+        letter["input"] = input
+    if timer is not None:
+        letter["timer"] = timer
     if source:
         letter["source"] = source
     return json.dumps(letter, ensure_ascii=False, default=str)

@@ -13,13 +13,15 @@ each input::
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from onceflow.engine._api_args import check_fn, copy_per_subtask, describe_output
+from onceflow.engine._api_args import check_fn, copy_per_subtask, describe_output, on_error_mode
 from onceflow.engine.errors import JobDefinitionError
+from onceflow.engine.graph import OnError
 from onceflow.operators.base import describe_callable
 
 if TYPE_CHECKING:
@@ -132,6 +134,7 @@ class _TwoInputs:
         name: str | None,
         parallelism: int | None,
         uid: str | None,
+        on_error: OnError,
     ) -> Stream:
         from onceflow.operators.co_process import KeyedCoProcessOperator
 
@@ -146,10 +149,35 @@ class _TwoInputs:
             name,
             parallelism,
             uid,
+            on_error,
             second=second,
         )
         describe_output(stream, f"{description}: {describe_callable(shown)}")
         return stream
+
+
+class _EventTimeJoin(_TwoInputs):
+    """A join by event time: it can send its late records to a side output."""
+
+    _late_tags: tuple[str | None, str | None] = (None, None)
+
+    def late_records(self, tag: str, *, second: str | None = None) -> Any:
+        """Send late records to side output ``tag`` (the second input's to ``second``, if given).
+
+        A record is late when the join's watermark already passed it (a window
+        join: every window it belongs to), so what it could have joined with
+        may be gone. Read them with ``stream.side_output(tag)`` on the join's
+        output. Without a tag late records are counted and logged, never joined.
+        """
+        joined = copy.copy(self)
+        joined._late_tags = (str(tag), None if second is None else str(second))  # noqa: SLF001 - a copy of self
+        return joined
+
+    def _late_description(self) -> str:
+        first, second = self._late_tags
+        if first is None:
+            return ""
+        return f", late records -> {first!r}" + (f" / {second!r}" if second is not None else "")
 
 
 class ConnectedStreams(_TwoInputs):
@@ -162,6 +190,7 @@ class ConnectedStreams(_TwoInputs):
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Run a keyed co-process function over both inputs: one state and one set of timers per key.
 
@@ -169,7 +198,13 @@ class ConnectedStreams(_TwoInputs):
         ``process_element2(value, ctx)`` (second input) and optionally
         ``on_timer(timestamp, ctx)``; each returns an iterable of outputs or
         None. See ``onceflow.operators.KeyedCoProcessFunction``.
+
+        ``on_error="dead_letter"``: a record (or timer) whose method raises is
+        a dead letter naming its ``input`` (1 or 2) and ``key``; its outputs
+        are dropped, but state it wrote and timers it registered before
+        raising stay.
         """
+        mode = on_error_mode(on_error, "connect().process")
         missing = [m for m in ("process_element1", "process_element2") if not callable(getattr(fn, m, None))]
         if missing:
             msg = (
@@ -179,10 +214,10 @@ class ConnectedStreams(_TwoInputs):
             )
             raise JobDefinitionError(msg)
         make = lambda: copy_per_subtask(fn)  # noqa: E731
-        return self._operator(make, fn.process_element1, "connect", name, parallelism, uid)
+        return self._operator(make, fn.process_element1, "connect", name, parallelism, uid, mode)
 
 
-class IntervalJoinedStreams(_TwoInputs):
+class IntervalJoinedStreams(_EventTimeJoin):
     """Two keyed streams paired by an event-time interval (``KeyedStream.interval_join``)."""
 
     _method = "interval_join"
@@ -214,27 +249,32 @@ class IntervalJoinedStreams(_TwoInputs):
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Call ``fn(left, right)`` for every pair within the interval; emit the items it returns.
 
         State expires with the watermark: a record is kept only while a record
-        of the other input could still pair with it.
+        of the other input could still pair with it. ``on_error="dead_letter"``:
+        a record for which ``fn`` raises joins nothing and is kept nowhere; it
+        is a dead letter naming its ``input`` (1 or 2) and ``key``.
         """
         from onceflow.operators.joins import IntervalJoinFunction
 
         check_fn(fn, "interval_join().process")
-        lower, upper = self._lower, self._upper
+        mode = on_error_mode(on_error, "interval_join().process")
+        lower, upper, tags = self._lower, self._upper, self._late_tags
         return self._operator(
-            lambda: IntervalJoinFunction(fn, lower, upper),
+            lambda: IntervalJoinFunction(fn, lower, upper, tags),
             fn,
-            f"interval join [{lower}, {upper}] s",
+            f"interval join [{lower}, {upper}] s{self._late_description()}",
             name,
             parallelism,
             uid,
+            mode,
         )
 
 
-class WindowJoinedStreams(_TwoInputs):
+class WindowJoinedStreams(_EventTimeJoin):
     """Two keyed streams grouped by key and window (``KeyedStream.window_join``)."""
 
     _method = "window_join"
@@ -261,16 +301,26 @@ class WindowJoinedStreams(_TwoInputs):
         name: str | None = None,
         parallelism: int | None = None,
         uid: str | None = None,
+        on_error: str = "fail",
     ) -> Stream:
         """Call ``fn(key, window, lefts, rights)`` when a window ends; emit the items it returns.
 
         Called for every key and window in which either input had a record,
         so a join is a loop over both lists (nothing when one is empty).
+        ``on_error="dead_letter"``: a window for which ``fn`` raises is a dead
+        letter whose ``record`` is ``(key, window, lefts, rights)``.
         """
         from onceflow.operators.joins import WindowJoinFunction
 
         check_fn(fn, "window_join().process")
-        assigner = self._assigner
+        mode = on_error_mode(on_error, "window_join().process")
+        assigner, tags = self._assigner, self._late_tags
         return self._operator(
-            lambda: WindowJoinFunction(fn, assigner), fn, f"window join {assigner!r}", name, parallelism, uid
+            lambda: WindowJoinFunction(fn, assigner, tags),
+            fn,
+            f"window join {assigner!r}{self._late_description()}",
+            name,
+            parallelism,
+            uid,
+            mode,
         )

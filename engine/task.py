@@ -25,13 +25,13 @@ from enum import Enum
 from typing import Any
 
 from onceflow.engine.alignment import AlignmentResult, BarrierAligner
-from onceflow.engine.dead_letters import dead_letter, describe_position, describe_record
+from onceflow.engine.dead_letters import UNKEYED, dead_letter, describe_position, describe_record
 from onceflow.engine.elements import END_OF_DATA, Barrier, Batch, EndOfData, Watermark
 from onceflow.engine.errors import OperatorError
 from onceflow.engine.faults import CRASH_POINTS
 from onceflow.engine.graph import DEAD_LETTER_TAG, OnError, OperatorSpec
 from onceflow.engine.plan import TaskSpec
-from onceflow.operators.bad_records import BadInput, BatchFailure
+from onceflow.operators.bad_records import BadInput, BatchFailure, TimerFailure
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState, SourceReader
 from onceflow.operators.watermarks import InputWatermarks, WatermarkUpdate
 from onceflow.state_backends.errors import ErrorDomain, OnceflowError
@@ -180,10 +180,7 @@ class Subtask:
             return
         self._last_tick = now
         for i in self._time_ops:
-            try:
-                out = self.ops[i].on_processing_time(now)
-            except Exception as exc:
-                raise self._error(self.specs[i], exc, "timer") from exc
+            out = self._time_hook(i, self.ops[i].on_processing_time, now, "timer")
             if out:
                 self._push(out, None, i + 1)
             elif self._side_ops:
@@ -282,9 +279,17 @@ class Subtask:
         except OperatorError:
             raise
         except BatchFailure as failure:
-            head_keys = keys if i == 0 and start == 0 and self._keyed_head else None
+            at_head = i == 0 and start == 0 and self._keyed_head
             from_source = self._in_source_batch(start)
-            self._isolate(i, records, head_keys, failure, from_source=from_source, exact=i == start == 0)
+            self._isolate(
+                i,
+                records,
+                keys if at_head else None,
+                failure,
+                from_source=from_source,
+                exact=i == start == 0,
+                head=head if at_head else None,
+            )
             return
         except Exception as exc:
             where = describe_position(self._position(None)) if self._in_source_batch(start) else ""
@@ -347,10 +352,7 @@ class Subtask:
         for i in range(start, len(self.ops)):
             if i in self._emitted and not through_assigners:
                 return
-            try:
-                out = self.ops[i].on_watermark(watermark)
-            except Exception as exc:
-                raise self._error(self.specs[i], exc, "watermark") from exc
+            out = self._time_hook(i, self.ops[i].on_watermark, watermark, "watermark")
             if out:
                 self._push(out, None, i + 1)
             elif self._side_ops:
@@ -465,6 +467,7 @@ class Subtask:
         *,
         from_source: bool,
         exact: bool,
+        head: Callable[[list, list], list] | None = None,
     ) -> None:
         """Operator ``i`` raised ``failure`` for ``records``: deal with each bad record, go on with the rest.
 
@@ -481,9 +484,14 @@ class Subtask:
         subtask reads a source and is pushing that batch). ``exact``: ``records``
         *is* that batch, so a record's index there is its source position;
         otherwise a dead letter names the whole source batch's position.
+        ``keys``: the batch is the keyed head's input (a dead letter names the
+        record's key); ``head``: the method that took it, when it is not
+        ``process_keyed_batch`` (the second input of a two-input head: the dead
+        letter says ``"input": 2``).
         """
         spec = self.specs[i]
         op = self.ops[i]
+        again_keyed = head or op.process_keyed_batch
         letters: list[str] = []
         offset = 0
         while True:
@@ -500,6 +508,8 @@ class Subtask:
                     error=failure.error,
                     record=record,
                     source=position,
+                    key=keys[at] if keys is not None else UNKEYED,
+                    input=self._input_number(head) if keys is not None else None,
                 )
             )
             # Step 2
@@ -510,7 +520,7 @@ class Subtask:
                 break
             try:
                 rest = records[offset:]
-                out = op.process_batch(rest) if keys is None else op.process_keyed_batch(rest, keys[offset:])
+                out = op.process_batch(rest) if keys is None else again_keyed(rest, keys[offset:])
             except BatchFailure as again:
                 failure = again
                 continue
@@ -521,6 +531,43 @@ class Subtask:
         # Step 4
         for gate in self.side_gates.get(DEAD_LETTER_TAG, ()):
             gate.emit(letters)
+
+    def _time_hook(self, i: int, hook: Callable[[float], list], now: float, phase: str) -> list:
+        """Call operator ``i``'s ``on_watermark`` or ``on_processing_time``; deal with failing timers.
+
+        A timer whose user function raised (``TimerFailure``) fails the attempt
+        naming it, or with ``on_error="dead_letter"`` becomes a dead letter:
+        the outputs of the timers before it go down the chain, the letter goes
+        out in the same step, and the hook is called again for the timers
+        still due.
+        """
+        while True:
+            try:
+                return hook(now)
+            except TimerFailure as failure:
+                spec = self.specs[i]
+                if spec.on_error is not OnError.DEAD_LETTER:
+                    raise self._record_error(spec, failure.error, failure.record, None) from failure.error
+                self._push(failure.outputs, None, i + 1)
+                letter = dead_letter(
+                    operator=spec.name,
+                    subtask=self.index,
+                    error=failure.error,
+                    record=failure.record,
+                    source=None,
+                    key=failure.key,
+                    timer=failure.timestamp,
+                )
+                for gate in self.side_gates.get(DEAD_LETTER_TAG, ()):
+                    gate.emit([letter])
+            except Exception as exc:
+                raise self._error(self.specs[i], exc, phase) from exc
+
+    def _input_number(self, head: Callable[[list, list], list] | None) -> int | None:
+        """Which input of a two-input head a batch came in on (1 or 2); None for one-input heads."""
+        if Capability.TWO_INPUTS not in self.ops[0].capabilities:
+            return None
+        return 1 if head is None else 2
 
     def _bad_input(self, bad: BadInput) -> Any:
         """Fail naming the first row the reader could not decode, or make every such row a dead letter.

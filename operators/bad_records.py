@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from operator import length_hint
 from typing import Any
 
-__all__ = ["BatchFailure", "failure_at"]
+__all__ = ["BadInput", "BatchFailure", "TimerFailure", "failure_at"]
 
 
 class BatchFailure(Exception):  # noqa: N818 - control flow of the error path, not a user-facing error
@@ -86,3 +86,25 @@ class BadInput(Exception):  # noqa: N818 - control flow of the error path, not a
         super().__init__(f"{len(bad)} bad input row(s), the first {raw!r}{where}: {error}")
         self.records = records
         self.bad = bad
+
+
+class TimerFailure(Exception):  # noqa: N818 - control flow of the error path, not a user-facing error
+    """A timer's user function raised ``error`` while the watermark (or clock) fired timers.
+
+    Contract, for the hook (``on_watermark`` or ``on_processing_time``) that raised it:
+
+    1. every timer that fired before it ran once, and :attr:`outputs` are their outputs;
+    2. the failing timer is gone from state (it fired; it will not fire again);
+    3. calling the same hook again with the same time fires the timers still due.
+
+    :attr:`record` describes what the failing timer was handling (a window
+    join: ``(key, window, lefts, rights)``), :attr:`key` its key.
+    """
+
+    def __init__(self, error: Exception, record: Any, key: Any, timestamp: float, outputs: list) -> None:
+        super().__init__(f"timer {timestamp!r} of key {key!r} failed: {type(error).__name__}: {error}")
+        self.error = error
+        self.record = record
+        self.key = key
+        self.timestamp = timestamp
+        self.outputs = outputs

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from onceflow.operators.base import Capability
+from onceflow.operators.event_time import LateRecords
 from onceflow.operators.process_function import KeyedProcessOperator, ProcessContext
 
 __all__ = ["KeyedCoProcessFunction", "KeyedCoProcessOperator", "key_kind"]
@@ -120,6 +121,13 @@ class KeyedCoProcessOperator(KeyedProcessOperator):
         if not self._kinds_checked and keys:
             self._check_key_kind(1, keys[0])
         return self._process_records(records, keys, self.fn.process_element2, self.timestamp_fns[1])
+
+    def finish(self) -> list:
+        """Log how many late records a join dropped (without a ``late_records`` tag), if any."""
+        late = getattr(self.fn, "late", None)
+        if isinstance(late, LateRecords):
+            late.log_total(getattr(getattr(self, "ctx", None), "subtask_index", 0))
+        return []
 
     def _check_key_kind(self, side: int, key: Any) -> None:
         """Refuse inputs whose keys can never be equal, naming both inputs and an example key of each."""

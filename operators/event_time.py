@@ -20,6 +20,7 @@ never fire a window or timer a second time.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -28,7 +29,10 @@ from typing import Any
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
 from onceflow.operators.watermarks import bounded_out_of_orderness, has_been_idle
 
+log = logging.getLogger("onceflow")
+
 __all__ = [
+    "LateRecords",
     "TimestampAssigner",
     "check_timestamp",
     "event_times",
@@ -211,3 +215,56 @@ def event_times(records: list, timestamp_fn: Callable[[Any], Any], operator: str
         if (type(t) is not float and type(t) is not int) or t != t:  # noqa: PLR0124 - NaN
             times[i] = check_timestamp(t, records[i], operator)
     return times
+
+
+class LateRecords:
+    """Where an event-time operator's late records go: a side output, never silently nowhere.
+
+    With a tag (``late_records(tag)`` on a windowed stream or a join) a late
+    record is appended to the operator's ``side_outputs[tag]`` (the operator
+    declares ``Capability.SIDE_OUTPUTS``) and counted in :attr:`emitted`.
+    Without one it is counted in :attr:`dropped` and the first one is logged
+    with the fix; :meth:`log_total` logs the count when the input ends. What
+    "late" means is the operator's decision; this class only routes.
+    """
+
+    __slots__ = ("operator", "tag", "side_outputs", "lateness", "dropped", "emitted")
+
+    def __init__(
+        self, operator: str, tag: str | None, side_outputs: dict[str, list], lateness: float
+    ) -> None:
+        self.operator = operator
+        self.tag = tag
+        self.side_outputs = side_outputs
+        self.lateness = lateness
+        self.dropped = 0
+        self.emitted = 0
+
+    def add(self, record: Any, watermark: float, tag: str | None = None) -> None:
+        """Route one late record: to side output ``tag`` (default: this one's), or count and warn once."""
+        tag = tag if tag is not None else self.tag
+        if tag is not None:
+            self.side_outputs.setdefault(tag, []).append(record)
+            self.emitted += 1
+            return
+        if self.dropped == 0:
+            log.warning(
+                "%s: dropped a record later than the allowed lateness (%s s) at watermark %s: %r; "
+                "use .late_records(tag) to keep such records (the total is logged at the end)",
+                self.operator,
+                self.lateness,
+                watermark,
+                record,
+            )
+        self.dropped += 1
+
+    def log_total(self, subtask_index: int) -> None:
+        """Log how many records were dropped as late, if any (at end of input)."""
+        if self.dropped:
+            log.warning(
+                "%s subtask %s: dropped %d records later than the allowed lateness (%s s)",
+                self.operator,
+                subtask_index,
+                self.dropped,
+                self.lateness,
+            )

@@ -14,10 +14,18 @@ which records to keep and when to forget them:
 
 So state on unbounded input is bounded by the rate of records times the
 interval (or window) length, never by the length of the run. A record whose
-timestamp is below the operator's watermark is late: every record it could
-pair with may already be gone, so it is not joined; ``late_records`` counts
-them per subtask (give ``assign_timestamps`` a ``max_delay`` that covers the
-input's disorder).
+timestamp is below the operator's watermark (a window join: whose every
+window the watermark passed) is late: every record it could pair with may
+already be gone, so it is not joined. It goes to the side output of
+``late_records(tag)`` (``second=`` another tag for the second input's), or
+without a tag is counted and logged (:class:`~onceflow.operators.event_time.LateRecords`,
+as windows do); give ``assign_timestamps`` a ``max_delay`` that covers the
+input's disorder.
+
+A user function that raises, with ``on_error="dead_letter"``: an interval
+join's pair function raises before its record is buffered, so that record
+joins nothing and is a dead letter; a window join's raises for one window,
+whose ``(key, window, lefts, rights)`` is the dead letter.
 """
 
 from __future__ import annotations
@@ -27,13 +35,36 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from onceflow.operators.co_process import KeyedCoProcessFunction
-from onceflow.operators.process_function import ProcessContext
+from onceflow.operators.event_time import LateRecords
+from onceflow.operators.process_function import ProcessContext, describe_current
 from onceflow.operators.windows import Window
 
 __all__ = ["IntervalJoinFunction", "WindowJoinFunction"]
 
 _LEFT = "join:left"
 _RIGHT = "join:right"
+
+
+class _EventTimeJoin(KeyedCoProcessFunction):
+    """What both joins share: where late records go (``late_tags``: one tag per input, or None)."""
+
+    late: LateRecords | None = None
+
+    def __init__(self, late_tags: tuple[str | None, str | None]) -> None:
+        self.late_tags = late_tags
+
+    def _late(self, value: Any, ctx: ProcessContext, side: int) -> None:
+        """Send a late record of input ``side`` (0 or 1) to its side output, or count it and warn once."""
+        late = self.late
+        if late is None:
+            op = ctx._op  # noqa: SLF001 - the operator this function runs in owns the side outputs
+            late = self.late = LateRecords(op.name, self.late_tags[0], op.side_outputs, 0.0)
+        late.add(value, ctx.current_watermark, self.late_tags[side])
+
+    @property
+    def late_records(self) -> int:
+        """Late records of this subtask so far (sent to a side output or dropped)."""
+        return 0 if self.late is None else self.late.dropped + self.late.emitted
 
 
 def _buffer(state: Any, timestamp: float, record: Any) -> None:
@@ -47,7 +78,7 @@ def _buffer(state: Any, timestamp: float, record: Any) -> None:
         state.put(timestamp, [*found, record])
 
 
-class IntervalJoinFunction(KeyedCoProcessFunction):
+class IntervalJoinFunction(_EventTimeJoin):
     """Pair each left record at ``l`` with each right record of its key at ``l + lower <= r <= l + upper``.
 
     ``fn(left, right)`` returns an iterable of outputs (or None) per pair.
@@ -55,17 +86,24 @@ class IntervalJoinFunction(KeyedCoProcessFunction):
     timestamps of that key (those within the interval, as the rest expired).
     """
 
-    def __init__(self, fn: Callable[[Any, Any], Iterable[Any] | None], lower: float, upper: float) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Any, Any], Iterable[Any] | None],
+        lower: float,
+        upper: float,
+        late_tags: tuple[str | None, str | None] = (None, None),
+    ) -> None:
+        super().__init__(late_tags)
         self.fn = fn
         self.lower = float(lower)
         self.upper = float(upper)
-        self.late_records = 0
 
     def process_element1(self, value: Any, ctx: ProcessContext) -> list | None:
         """Join a left record with the buffered rights in ``[t + lower, t + upper]``; keep it till then."""
         t = ctx.timestamp
         if t is None or t < ctx.current_watermark:
-            self.late_records += t is not None
+            if t is not None:
+                self._late(value, ctx, 0)
             return None
         lo, hi = t + self.lower, t + self.upper
         out = self._pairs(value, ctx.map_state(_RIGHT).items(), lo, hi, left=True)
@@ -77,7 +115,8 @@ class IntervalJoinFunction(KeyedCoProcessFunction):
         """Join a right record with the buffered lefts in ``[t - upper, t - lower]``; keep it till then."""
         t = ctx.timestamp
         if t is None or t < ctx.current_watermark:
-            self.late_records += t is not None
+            if t is not None:
+                self._late(value, ctx, 1)
             return None
         lo, hi = t - self.upper, t - self.lower
         out = self._pairs(value, ctx.map_state(_LEFT).items(), lo, hi, left=False)
@@ -110,7 +149,7 @@ class IntervalJoinFunction(KeyedCoProcessFunction):
                 rights.remove(ts)
 
 
-class WindowJoinFunction(KeyedCoProcessFunction):
+class WindowJoinFunction(_EventTimeJoin):
     """Collect both inputs of each key and window; call ``fn(key, window, lefts, rights)`` once it ends.
 
     The window assigner must be event time and not merging (tumbling or
@@ -119,10 +158,15 @@ class WindowJoinFunction(KeyedCoProcessFunction):
     nothing when one is empty).
     """
 
-    def __init__(self, fn: Callable[[Any, Window, list, list], Iterable[Any] | None], assigner: Any) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Any, Window, list, list], Iterable[Any] | None],
+        assigner: Any,
+        late_tags: tuple[str | None, str | None] = (None, None),
+    ) -> None:
+        super().__init__(late_tags)
         self.fn = fn
         self.assigner = assigner
-        self.late_records = 0
 
     def process_element1(self, value: Any, ctx: ProcessContext) -> None:
         """Add a left record to each of its windows."""
@@ -138,11 +182,12 @@ class WindowJoinFunction(KeyedCoProcessFunction):
             return
         watermark = ctx.current_watermark
         windows = ctx.map_state("join:windows")
+        added = False
         for window in self.assigner.assign(t):
             end = window.max_timestamp
             if end < watermark:
-                self.late_records += 1
                 continue
+            added = True
             bounds = (window.start, window.end)
             entry = windows.get(bounds)
             if entry is None:
@@ -152,6 +197,8 @@ class WindowJoinFunction(KeyedCoProcessFunction):
             entry[side].append(value)
             windows.put(bounds, entry)
             ctx.timers.register_event_time(end)
+        if not added:
+            self._late(value, ctx, side)
 
     def on_timer(self, timestamp: float, ctx: ProcessContext) -> list | None:
         """Fire and forget every window of the key whose ``max_timestamp`` the watermark reached."""
@@ -163,7 +210,14 @@ class WindowJoinFunction(KeyedCoProcessFunction):
                 continue
             lefts, rights = windows.get(bounds)
             windows.remove(bounds)
-            result = self.fn(ctx.key, window, list(lefts), list(rights))
+            lefts, rights = list(lefts), list(rights)
+            try:
+                result = self.fn(ctx.key, window, lefts, rights)
+                if result is not None and type(result) is not list:
+                    result = list(result)
+            except Exception:
+                describe_current(ctx, (ctx.key, window, lefts, rights))
+                raise
             if result is not None:
                 if out is None:
                     out = []

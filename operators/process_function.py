@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from onceflow.operators.bad_records import TimerFailure, failure_at
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
 from onceflow.operators.event_time import (
     check_timestamp,
@@ -191,6 +192,15 @@ class ProcessContext:
         self._op.side_outputs.setdefault(tag, []).append(value)
 
 
+def describe_current(ctx: ProcessContext, record: Any) -> None:
+    """Name what the function was handling when it raises (a dead letter's or an error's ``record``).
+
+    For functions built on this operator whose unit of work is not the input
+    record or the timer, such as a window join's ``(key, window, lefts, rights)``.
+    """
+    ctx._op.current_record = record  # noqa: SLF001 - one module's context
+
+
 class KeyedProcessOperator(Operator):
     """Runs a keyed process function over a keyed stream.
 
@@ -252,13 +262,22 @@ class KeyedProcessOperator(Operator):
         element: Callable[[Any, ProcessContext], Iterable[Any] | None],
         ts_fn: Callable[[Any], float] | None,
     ) -> list:
-        """Call ``element(record, ctx)`` per record, ``ctx`` set to its key and ``ts_fn``'s time."""
+        """Call ``element(record, ctx)`` per record, ``ctx`` set to its key and ``ts_fn``'s time.
+
+        When ``element`` raises: ``BatchFailure`` (the runtime fails naming the
+        record, or makes it a dead letter and passes the rest in again). The
+        failing record's outputs are dropped; unlike a ``reduce``, state it
+        wrote, timers it registered and side outputs it emitted before raising
+        stay (the function is the user's code): deterministic on a replay, so
+        still exactly once.
+        """
         out: list = []
         ctx = self.ctx_view
         self.current_domain = None
         if ts_fn is None:
             self.current_timestamp = None  # not the other input's (or a timer's) time
-        for record, key in zip(records, keys):
+        remaining = iter(records)
+        for record, key in zip(remaining, keys):
             self.current_key = key
             self.current_record = record
             if ts_fn is not None:
@@ -269,9 +288,15 @@ class KeyedProcessOperator(Operator):
                 if (type(t) is not float and type(t) is not int) or t != t:  # noqa: PLR0124
                     t = check_timestamp(t, record, self.name)
                 self.current_timestamp = t
-            result = element(record, ctx)
+            try:
+                result = element(record, ctx)
+                if result is not None and type(result) is not list:
+                    result = list(result)  # a generator that raises adds nothing to ``out``
+            except Exception as exc:
+                self.current_record = None
+                raise failure_at(records, remaining, exc, out) from None
             if result is not None:
-                out.extend(result)
+                out += result
         self.current_record = None
         return out
 
@@ -318,16 +343,26 @@ class KeyedProcessOperator(Operator):
             self.current_timestamp = timestamp
             self.current_domain = label
             self.current_record = f"<{label}-time timer {timestamp!r} of key {key!r}>"
-            result = on_timer(timestamp, ctx)
+            try:
+                result = on_timer(timestamp, ctx)
+                if result is not None and type(result) is not list:
+                    result = list(result)
+            except Exception as exc:
+                record, self.current_record, self.current_domain = self.current_record, None, None
+                raise TimerFailure(exc, record, key, timestamp, out) from None
             if result is not None:
-                out.extend(result)
+                out += result
         self.current_domain = None
         self.current_record = None
         return out
 
     def on_watermark(self, watermark: float) -> list:
-        """Fire event-time timers the watermark reached, in time order."""
-        if watermark <= self.watermark:
+        """Fire event-time timers the watermark reached, in time order.
+
+        Called again with the same watermark after a ``TimerFailure``, it fires
+        the timers that were still due (those that fired are gone from state).
+        """
+        if watermark < self.watermark:
             return []
         self.watermark = watermark
         return self._fire(_EVENT, watermark)

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import math
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
-from onceflow.operators.event_time import event_times, frozen_copy, restored_watermark
+from onceflow.operators.event_time import LateRecords, event_times, frozen_copy, restored_watermark
 
 __all__ = [
     "EventTimeSessionWindows",
@@ -52,8 +51,6 @@ __all__ = [
     "WindowAssigner",
     "WindowOperator",
 ]
-
-log = logging.getLogger("onceflow")
 
 
 class Window(NamedTuple):
@@ -271,8 +268,8 @@ class WindowOperator(Operator):
             capabilities |= Capability.SIDE_OUTPUTS
             self.side_outputs = {}
         self.capabilities = capabilities
-        self.late_dropped = 0
-        self.late_emitted = 0
+        side = self.side_outputs if late_tag is not None else {}
+        self.late = LateRecords(self.name, late_tag, side, self.lateness)
         self.watermark = -math.inf
         self.windows: dict[Any, dict[Window, list]] = {}
         """``{key: {window: [accumulator, emitted]}}``; ``emitted``: its current content was output."""
@@ -390,20 +387,17 @@ class WindowOperator(Operator):
         return True
 
     def _late(self, record: Any) -> None:
-        if self.late_tag is not None:
-            self.side_outputs.setdefault(self.late_tag, []).append(record)
-            self.late_emitted += 1
-            return
-        if self.late_dropped == 0:
-            log.warning(
-                "%s: dropped a record later than the allowed lateness (%s s) at watermark %s: %r; "
-                "use .late_records(tag) to keep such records (the total is logged at the end)",
-                self.name,
-                self.lateness,
-                self.watermark,
-                record,
-            )
-        self.late_dropped += 1
+        self.late.add(record, self.watermark)
+
+    @property
+    def late_dropped(self) -> int:
+        """Records later than the allowed lateness dropped (no ``late_records`` tag)."""
+        return self.late.dropped
+
+    @property
+    def late_emitted(self) -> int:
+        """Records later than the allowed lateness sent to the ``late_records`` side output."""
+        return self.late.emitted
 
     def _emit(self, key: Any, window: Window, entry: list, out: list) -> None:
         entry[1] = True
@@ -463,14 +457,7 @@ class WindowOperator(Operator):
 
     def finish(self) -> list:
         """Report records dropped as too late (the end-of-time watermark already fired every window)."""
-        if self.late_dropped:
-            log.warning(
-                "%s subtask %s: dropped %d records later than the allowed lateness (%s s)",
-                self.name,
-                getattr(getattr(self, "ctx", None), "subtask_index", 0),
-                self.late_dropped,
-                self.lateness,
-            )
+        self.late.log_total(getattr(getattr(self, "ctx", None), "subtask_index", 0))
         return []
 
     # -- state ---------------------------------------------------------------------------

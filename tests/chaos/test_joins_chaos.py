@@ -13,13 +13,14 @@ reference without duplicates, no committed line may vanish, and at the end they 
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.support.chaos import JOBS, ChaosRun, Workload
-from tests.support.joins_reference import JoinWorkload, output_line, write_events
+from tests.support.joins_reference import JoinWorkload, letter_identity, output_line, write_events
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -116,3 +117,108 @@ def test_joins_survive_random_kills_with_rescaling(executor, joins_workload, cha
     assert len(mid_run) >= 3, f"kills did not land mid-run: {run.committed_at_kill} of {final}"
     line = run.report(f"test_joins_survive_random_kills_with_rescaling[{executor}]", figures)
     print(f"{line} parallelism_per_run={scales} committed_at_kills={run.committed_at_kill}")
+
+
+POISON = 97
+"""A record (connect) or window (window_join) whose value is a multiple of it makes the function raise."""
+
+
+class JoinDeadLettersChaosRun(JoinsChaosRun):
+    """Runs of the poisoned join job: main lines and dead letters both checked against the reference."""
+
+    def __init__(self, root: Path, workload: Workload, seed: int, *, letters: Counter, **kwargs) -> None:
+        self.dead = root / "dead"
+        self.want_letters = letters
+        self.previous_letters: set[tuple] = set()
+        params = {"poison": str(POISON), "dead_letters": str(self.dead)}
+        super().__init__(root, workload, seed, params=params, **kwargs)
+
+    def letters(self) -> Counter:
+        from onceflow.operators.files import read_committed_lines
+
+        lines = read_committed_lines(str(self.dead)) if self.dead.exists() else []
+        return Counter(letter_identity(line) for line in lines)
+
+    def figures(self, lines: list[str]) -> dict[str, int]:
+        got = self.letters()
+        return {
+            **super().figures(lines),
+            "letters": sum(got.values()),
+            "letters_expected": sum(self.want_letters.values()),
+            "letter_duplicates": sum(c - 1 for c in got.values()),
+            "letters_lost": len(self.want_letters.keys() - got.keys()),
+            "letter_unexpected": len(got.keys() - self.want_letters.keys()),
+        }
+
+    def check_intermediate(self, when: str) -> dict[str, int]:
+        figures = super().check_intermediate(when)
+        bad = {k: figures[k] for k in ("letter_duplicates", "letter_unexpected") if figures[k]}
+        assert not bad, f"{when}: committed dead letters broken {bad}; {self.where()}"
+        current = set(self.letters())
+        gone = self.previous_letters - current
+        assert not gone, f"{when}: {len(gone)} committed dead letters disappeared; {self.where()}"
+        self.previous_letters = current
+        return figures
+
+    def final_figures(self) -> dict[str, int]:
+        figures = super().final_figures()
+        assert figures["letters_lost"] == 0 and figures["letters"] == figures["letters_expected"], (
+            f"final dead letters differ from the reference: {figures}; {self.where()}"
+        )
+        return figures
+
+
+@pytest.fixture(scope="module")
+def poisoned_workload(tmp_path_factory) -> tuple[Workload, set[str], Counter]:
+    poisoned = dataclasses.replace(WORKLOAD, poison=POISON)
+    lefts, rights = poisoned.events()
+    directory = tmp_path_factory.mktemp("joins-dead-letters-input")
+    write_events(directory / "left", lefts, FILES)
+    write_events(directory / "right", rights, FILES)
+    want = {output_line(r) for r in poisoned.reference(lefts, rights)}
+    letters = poisoned.letters(lefts, rights)
+    assert {k[1] for k in letters if k[0] == "buckets"} == {1, 2} and any(k[0] == "window" for k in letters)
+    return Workload(directory, 2 * poisoned.n, poisoned.n_keys, 2 * FILES), want, letters
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_join_dead_letters_survive_random_kills_with_rescaling(
+    executor, poisoned_workload, chaos_dir, chaos_seed
+) -> None:
+    """connect and window_join with on_error="dead_letter" killed at >= 4 random moments (seeded),
+    rescaled between runs: main lines and dead letters 0 lost, 0 duplicated, 0 unexpected."""
+    workload, want, letters = poisoned_workload
+    run = JoinDeadLettersChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        want=want,
+        letters=letters,
+        parallelism=PARALLELISMS[0],
+        executor=executor,
+        delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
+    )
+    finished = False
+    scales = [PARALLELISMS[0]]
+    while sum(run.kills.values()) < 4:
+        after = run.checkpoint_completed_from_now()
+        outcome = run.run(kill_after=run.rng.uniform(0.3, 1.5), after=after)
+        if outcome.returncode == 0:
+            finished = True
+            break
+        run.expect_killed(outcome)
+        run.rescale(PARALLELISMS[len(scales) % len(PARALLELISMS)])
+        scales.append(run.parallelism)
+    kills = sum(run.kills.values())
+    assert kills >= 4, f"the job finished after only {kills} kills; {run.where()}"
+    if not finished:
+        run.run_to_completion()
+    figures = run.check_final()
+    mid_run = [c for c in run.committed_at_kill if 0 < c < figures["committed"]]
+    assert len(mid_run) >= 3, f"kills did not land mid-run: {run.committed_at_kill}; {run.where()}"
+    line = run.report(f"test_join_dead_letters_survive_random_kills_with_rescaling[{executor}]", figures)
+    print(
+        f"{line} letters={figures['letters']} parallelism_per_run={scales} "
+        f"committed_at_kills={run.committed_at_kill}"
+    )

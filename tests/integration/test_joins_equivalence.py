@@ -11,7 +11,7 @@ import pytest
 
 from onceflow.engine.testing import run_job_for_test
 from onceflow.operators.testing import Crash, TestingSink, TestingSource
-from tests.support.joins_reference import JoinWorkload, joins_job
+from tests.support.joins_reference import JoinWorkload, joins_job, letter_identity
 
 WORKLOAD = JoinWorkload(n=20_000)
 BATCH = 200
@@ -54,3 +54,30 @@ def test_joins_commit_the_reference(streams, parallelism, mode, executor):
         list(unexpected)[:3],
     )
     assert sink.pending == {}
+
+
+POISONED = JoinWorkload(n=6_000, poison=97)
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+@pytest.mark.parametrize("mode", ["uninterrupted", "crash"])
+def test_failing_join_functions_send_each_record_or_window_to_the_dead_letters_once(
+    parallelism, mode, executor
+):
+    """connect and window_join with on_error="dead_letter": a poisoned record (connect: naming its
+    input and key) or window (window_join) is one dead letter; the rest equals the reference."""
+    lefts, rights = POISONED.events()
+    expected, letters = POISONED.reference(lefts, rights), POISONED.letters(lefts, rights)
+    assert {k[1] for k in letters if k[0] == "buckets"} == {1, 2} and any(k[0] == "window" for k in letters)
+    right_items: list = list(rights)
+    if mode == "crash":
+        right_items.insert(len(rights) * 3 // 5, Crash())
+    sink, dead = TestingSink(), TestingSink()
+    job = joins_job(
+        POISONED, TestingSource(lefts, batch_size=BATCH), TestingSource(right_items, batch_size=BATCH), sink
+    )
+    job.dead_letters(dead, name="dead", uid="dead")
+    result = run_job_for_test(job, parallelism=parallelism, executor=executor, batch_size=BATCH)
+    assert result.restarts == (1 if mode == "crash" else 0)
+    assert Counter(sink.committed) == expected
+    assert Counter(letter_identity(line) for line in dead.committed) == letters

@@ -21,12 +21,24 @@ its records, and each operator's committed output is a fixed multiset:
   per key and tumbling window in which either side had a record.
 
 A record is ``(id, key, ts, value)``.
+
+Poison (``JoinWorkload.poison > 0``, with ``on_error="dead_letter"``): the
+``connect`` function raises, before it writes any state, for a record whose
+value is a multiple of ``poison`` (a dead letter naming its input and key; the
+bucket totals leave it out), and the ``window_join`` function raises for a
+window whose first left record's value is a multiple of ``poison`` (one dead
+letter for the window; no output for it). Both depend on nothing but the
+record or the window's fixed content, so the letters are a fixed set too.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import json
 import math
 import random
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +62,8 @@ class JoinWorkload:
     upper: float = 2.0
     window: float = 5.0
     bucket: float = 10.0
+    poison: int = 0
+    """Records (connect) and windows (window_join) that make the function raise; 0: none."""
 
     def events(self) -> tuple[list[Event], list[Event]]:
         """Return the left and right streams, each in arrival order."""
@@ -70,16 +84,23 @@ class JoinWorkload:
         windows: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         for side, events in ((0, lefts), (1, rights)):
             for _, key, ts, value in events:
+                w = windows[key, math.floor(ts / self.window) * self.window]
+                if len(w) == 4:
+                    w.append(value if side == 0 else None)
+                elif side == 0 and w[4] is None:
+                    w[4] = value
+                w[2 * side] += 1
+                w[2 * side + 1] += value
+                if self.poisoned(value):
+                    continue
                 b = buckets[key, math.floor(ts / self.bucket) * self.bucket]
                 b[2 * side] += 1
                 b[2 * side + 1] += value
-                w = windows[key, math.floor(ts / self.window) * self.window]
-                w[2 * side] += 1
-                w[2 * side + 1] += value
         for (key, start), totals in buckets.items():
             out["connect", key, start, *totals] += 1
         for (key, start), totals in windows.items():
-            out["window", key, start, *totals] += 1
+            if not self.poisoned(totals[4]):
+                out["window", key, start, *totals[:4]] += 1
         by_key: dict[int, list[Event]] = defaultdict(list)
         for r in rights:
             by_key[r[1]].append(r)
@@ -89,14 +110,55 @@ class JoinWorkload:
                     out["interval", lid, rid] += 1
         return out
 
+    def poisoned(self, value: int | None) -> bool:
+        """Whether a record's value (a window's first left value) makes the function raise."""
+        return self.poison > 0 and value is not None and value % self.poison == 0
+
+    def letters(self, lefts: list[Event], rights: list[Event]) -> Counter:
+        """Return the multiset of dead letters' identities: ``("buckets", input, key, id)`` per poisoned
+        record, ``("window", key, start)`` per poisoned window."""
+        out: Counter = Counter()
+        first_left: dict[tuple, int] = {}
+        for side, events in ((0, lefts), (1, rights)):
+            for rid, key, ts, value in events:
+                if self.poisoned(value):
+                    out["buckets", side + 1, key, rid] += 1
+                if side == 0:
+                    first_left.setdefault((key, math.floor(ts / self.window) * self.window), value)
+        for (key, start), value in first_left.items():
+            if self.poisoned(value):
+                out["window", key, start] += 1
+        return out
+
+
+def letter_identity(line: str) -> tuple:
+    """The identity of a committed dead letter of the poisoned join job (see ``JoinWorkload.letters``)."""
+    letter = json.loads(line)
+    key = ast.literal_eval(letter["key"])
+    if letter["operator"] == "buckets":
+        record = ast.literal_eval(letter["record"])
+        assert key == record[1], letter
+        return ("buckets", letter["input"], key, record[0])
+    # (key, Window(start, end), lefts, rights), its repr cut at 1,000 characters
+    found = re.match(r"\((-?\d+), Window\(([^,]+), ", letter["record"])
+    assert found is not None and int(found[1]) == key, letter
+    return ("window", key, float(found[2]))
+
 
 class BucketTotals(KeyedCoProcessFunction):
-    """Sum both sides per key and bucket in shared state; emit the totals when the bucket ends."""
+    """Sum both sides per key and bucket in shared state; emit the totals when the bucket ends.
 
-    def __init__(self, bucket: float) -> None:
+    With ``poison > 0`` a record whose value is a multiple of it raises before any state write.
+    """
+
+    def __init__(self, bucket: float, poison: int = 0) -> None:
         self.bucket = bucket
+        self.poison = poison
 
     def _add(self, event: Event, ctx: Any, side: int) -> None:
+        if self.poison and event[3] % self.poison == 0:
+            msg = f"poisoned value {event[3]}"
+            raise ValueError(msg)
         start = math.floor(event[2] / self.bucket) * self.bucket
         totals = list(ctx.map_state("totals").get(start, (0, 0, 0, 0)))
         totals[2 * side] += 1
@@ -120,7 +182,10 @@ class BucketTotals(KeyedCoProcessFunction):
         return out
 
 
-def _window_totals(key: int, window: Any, lefts: list, rights: list) -> list:
+def _window_totals(key: int, window: Any, lefts: list, rights: list, poison: int = 0) -> list:
+    if poison and lefts and lefts[0][3] % poison == 0:
+        msg = f"poisoned window of key {key}"
+        raise ValueError(msg)
     return [
         (
             "window",
@@ -151,12 +216,15 @@ def join_streams(w: JoinWorkload, job: Job, left_source: Any, right_source: Any,
             stream.assign_timestamps(lambda e: e[2], max_delay=w.max_delay, name=f"{label}-ts", parallelism=1)
         )
     left, right = (s.key_by(lambda e: e[1]) for s in sides)
-    connected = left.connect(right).process(BucketTotals(w.bucket), name="buckets", uid="buckets")
+    on_error = "dead_letter" if w.poison else "fail"
+    connected = left.connect(right).process(
+        BucketTotals(w.bucket, w.poison), name="buckets", uid="buckets", on_error=on_error
+    )
     interval = left.interval_join(right, lower=w.lower, upper=w.upper).process(
         lambda a, b: [("interval", a[0], b[0])], name="interval", uid="interval"
     )
     windowed = left.window_join(right, TumblingEventTimeWindows(w.window)).process(
-        _window_totals, name="window", uid="window"
+        functools.partial(_window_totals, poison=w.poison), name="window", uid="window", on_error=on_error
     )
     return connected.union(interval, windowed)
 

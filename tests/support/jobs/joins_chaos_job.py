@@ -4,7 +4,9 @@ Input: ``input/left`` and ``input/right``, CSV lines ``id,key,ts,value`` in arri
 order (written by ``tests/chaos/test_joins_chaos.py``), each read by one reader
 with an optional per-record spin (so a run can be killed mid-way). The graph is
 ``tests/support/joins_reference.py``'s; each output record is committed as one
-line (fields joined by ``|``) through one ``FileSink``.
+line (fields joined by ``|``) through one ``FileSink``. With ``poison`` and
+``dead_letters`` the connect and window-join functions raise for poisoned records
+and windows (``JoinWorkload.poison``), whose dead letters go to a second ``FileSink``.
 """
 
 from __future__ import annotations
@@ -30,11 +32,20 @@ def _parse_batch(delay_s: float):
     return parse
 
 
-def build(input: str = "", output: str = "", delay_us: str = "0", mode: str = "joins") -> Job:
+def build(
+    input: str = "",
+    output: str = "",
+    delay_us: str = "0",
+    mode: str = "joins",
+    poison: str = "0",
+    dead_letters: str = "",
+) -> Job:
     job = Job("chaos-joins")
     parse = _parse_batch(float(delay_us) / 1e6)
+    if dead_letters:
+        job.dead_letters(FileSink(dead_letters), name="dead", uid="dead")
     stream = join_streams(
-        JoinWorkload(),
+        JoinWorkload(poison=int(poison)),
         job,
         FileSource(f"{input}/left", read_size=4096),
         FileSource(f"{input}/right", read_size=4096),

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections import deque
 from typing import Any
 
 import pyarrow as pa
+import pytest
 
 from onceflow.engine.elements import END_OF_DATA, Barrier, Batch, Watermark
-from onceflow.engine.graph import OperatorKind, OperatorSpec, Partitioning
+from onceflow.engine.errors import OperatorError
+from onceflow.engine.graph import DEAD_LETTER_TAG, OnError, OperatorKind, OperatorSpec, Partitioning
 from onceflow.engine.plan import TaskEdge, TaskSpec
 from onceflow.engine.task import Subtask
 from onceflow.operators.base import Capability, Operator
 from onceflow.operators.co_process import KeyedCoProcessFunction, KeyedCoProcessOperator
+from onceflow.operators.joins import IntervalJoinFunction, WindowJoinFunction
+from onceflow.operators.windows import TumblingEventTimeWindows
 
 INF = math.inf
 
@@ -232,3 +238,116 @@ def test_a_two_input_head_gets_each_input_on_its_own_method_with_one_state_min_w
     run(st, 2, Barrier(1))
     assert len(snapshots) == 1 and "c" not in snapshots[0][2][0][1].keyed_state["value:counts"]
     assert st.step() and op.state.table("value:counts")["c"] == (1, 0)
+
+
+# -- two-input heads: dead letters and late records ------------------------------------------
+
+
+def _pair(left: Any, right: Any) -> list:
+    if "bad" in (left[2], right[2]):
+        msg = f"cannot pair {left[2]} with {right[2]}"
+        raise ValueError(msg)
+    return [(left[2], right[2])]
+
+
+def _dead_letter_subtask(op: Operator, on_error: OnError) -> tuple[Subtask, RecordingGate, RecordingGate]:
+    gate, dead = RecordingGate(), RecordingGate(DEAD_LETTER_TAG)
+    st = subtask([op], inputs=2, gates=[gate, dead], input_sides=[0, 1])
+    st.specs[0].on_error = on_error
+    return st, gate, dead
+
+
+def _interval_join() -> KeyedCoProcessOperator:
+    ts = lambda r: r[1]  # noqa: E731
+    return KeyedCoProcessOperator(IntervalJoinFunction(_pair, -1.0, 1.0), (ts, ts), name="join")
+
+
+def test_a_failing_record_of_either_input_is_one_dead_letter_naming_input_and_key_and_joins_nothing():
+    st, gate, dead = _dead_letter_subtask(_interval_join(), OnError.DEAD_LETTER)
+    run(st, 1, Batch([("a", 1.0, "r1")], ["a"]))
+    run(st, 0, Batch([("a", 1.0, "l1"), ("a", 1.5, "bad"), ("a", 2.0, "l2")], ["a"] * 3))
+    # the second input's rest goes on through its own method (process_keyed_batch2)
+    run(st, 1, Batch([("a", 1.2, "bad"), ("a", 1.3, "r2")], ["a", "a"]))
+    assert sorted(r for batch in gate.records for r in batch) == [
+        ("l1", "r1"),
+        ("l1", "r2"),
+        ("l2", "r1"),
+        ("l2", "r2"),
+    ]
+    letters = [json.loads(line) for batch in dead.records for line in batch]
+    assert [(x["operator"], x["input"], x["key"], x["record"]) for x in letters] == [
+        ("op0", 1, "'a'", "('a', 1.5, 'bad')"),
+        ("op0", 2, "'a'", "('a', 1.2, 'bad')"),
+    ]
+    assert letters[0]["error"] == {"type": "ValueError", "message": "cannot pair bad with r1"}
+
+
+def test_without_dead_letters_a_failing_join_record_fails_naming_the_record():
+    st, _, _ = _dead_letter_subtask(_interval_join(), OnError.FAIL)
+    run(st, 0, Batch([("a", 1.0, "bad")], ["a"]))
+    st.inputs[1].put(Batch([("a", 1.0, "r1")], ["a"]))
+    with pytest.raises(OperatorError, match=r"on record \('a', 1.0, 'r1'\).*cannot pair bad with r1"):
+        st.step()
+
+
+def _window_totals(key: Any, window: Any, lefts: list, rights: list) -> list:
+    if any(r[2] == "bad" for r in lefts):
+        msg = f"bad window {window.start}"
+        raise ValueError(msg)
+    return [(key, window.start, len(lefts), len(rights))]
+
+
+def test_a_failing_window_join_window_is_one_dead_letter_and_the_later_windows_still_fire():
+    ts = lambda r: r[1]  # noqa: E731
+    fn = WindowJoinFunction(_window_totals, TumblingEventTimeWindows(10.0))
+    st, gate, dead = _dead_letter_subtask(KeyedCoProcessOperator(fn, (ts, ts)), OnError.DEAD_LETTER)
+    lefts = [("a", 1.0, "ok"), ("b", 2.0, "bad"), ("b", 12.0, "ok"), ("a", 15.0, "ok")]
+    run(st, 0, Batch(lefts, [r[0] for r in lefts]))
+    run(st, 1, Batch([("b", 3.0, "r")], ["b"]))
+    run(st, 0, Watermark(INF))
+    run(st, 1, Watermark(INF))
+    assert sorted(r for batch in gate.records for r in batch) == [
+        ("a", 0.0, 1, 0),
+        ("a", 10.0, 1, 0),
+        ("b", 10.0, 1, 0),
+    ]
+    (letter,) = [json.loads(line) for batch in dead.records for line in batch]
+    assert letter["key"] == "'b'" and letter["timer"] == math.nextafter(10.0, 0.0)
+    assert letter["record"] == "('b', Window(0.0, 10.0), [('b', 2.0, 'bad')], [('b', 3.0, 'r')])"
+
+
+@pytest.mark.parametrize("tags", [("late", None), ("late", "late-right")])
+def test_late_join_records_go_to_the_late_records_side_output_of_their_input(tags):
+    ts = lambda r: r[1]  # noqa: E731
+    op = KeyedCoProcessOperator(IntervalJoinFunction(_pair, -1.0, 1.0, tags), (ts, ts))
+    gates = [RecordingGate(), RecordingGate(tags[0])] + ([RecordingGate(tags[1])] if tags[1] else [])
+    st = subtask([op], inputs=2, gates=gates, input_sides=[0, 1])
+    run(st, 0, Watermark(10.0))
+    run(st, 1, Watermark(10.0))
+    run(st, 0, Batch([("a", 5.0, "l-late"), ("a", 10.0, "l")], ["a", "a"]))
+    run(st, 1, Batch([("a", 9.0, "r-late"), ("a", 10.5, "r")], ["a", "a"]))
+    assert [r for batch in gates[0].records for r in batch] == [("l", "r")]
+    side = [r for g in gates[1:] for batch in g.records for r in batch]
+    assert side == [("a", 5.0, "l-late"), ("a", 9.0, "r-late")]
+    if tags[1]:
+        assert gates[2].records == [[("a", 9.0, "r-late")]]
+    assert op.fn.late_records == 2
+
+
+def test_without_a_tag_late_join_records_are_counted_and_logged_once(caplog):
+    ts = lambda r: r[1]  # noqa: E731
+    fn = WindowJoinFunction(_window_totals, TumblingEventTimeWindows(10.0))
+    op = KeyedCoProcessOperator(fn, (ts, ts), name="wjoin")
+    st = subtask([op], inputs=2, gates=[RecordingGate()], input_sides=[0, 1])
+    run(st, 0, Watermark(20.0))
+    run(st, 1, Watermark(20.0))
+    with caplog.at_level(logging.WARNING, logger="onceflow"):
+        run(st, 0, Batch([("a", 5.0, "x"), ("a", 6.0, "y")], ["a", "a"]))
+        run(st, 1, Batch([("a", 7.0, "z")], ["a"]))
+        run(st, 0, END_OF_DATA)
+        run(st, 1, END_OF_DATA)
+    assert fn.late_records == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("wjoin: dropped a record") and "late_records" in messages[0]
+    assert "dropped 3 records" in messages[1]
