@@ -170,7 +170,7 @@ class JoinDeadLettersChaosRun(JoinsChaosRun):
 
 @pytest.fixture(scope="module")
 def poisoned_workload(tmp_path_factory) -> tuple[Workload, set[str], Counter]:
-    poisoned = dataclasses.replace(WORKLOAD, poison=POISON)
+    poisoned = dataclasses.replace(WORKLOAD, n=30_000, poison=POISON)  # half: a run stays well within its cap
     lefts, rights = poisoned.events()
     directory = tmp_path_factory.mktemp("joins-dead-letters-input")
     write_events(directory / "left", lefts, FILES)
