@@ -59,8 +59,15 @@ def _write(writer: SnapshotWriter, checkpoint_id: int, snap: OperatorSnapshot) -
     return ack.handles
 
 
-def _written(handles: list, checkpoint_id: int) -> int:
-    return sum(h.bytes for h in handles if not h.incremental or h.created == checkpoint_id)
+def _written(handles: list, seen: set[str]) -> int:
+    """Bytes of the files ``handles`` list for the first time (a checkpoint's own and any compaction output).
+
+    A compaction runs after a checkpoint's ack, so its new base is first
+    listed, and counted, by the next checkpoint.
+    """
+    new = [h for h in handles if h.path not in seen]
+    seen.update(h.path for h in new)
+    return sum(h.bytes for h in new)
 
 
 def bytes_and_restore(keys: int, intervals: int, tmp: str) -> dict[str, Any]:
@@ -81,7 +88,7 @@ def bytes_and_restore(keys: int, intervals: int, tmp: str) -> dict[str, Any]:
     t = time.perf_counter()
     full_handles = _write(full_writer, 1, OperatorSnapshot(keyed_state=capture.tables))
     full_write_s = time.perf_counter() - t
-    full_bytes = _written(full_handles, 1)
+    full_bytes = _written(full_handles, set())
     del capture
 
     state.incremental = True
@@ -90,6 +97,7 @@ def bytes_and_restore(keys: int, intervals: int, tmp: str) -> dict[str, Any]:
     dirty.update(names)  # as in a run that wrote every key before its first checkpoint
     first = state.capture()
     handles = _write(inc_writer, 1, OperatorSnapshot(keyed_state=first.tables, keyed_kind=first.kind))
+    seen = {h.path for h in handles}
     del first
     per_checkpoint = []
     changed = keys // 100
@@ -105,7 +113,7 @@ def bytes_and_restore(keys: int, intervals: int, tmp: str) -> dict[str, Any]:
         t = time.perf_counter()
         handles = _write(inc_writer, n, snap)
         write_s = time.perf_counter() - t
-        written = _written(handles, n)
+        written = _written(handles, seen)
         per_checkpoint.append(
             {
                 "checkpoint": n,
@@ -157,9 +165,29 @@ def bytes_and_restore(keys: int, intervals: int, tmp: str) -> dict[str, Any]:
     }
 
 
+class _CpuSampler(TimelineSampler):
+    """A :class:`TimelineSampler` that also records the process's CPU seconds with every sample.
+
+    Records per CPU second do not depend on what else the machine runs, so
+    on a shared machine they compare runs more reliably than records per
+    wall second; the process's CPU includes the background writer's, so a
+    checkpoint's whole cost is counted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu: list[float] = []
+
+    def __call__(self, executor: Any, now: float) -> None:
+        before = len(self.samples)
+        super().__call__(executor, now)
+        if len(self.samples) > before:
+            self.cpu.append(time.process_time())
+
+
 def _timeline(mode: str, words: list[str], tmp: str) -> dict[str, Any]:
     sink = CountingSink()
-    sampler = TimelineSampler()
+    sampler = _CpuSampler()
     interval = 1e9 if mode == "off" else 1.0
     settings = ExecutionSettings(
         batch_size=1024,
@@ -184,35 +212,66 @@ def _timeline(mode: str, words: list[str], tmp: str) -> dict[str, Any]:
     return {
         "seconds": round(seconds, 2),
         "samples": sampler.samples,
+        "cpu": sampler.cpu,
         "spans": spans,
         "durations": [round(sampler.durations[c], 3) for c in sorted(sampler.durations)],
         "bytes": [sampler.sizes.get(c) for c in sorted(sampler.durations)],
     }
 
 
-def _rate(samples: list[tuple[float, int]], spans: list[tuple[float, float]] | None, after: int) -> float:
-    """Records per second between consecutive samples past ``after`` records, inside ``spans`` if given."""
+def _rate(
+    samples: list[tuple[float, int]],
+    spans: list[tuple[float, float]] | None,
+    after: int,
+    cpu: list[float] | None = None,
+) -> float:
+    """Records per second between consecutive samples past ``after`` records, inside ``spans`` if given.
+
+    Per wall second, or per CPU second of the process when ``cpu`` (one reading per sample) is given.
+    """
     records = 0.0
     seconds = 0.0
-    for (t0, c0), (t1, c1) in zip(samples, samples[1:]):
+    for i, ((t0, c0), (t1, c1)) in enumerate(zip(samples, samples[1:])):
         if c0 < after:
             continue
         if spans is not None and not any(s <= t0 and t1 <= e for s, e in spans):
             continue
         records += c1 - c0
-        seconds += t1 - t0
+        seconds += t1 - t0 if cpu is None else cpu[i + 1] - cpu[i]
     return records / seconds if seconds else float("nan")
 
 
-def throughput(state_keys: int, words: int, tmp: str) -> dict[str, Any]:
+def throughput(state_keys: int, words: int, tmp: str, repeats: int = 3) -> dict[str, Any]:
+    """Each mode ``repeats`` times, interleaved (off, full, incremental, then rotated), medians of the ratios.
+
+    The machine's load drifts; interleaving exposes every mode to the same
+    drift and the median of per-round ratios drops an outlier round.
+    """
     data = vocabulary(state_keys) + make_words(words)
-    runs = {mode: _timeline(mode, data, tmp) for mode in ("off", "full", "incremental")}
-    off_rate = _rate(runs["off"]["samples"], None, state_keys)
+    modes = ["off", "full", "incremental"]
+    rounds: list[dict[str, Any]] = []
+    for r in range(repeats):
+        order = modes[r % 3 :] + modes[: r % 3]
+        rounds.append({mode: _timeline(mode, data, tmp) for mode in order})
+    for runs in rounds:
+        off = runs["off"]
+        off["rate"] = _rate(off["samples"], None, state_keys)
+        off["cpu_rate"] = _rate(off["samples"], None, state_keys, off["cpu"])
+        for mode in ("full", "incremental"):
+            run = runs[mode]
+            run["rate_during_checkpoints"] = _rate(run["samples"], run["spans"], state_keys)
+            run["ratio_during_to_off"] = run["rate_during_checkpoints"] / off["rate"]
+            cpu_rate = _rate(run["samples"], run["spans"], state_keys, run["cpu"])
+            run["cpu_ratio_during_to_off"] = cpu_rate / off["cpu_rate"]
+            run["ratio_whole_to_off"] = _rate(run["samples"], None, state_keys) / off["rate"]
+    runs = dict(rounds[len(rounds) // 2])  # the plot and the per-run columns: the middle round
     for mode in ("full", "incremental"):
-        run = runs[mode]
-        run["rate_during_checkpoints"] = _rate(run["samples"], run["spans"], state_keys)
-        run["ratio_during_to_off"] = run["rate_during_checkpoints"] / off_rate
-    runs["off"]["rate"] = off_rate
+        for figure in ("ratio_during_to_off", "cpu_ratio_during_to_off", "ratio_whole_to_off"):
+            runs[mode] = {
+                **runs[mode],
+                f"{figure}_median": statistics.median(r[mode][figure] for r in rounds),
+            }
+            runs[mode][f"{figure}_rounds"] = [round(r[mode][figure], 3) for r in rounds]
     return runs
 
 
@@ -276,15 +335,27 @@ def report(result: dict[str, Any]) -> str:
         "",
         "## Throughput during checkpoints: 1,000,000 keys, checkpoints every 1 s",
         "",
-        "| run | wall s | M rec/s inside checkpoint spans | of checkpoints off | checkpoint durations s |",
-        "| --- | ---: | ---: | ---: | --- |",
-        f"| checkpoints off | {t['off']['seconds']} | {t['off']['rate'] / 1e6:.2f} (whole run) | 100% | |",
+        f"{len(t['incremental']['ratio_during_to_off_rounds'])} interleaved rounds (off, full, incremental, "
+        "then rotated); ratios are the median over the rounds of each round's ratio to its own "
+        "checkpoints-off run, after the state is filled. Wall: records per wall second inside checkpoint "
+        "spans. CPU: records per CPU second of the process (background writer included) inside "
+        "checkpoint spans, which other jobs on the machine do not skew. Whole: the whole phase, "
+        "checkpoints or not. The other columns are the middle round's.",
+        "",
+        "| run | wall s | M rec/s inside checkpoint spans | wall, of off (median) | CPU, of off (median) | "
+        "whole, of off (median) | per round (wall) | checkpoint durations s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        f"| checkpoints off | {t['off']['seconds']} | {t['off']['rate'] / 1e6:.2f} (whole run) | 100% | 100% "
+        "| 100% | | |",
     ]
     for mode in ("full", "incremental"):
         r = t[mode]
+        per_round = ", ".join(f"{x:.0%}" for x in r["ratio_during_to_off_rounds"])
         lines.append(
             f"| heap, {mode} | {r['seconds']} | {r['rate_during_checkpoints'] / 1e6:.2f} | "
-            f"{r['ratio_during_to_off']:.0%} | {', '.join(str(d) for d in r['durations'])} |"
+            f"{r['ratio_during_to_off_median']:.0%} | {r['cpu_ratio_during_to_off_median']:.0%} | "
+            f"{r['ratio_whole_to_off_median']:.0%} | {per_round} "
+            f"| {', '.join(str(d) for d in r['durations'])} |"
         )
     lines += ["", "![throughput](incremental_throughput.png)", ""]
     return "\n".join(lines)
@@ -296,12 +367,31 @@ def main() -> None:
     parser.add_argument("--intervals", type=int, default=40)
     parser.add_argument("--state-keys", type=int, default=1_000_000)
     parser.add_argument("--words", type=int, default=6_000_000)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the throughput runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--only",
+        choices=("bytes", "throughput"),
+        help="run one measurement and print its figures, writing no results (for development)",
+    )
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()[0]
+    if args.only is not None:
+        with tempfile.TemporaryDirectory(prefix="onceflow-incremental-") as tmp:
+            if args.only == "bytes":
+                figures = bytes_and_restore(args.keys, args.intervals, tmp)
+                figures.pop("incremental")
+            else:
+                figures = throughput(args.state_keys, args.words, tmp, args.repeats)
+                for run in figures.values():
+                    run.pop("samples")
+                    run.pop("cpu")
+        print(json.dumps(figures, indent=1, default=str))
+        print(f"load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end")
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onceflow-incremental-") as tmp:
-        result: dict[str, Any] = {"throughput": throughput(args.state_keys, args.words, tmp)}
+        result: dict[str, Any] = {"throughput": throughput(args.state_keys, args.words, tmp, args.repeats)}
         result["bytes"] = bytes_and_restore(args.keys, args.intervals, tmp)
     result["load"] = (load_start, os.getloadavg()[0])
     plot(result["throughput"], args.out / "incremental_throughput.png")

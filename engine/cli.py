@@ -140,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-deltas",
         type=_positive_int,
-        default=32,
-        help="incremental checkpoints: deltas per key-group segment before they are compacted into a "
-        "new base; fewer make restores read less, more make checkpoints write less (default 32)",
+        default=64,
+        help="incremental checkpoints: most deltas a key-group segment holds; one segment is compacted "
+        "into a new base every N/8 checkpoints, so each base is rewritten once per N checkpoints: fewer "
+        "make restores read less, more make checkpoints write less (default 64)",
     )
     run.add_argument(
         "--fresh", action="store_true", help="discard this job's checkpoints and output, and start over"

@@ -43,8 +43,8 @@ from onceflow.engine.errors import CheckpointStorageError, CorruptStateError, In
 from onceflow.engine.graph import OperatorKind
 from onceflow.engine.plan import PhysicalPlan
 from onceflow.operators.base import RestoredState
-from onceflow.state_backends.arrow_snapshot import read_state_file
-from onceflow.state_backends.changelog import read_changes
+from onceflow.state_backends.arrow_snapshot import read_state_file, read_state_table
+from onceflow.state_backends.changelog import merge_changes
 from onceflow.state_backends.key_groups import HASH_FUNCTION_ID, KeyGroupRange, key_group_range_for_subtask
 
 __all__ = [
@@ -319,29 +319,30 @@ def _load_chains(
     """Incremental chains: apply the files holding keys in ``rng`` oldest first (bases before deltas).
 
     Old subtasks' files hold disjoint key groups, so only the order within one
-    segment matters, and ``created`` gives it. Each old subtask's operator state
-    is the one of its newest file, which is read even when it holds no key in range.
+    segment matters, and ``created`` gives it (a base before a delta of the
+    same id: a compaction names its base after the checkpoint that first lists
+    it). The files are merged in Arrow and only the live entries decoded
+    (:func:`~onceflow.state_backends.changelog.merge_changes`). Each old
+    subtask's operator state is the one of its newest file, which is read even
+    when it holds no key in range.
     """
+
+    def order(h: StateHandle) -> tuple[int, bool]:
+        return (h.created or 0, h.kind != "base")
+
     newest: dict[int, StateHandle] = {}
     for h in handles:
-        if h.subtask not in newest or (h.created or 0) > (newest[h.subtask].created or 0):
+        if h.subtask not in newest or order(h) > order(newest[h.subtask]):
             newest[h.subtask] = h
     op_state_of: dict[int, Any] = {}
-    keyed: dict[str, dict[Any, Any]] = {}
-    for h in sorted(handles, key=lambda h: (h.created or 0, h.kind != "base")):
+    tables = []
+    for h in sorted(handles, key=order):
         overlaps = h.key_group_start is not None and h.key_group_end is not None
         overlaps = overlaps and h.key_group_start < rng.end and rng.start < h.key_group_end  # type: ignore[operator]
         if not overlaps and newest[h.subtask] is not h:
             continue
-        op_state, upserts, deleted = read_changes(store.fs, h.file_handle(store.paths.resolve(h.path)), rng)
+        op_state, table = read_state_table(store.fs, h.file_handle(store.paths.resolve(h.path)), rng)
         if newest[h.subtask] is h:
             op_state_of[h.subtask] = op_state
-        for name, table in upserts.items():
-            keyed.setdefault(name, {}).update(table)
-        for name, keys in deleted.items():
-            live = keyed.get(name)
-            if live is not None:
-                for key in keys:
-                    live.pop(key, None)
-    keyed = {name: table for name, table in keyed.items() if table}
-    return sorted(op_state_of.items()), keyed
+        tables.append((h.path, table))
+    return sorted(op_state_of.items()), merge_changes(tables)

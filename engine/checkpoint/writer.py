@@ -14,14 +14,29 @@ of every file of the chain, so ``_metadata`` lists all a restore needs. It
 keeps the chain whether or not the checkpoint then completes: the next delta
 holds only what changed after this one, so it needs this one's files (they
 stay on storage until no retained checkpoint lists them). A delta whose write
-failed is carried into the next one instead. When a segment's deltas grow past
-:attr:`SnapshotWriter.max_deltas` files or past the size of its base, the
-writer compacts the chain into a new base (at most one segment per
-checkpoint, so the cost is spread), which bounds what a restore reads.
+failed is carried into the next one instead.
+
+Compaction merges a segment's chain into a new base, which bounds what a
+restore reads (at most :attr:`SnapshotWriter.max_deltas` deltas per
+segment). Rewriting a base costs the whole segment, so its pace decides the
+bytes a long run writes: with ``S`` segments, one segment is compacted every
+``max_deltas // S`` checkpoints of a subtask (the one with the most deltas),
+so each base is rewritten once per ``max_deltas`` checkpoints and the
+rewrites are spread evenly instead of coming in a burst when every chain
+reaches the limit at once. On top of that pace, a segment whose deltas reach
+``max_deltas`` files or the size of its base is compacted at once. A
+compaction runs after the checkpoint's ack (it never delays a checkpoint),
+on the same thread, so the next checkpoint lists the new base. Its file is
+named as created by checkpoint ``n + 1`` (``n`` the checkpoint just written):
+retention during the run collects unlisted shared files only up to the
+checkpoint just completed, and the first checkpoint to complete past ``n``
+lists the new base. A crash before then leaves an unlisted shared file that
+the cleanup at restore removes.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +53,8 @@ from onceflow.state_backends.heap import BASE, FULL
 from onceflow.state_backends.key_groups import KeyGroupRange
 
 __all__ = ["SnapshotWriter"]
+
+log = logging.getLogger("onceflow")
 
 _Chain = dict[KeyGroupRange, list[StateHandle]]
 """One operator subtask's shared files per segment: a base (if the segment had rows), then deltas."""
@@ -93,7 +110,7 @@ class SnapshotWriter:
     min_compaction_bytes = 1 << 20
     """Deltas smaller in total than this are not compacted for size alone (small states)."""
 
-    def __init__(self, store: CheckpointStore, max_parallelism: int, *, max_deltas: int = 32) -> None:
+    def __init__(self, store: CheckpointStore, max_parallelism: int, *, max_deltas: int = 64) -> None:
         self.store = store
         self.max_deltas = max_deltas
         """Deltas a segment's chain may hold before it is compacted into a new base."""
@@ -104,6 +121,13 @@ class SnapshotWriter:
         self._segments = segments_of(KeyGroupRange(0, max_parallelism), max_parallelism)
         self._chains: dict[tuple[str, int], _Chain] = {}
         self._unwritten: dict[tuple[str, int], OperatorSnapshot] = {}
+        self._since_compaction: dict[tuple[str, int], int] = {}
+        """Deltas written per operator subtask since it last compacted a segment (the pace)."""
+        self._compactions: list[tuple[int, str, int]] = []
+        """``(checkpoint_id, uid, subtask)`` of chains to consider compacting once the ack is out."""
+        self._unlisted: set[str] = set()
+        """New bases no checkpoint has listed yet: deleted at :meth:`shutdown` (no checkpoint will)."""
+        self._closing = False
 
     def submit(
         self, checkpoint_id: int, key: tuple[int, int], snapshots: list[tuple[str, OperatorSnapshot]]
@@ -142,6 +166,17 @@ class SnapshotWriter:
                 if snap.keyed_kind != FULL:
                     self._carry(uid, subtask, snap)
         self.acks.put(_Ack(checkpoint_id, key, handles, error, failed if error is not None else None))
+        compactions, self._compactions = self._compactions, []
+        for cid, uid, sub in compactions:
+            chain = self._chains.get((uid, sub))
+            if chain is None or self._closing:
+                continue
+            try:
+                self._compact_one(cid + 1, uid, sub, chain)
+            except Exception:  # noqa: BLE001 - the chain stays as it was; the next checkpoint retries
+                log.warning(
+                    "compacting the state of %r subtask %d failed; retried later", uid, sub, exc_info=True
+                )
 
     def _carry(self, uid: str, subtask: int, snap: OperatorSnapshot) -> None:
         """Keep a snapshot that was not written, to merge into the next one of the same subtask."""
@@ -185,38 +220,67 @@ class SnapshotWriter:
             )
             chain.setdefault(segment, []).append(handle)
         self._chains[key] = chain
-        self._compact_one(checkpoint_id, uid, subtask, chain)
-        return [h for segment in sorted(chain, key=lambda s: s.start) for h in chain[segment]]
+        self._since_compaction[key] = 0 if kind == BASE else self._since_compaction.get(key, 0) + 1
+        self._compactions.append((checkpoint_id, uid, subtask))
+        listed = [h for segment in sorted(chain, key=lambda s: s.start) for h in chain[segment]]
+        self._unlisted.difference_update(h.path for h in listed)
+        return listed
 
-    def _compact_one(self, checkpoint_id: int, uid: str, subtask: int, chain: _Chain) -> None:
-        """Compact the segment most in need (too many deltas, or deltas as large as the base), if any."""
-        worst: tuple[float, KeyGroupRange] | None = None
+    def _compact_one(self, created: int, uid: str, subtask: int, chain: _Chain) -> None:
+        """Compact at most one segment: one past its limits, else the longest chain when the pace is due.
+
+        ``created`` names the new base (see the module doc: one past the checkpoint just written).
+
+        Limits: ``max_deltas`` deltas, or deltas as large as the base. Pace:
+        ``max_deltas // len(chain)`` deltas written since the subtask last
+        compacted, and the chosen segment holds at least that many deltas.
+        """
+        key = (uid, subtask)
+        pace = max(1, self.max_deltas // max(1, len(chain)))
+        paced = self._since_compaction.get(key, 0) >= pace
+        worst: tuple[float, int, KeyGroupRange] | None = None
         for segment, files in chain.items():
             # The oldest file stands for the base: a fresh state's chain starts with a delta of all it wrote.
             base = files[0].bytes
             deltas = files[1:]
             delta_bytes = sum(h.bytes for h in deltas)
             need = max(len(deltas) / self.max_deltas, delta_bytes / max(base, self.min_compaction_bytes))
-            if need >= 1 and (worst is None or need > worst[0]):
-                worst = (need, segment)
+            if need < 1 and not (paced and len(deltas) >= pace):
+                continue
+            candidate = (need, len(deltas), segment)
+            if worst is None or candidate[:2] > worst[:2]:
+                worst = candidate
         if worst is None:
             return
-        segment = worst[1]
+        segment = worst[2]
         files = chain[segment]
-        relative = CheckpointPaths.relative_shared_file(uid, subtask, checkpoint_id, segment.start, BASE)
+        relative = CheckpointPaths.relative_shared_file(uid, subtask, created, segment.start, BASE)
         paths = self.store.paths
         merged = compact(
             self.store.fs, [h.file_handle(paths.resolve(h.path)) for h in files], paths.resolve(relative)
         )
         CRASH_POINTS.hit("mid_shared_write")
-        chain[segment] = [
-            StateHandle.of_file(uid, subtask, relative, merged, kind=BASE, created=checkpoint_id)
-        ]
+        chain[segment] = [StateHandle.of_file(uid, subtask, relative, merged, kind=BASE, created=created)]
+        self._since_compaction[key] = 0
+        self._unlisted.add(relative)
 
     def delete_later(self, checkpoint_id: int) -> None:
         """Delete an aborted checkpoint's files after the writes queued before."""
         self._pool.submit(self.store.delete_checkpoint, checkpoint_id)
 
     def shutdown(self) -> None:
-        """Wait for queued work and stop the thread."""
+        """Wait for queued work, stop the thread, and delete new bases that no checkpoint lists.
+
+        A compaction after the last checkpoint's ack made a base no checkpoint
+        will list: left on storage, a rerun of the finished job would find
+        (and delete) it. A kill before this deletion leaves it to the cleanup
+        at the next restore.
+        """
+        self._closing = True
         self._pool.shutdown(wait=True)
+        for relative in sorted(self._unlisted):
+            try:
+                self.store.fs.rm_file(self.store.paths.resolve(relative))
+            except FileNotFoundError:
+                pass
+        self._unlisted.clear()

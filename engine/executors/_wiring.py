@@ -55,7 +55,7 @@ class ExecutionSettings:
     overwrite_output: bool = False
     incremental_checkpoints: bool = False
     """Write only the keyed entries changed since the previous checkpoint (``--incremental-checkpoints``)."""
-    max_deltas: int = 32
+    max_deltas: int = 64
     """Deltas a key-group segment's chain may hold before it is compacted (``--max-deltas``)."""
     ray_address: str | None = None
     """The Ray cluster the ray executor joins (``None``: ``RAY_ADDRESS``, else a local Ray)."""
@@ -71,7 +71,7 @@ class SubtaskSettings:
     restored_checkpoint_id: int | None
     overwrite_output: bool
     incremental_checkpoints: bool = False
-    max_deltas: int = 32
+    max_deltas: int = 64
     state_backend: StateBackendConfig = StateBackendConfig()
 
 

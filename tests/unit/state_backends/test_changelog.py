@@ -7,7 +7,14 @@ import random
 import fsspec
 import pytest
 
-from onceflow.state_backends.changelog import compact, read_changes, segments_of, write_segments
+from onceflow.state_backends.arrow_snapshot import read_state_table
+from onceflow.state_backends.changelog import (
+    compact,
+    merge_changes,
+    read_changes,
+    segments_of,
+    write_segments,
+)
 from onceflow.state_backends.heap import BASE, DELTA, FULL, HeapKeyedState
 from onceflow.state_backends.key_groups import KeyGroupRange, key_group_for
 
@@ -87,6 +94,10 @@ def test_delta_holds_only_changed_entries_and_compaction_merges_a_chain() -> Non
         compacted.update(upserts.get("v", {}))
     assert applied == live
     assert compacted == live
+    # merged in Arrow, in the order of the files (segments interleaved as a restore sorts them)
+    in_order = sorted(((n, seg.start, h) for seg, chain in chains.items() for n, h in enumerate(chain)))
+    tables = [(h.path, read_state_table(fs, h)[1]) for _, _, h in in_order]
+    assert merge_changes(tables) == {"v": live}
     # a restore of one key-group range reads only the rows in it
     half = KeyGroupRange(0, 64)
     _, upserts, _ = read_changes(fs, chains[segments[0]][0], half)
@@ -118,3 +129,30 @@ def test_segments_of_a_subtask_range_follow_the_global_boundaries(
     assert len(cuts) == expected
     assert cuts[0].start == rng[0] and cuts[-1].end == rng[1]
     assert all(c.start // 16 == (c.end - 1) // 16 for c in cuts)
+
+
+def test_merge_changes_keeps_the_newest_row_drops_tombstones_and_keeps_states_apart() -> None:
+    fs = fsspec.filesystem("memory")
+    segment = [KeyGroupRange(0, 128)]
+    steps = [
+        ({"a": {"x": 1, "y": 2, "z": 3}, "b": {"x": "bx"}}, {}),
+        ({"a": {"x": 10}}, {"a": ["y"], "b": ["x"]}),
+        ({"a": {"y": (2,)}, "b": {"w": 1.5}}, {"a": ["z"]}),  # y deleted, then back with a pickled value
+        ({}, {"a": ["q"]}),  # a tombstone for a key that never existed
+    ]
+    tables = []
+    for n, (changed, deleted) in enumerate(steps):
+        written = write_segments(
+            fs,
+            lambda s, n=n: f"/m/{n}.arrow",
+            segment,
+            keyed_state=changed,
+            deleted=deleted,
+            operator_state=n,
+            max_parallelism=128,
+            always=segment[0],
+        )
+        tables.append((f"/m/{n}.arrow", read_state_table(fs, written[segment[0]])[1]))
+    assert merge_changes(tables) == {"a": {"x": 10, "y": (2,)}, "b": {"w": 1.5}}
+    assert merge_changes(tables[:2]) == {"a": {"x": 10, "z": 3}}
+    assert merge_changes([]) == {}
