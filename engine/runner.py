@@ -189,17 +189,53 @@ class JobRunner:
                 return
             time.sleep(min(remaining, 0.05))
 
+    def _attempt_plan(self) -> tuple[PhysicalPlan, int]:
+        """Return the plan and default parallelism of the next attempt.
+
+        The run's, or lower when the executor has room for fewer workers now (a
+        cluster that lost a node); the restore then moves state by key groups.
+        """
+        room = EXECUTORS[self.executor].available_parallelism(self.settings, self.job_file)
+        if room is None or room >= self.parallelism or room < 1:
+            return self.plan, self.parallelism
+        plan = build_plan(self.job.graph, default_parallelism=room, max_parallelism=self.plan.max_parallelism)
+        return plan, room
+
     def _attempt(self) -> RunResult:
+        plan, parallelism = self._attempt_plan()
         selection = select_checkpoint(
-            self.store, self.plan, self.params, allow_unmatched_state=self.allow_unmatched_state
+            self.store, plan, self.params, allow_unmatched_state=self.allow_unmatched_state
         )
         restore = selection.restore
         restored_id = restore.checkpoint_id if restore else None
-        if restore is not None:
+        # the widest operator's parallelism stands for a plan's (the run's -p, unless set per operator)
+        taken_at = max(op.parallelism for op in restore.metadata.operators.values()) if restore else None
+        running_at = max(task.parallelism for task in plan.tasks)
+        if parallelism < self.parallelism:
+            log.warning(
+                "the %s executor has room for %d worker(s), fewer than the run's parallelism %d: %s; "
+                "a later attempt or rerun goes back to parallelism %d when there is room",
+                self.executor,
+                parallelism,
+                self.parallelism,
+                f"restoring checkpoint {restored_id} (taken at parallelism {taken_at}) at parallelism "
+                f"{running_at} by key groups"
+                if restore
+                else f"starting at parallelism {running_at}",
+                self.parallelism,
+            )
+        elif restore is not None and taken_at != running_at:
+            log.info(
+                "restoring from checkpoint %d (taken at parallelism %s) at parallelism %d by key groups",
+                restored_id,
+                taken_at,
+                running_at,
+            )
+        elif restore is not None:
             log.info("restoring from checkpoint %d", restored_id)
         finished = restore is not None and restore.metadata.final
         attempt = Attempt(
-            plan=self.plan,
+            plan=plan,
             store=self.store,
             settings=replace(self.settings, overwrite_output=self.fresh and restore is None),
             attempt_id=uuid.uuid4().hex[:12],
@@ -210,9 +246,9 @@ class JobRunner:
             params=self.params,
             stop=self.stop,
             job_file=self.job_file,
-            parallelism=self.parallelism,
+            parallelism=parallelism,
         )
-        sinks = [op.config["sink"] for t in self.plan.tasks for op in t.operators if "sink" in op.config]
+        sinks = [op.config["sink"] for t in plan.tasks for op in t.operators if "sink" in op.config]
         if finished:
             # Opening the subtasks (in this process, whatever the executor) re-commits what a
             # crash left pending; nothing runs.

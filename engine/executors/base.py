@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from onceflow.engine.coordinator import CheckpointCoordinator
-from onceflow.engine.executors._wiring import Attempt
+from onceflow.engine.executors._wiring import Attempt, ExecutionSettings
 from onceflow.engine.plan import PhysicalPlan
 from onceflow.engine.task import Subtask, SubtaskStatus
 from onceflow.operators.base import Backlog
@@ -98,6 +98,18 @@ class Executor(ABC):
 
     plan: PhysicalPlan
     coordinator: CheckpointCoordinator
+
+    @classmethod
+    def available_parallelism(cls, settings: ExecutionSettings, job_file: str | None) -> int | None:
+        """Return the highest parallelism an attempt can run at now, or None when nothing limits it.
+
+        The runner asks before every attempt. An executor on a cluster answers
+        with what the cluster has room for, so an attempt after the cluster lost
+        a node restores at a lower parallelism (state moves by key groups)
+        instead of waiting for resources that are gone, and a later attempt goes
+        back up once the cluster has room again.
+        """
+        return None
 
     @abstractmethod
     def __init__(self, attempt: Attempt, *, on_tick: TickHook | None = None) -> None:

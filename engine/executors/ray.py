@@ -18,7 +18,12 @@ in the driver (:class:`~onceflow.engine.executors._pool.WorkerPoolExecutor`).
 
 Failures: an actor that dies, a node that is lost or an object that cannot be
 fetched fails the attempt, and the runner restores from the latest completed
-checkpoint. The actors belong to this driver, so Ray ends them when the driver
+checkpoint. Before every attempt the runner asks
+:meth:`RayExecutor.available_parallelism` (the live nodes' CPUs): a cluster
+that lost a node runs the next attempt at a lower parallelism, state restored
+by key groups, and one that has room again goes back up. A node lost while
+the workers are being placed fails that attempt at once, so the next asks for
+fewer. The actors belong to this driver, so Ray ends them when the driver
 dies, even by ``kill -9``; a local Ray this driver started goes with it
 (:mod:`onceflow.engine.executors._reaper`).
 
@@ -32,6 +37,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +45,7 @@ from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.errors import CheckpointDirectoryError, JobDefinitionError, JobLoadError
 from onceflow.engine.executors._pool import WorkerPoolExecutor
 from onceflow.engine.executors._reaper import start_reaper
-from onceflow.engine.executors._wiring import Attempt, SubtaskSettings
+from onceflow.engine.executors._wiring import Attempt, ExecutionSettings, SubtaskSettings
 from onceflow.engine.executors.base import TickHook
 from onceflow.engine.executors.process import refuse_unshared_sinks
 from onceflow.engine.executors.worker import Worker, describe, worker_of
@@ -48,7 +54,7 @@ from onceflow.engine.scheduler import Round
 from onceflow.engine.transport.actors import DRIVER, RayTransport
 from onceflow.operators.base import RestoredState
 
-__all__ = ["RayExecutor", "RayWorkerSpec", "connect_ray"]
+__all__ = ["RayExecutor", "RayWorkerSpec", "cluster_cpus", "connect_ray"]
 
 log = logging.getLogger("onceflow")
 
@@ -143,14 +149,30 @@ def _refuse_node_local_storage(plan: PhysicalPlan, store: CheckpointStore, nodes
                 raise JobDefinitionError(msg)
 
 
+def _job_file(job_file: str | None) -> str:
+    if job_file is None:
+        msg = "the ray executor rebuilds the job on every actor from its job file: run it from a job file"
+        raise JobDefinitionError(msg)
+    return os.path.abspath(job_file)
+
+
+def cluster_cpus() -> int:
+    """Return the CPUs of the connected Ray cluster's live nodes (one worker each)."""
+    return int(_ray().cluster_resources().get("CPU", 0))
+
+
 class RayExecutor(WorkerPoolExecutor):
     """Runs a plan on Ray actors; the coordinator stays in this process (the driver)."""
 
+    @classmethod
+    def available_parallelism(cls, settings: ExecutionSettings, job_file: str | None) -> int | None:
+        """Return the cluster's CPUs now: after a node is lost, the next attempt restores lower."""
+        connect_ray(settings.ray_address, os.path.dirname(_job_file(job_file)))
+        return cluster_cpus()
+
     def __init__(self, attempt: Attempt, *, on_tick: TickHook | None = None) -> None:
         plan, store = attempt.plan, attempt.store
-        if attempt.job_file is None:
-            msg = "the ray executor rebuilds the job on every actor from its job file: run it from a job file"
-            raise JobDefinitionError(msg)
+        job_file = _job_file(attempt.job_file)
         if "memory" in store.fs.protocol:
             msg = (
                 "the ray executor needs checkpoint storage that actors share (a path or s3://), "
@@ -158,14 +180,13 @@ class RayExecutor(WorkerPoolExecutor):
             )
             raise CheckpointDirectoryError(msg)
         refuse_unshared_sinks(plan, "ray executor")
-        job_file = os.path.abspath(attempt.job_file)
         connect_ray(attempt.settings.ray_address, os.path.dirname(job_file))
         ray = _ray()
         self._ray = ray
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         if len(nodes) > 1:
             _refuse_node_local_storage(plan, store, len(nodes))
-        cpus = int(ray.cluster_resources().get("CPU", 0))
+        cpus = cluster_cpus()
         wanted = max(t.parallelism for t in plan.tasks)
         if cpus < 1:
             msg = "the Ray cluster has no CPU to place workers on"
@@ -190,12 +211,18 @@ class RayExecutor(WorkerPoolExecutor):
 
         n = self.workers_count
         self._group = placement_group([{"CPU": 1}] * n, strategy="SPREAD")
-        if not self._group.wait(PLACEMENT_TIMEOUT):
-            msg = (
-                f"the Ray cluster did not grant {n} CPUs for {n} workers within {PLACEMENT_TIMEOUT:.0f} s "
-                f"({node_count} nodes, {ray.cluster_resources().get('CPU', 0):g} CPUs)"
-            )
-            raise CheckpointDirectoryError(msg)
+        deadline = time.monotonic() + PLACEMENT_TIMEOUT
+        while not self._group.wait(1):
+            # a node lost since the attempt started: fail now, so the next attempt asks for fewer
+            cpus = cluster_cpus()
+            if cpus < n:
+                raise self._lost(-1, f"the Ray cluster shrank to {cpus} CPUs while placing {n} workers")
+            if time.monotonic() > deadline:
+                msg = (
+                    f"the Ray cluster did not grant {n} CPUs for {n} workers within "
+                    f"{PLACEMENT_TIMEOUT:.0f} s ({node_count} nodes, {cpus} CPUs)"
+                )
+                raise self._lost(-1, msg)
         job_file = os.path.abspath(str(attempt.job_file))
         spec = RayWorkerSpec(
             job_file=job_file,

@@ -7,7 +7,10 @@ node by the placement group.
 
 from __future__ import annotations
 
+import logging
 import os
+import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -52,6 +55,8 @@ def two_nodes(s3_endpoint):
             "num_cpus": 1,
             "node_ip_address": "127.0.0.1",
             "include_dashboard": False,
+            # a lost node is declared dead after ~2 s (Ray's default: ~15 s of missed health checks)
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4},
         },
     )
     cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
@@ -134,3 +139,58 @@ def test_local_file_output_is_refused_on_two_nodes(two_nodes, keyed_input, s3_bu
             f"{s3_bucket}/chk",
             restarts=0,
         )
+
+
+@pytest.mark.chaos
+def test_a_lost_node_shrinks_the_next_attempt_and_room_brings_it_back(
+    two_nodes, keyed_input, s3_bucket, chaos_seed, caplog
+) -> None:
+    """Kill -9 of a node mid-run: the next attempt restores at parallelism 1 by key groups and goes
+    on; a node added back mid-run and that attempt's worker killed: the next goes back to 2. Exact.
+
+    Runs last in this module and leaves the cluster with two nodes again.
+    """
+    rng = random.Random(chaos_seed)
+    lose_at, regain_at = rng.uniform(0.1, 0.3) * N, rng.uniform(0.1, 0.3) * N
+    out = f"{s3_bucket}/out"
+    widths: list[int] = []
+    seen: set[int] = set()
+    killed: list[int] = []
+
+    def chaos(executor, now) -> None:
+        if id(executor) not in seen:
+            seen.add(id(executor))
+            widths.append(executor.workers_count)
+        if executor.coordinator.completed_count < 1:
+            return
+        records = sum(m.source_records for m in executor.metrics())
+        if len(widths) == 1 and records >= lose_at and len(two_nodes.worker_nodes) == 1:
+            # every process of the node that is not the driver's (as if the machine died)
+            two_nodes.remove_node(next(iter(two_nodes.worker_nodes)), allow_graceful=False)
+        elif executor.workers_count == 1 and not killed and records >= regain_at:
+            # while this runs the attempt cannot complete its final checkpoint: the kill lands mid-run
+            two_nodes.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+            two_nodes.wait_for_nodes()
+            pid = ray.get(executor.actors[0].pid.remote())
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    with caplog.at_level(logging.INFO, logger="onceflow"):
+        result = run_on_ray(
+            JOBS / "chaos_job.py",
+            {"input": str(keyed_input), "output": out, "mode": "keyed", "delay_us": "200"},
+            f"{s3_bucket}/chk",
+            on_tick=chaos,
+            restarts=5,
+        )
+    logged = [r.getMessage() for r in caplog.records]
+    shrank = [line for line in logged if "fewer than the run's parallelism 2" in line]
+    grew = [line for line in logged if "(taken at parallelism 1) at parallelism 2" in line]
+    print(f"attempts at parallelism {widths}, restarts {result.restarts}; {shrank[:1]} {grew[:1]}")
+    assert widths[0] == 2 and 1 in widths and widths[-1] == 2, widths
+    assert killed, f"the attempt at parallelism 1 was never interrupted: {widths}"
+    assert any("restoring checkpoint" in line and "at parallelism 1 by key groups" in line for line in shrank)
+    assert grew, "no attempt went back to parallelism 2 from a checkpoint taken at 1"
+    figures = compare(read_committed_lines(out), expected(N, K, "keyed"), "keyed")
+    assert figures["committed"] == figures["expected"] > 0, figures
+    assert figures["duplicates"] == figures["lost"] == figures["unexpected"] == figures["wrong_value"] == 0
