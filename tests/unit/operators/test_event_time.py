@@ -165,3 +165,13 @@ def test_assign_timestamps_rejects_negative_delay_and_non_positive_idle_timeout(
         job.source(TestingSource([1])).assign_timestamps(
             float, max_delay=max_delay, idle_timeout=idle_timeout
         )
+
+
+def test_frozen_copy_shares_nested_tuples_of_immutables_and_copies_any_mutable_inside():
+    nested = (7, ((1, "a", 2.5), (2, "b", None)), frozenset({1}))
+    assert frozen_copy(nested) is nested
+    inner = [1]
+    holds_list = (7, ((1, inner),))
+    copied = frozen_copy(holds_list)
+    inner.append(2)
+    assert copied == (7, ((1, [1]),))
