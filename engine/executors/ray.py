@@ -50,7 +50,6 @@ from onceflow.engine.executors.base import TickHook
 from onceflow.engine.executors.process import refuse_unshared_sinks
 from onceflow.engine.executors.worker import Worker, describe, worker_of
 from onceflow.engine.plan import PhysicalPlan, build_plan
-from onceflow.engine.scheduler import Round
 from onceflow.engine.transport.actors import DRIVER, RayTransport
 from onceflow.operators.base import RestoredState
 
@@ -318,28 +317,6 @@ class RayExecutor(WorkerPoolExecutor):
         self._pending.clear()
 
 
-class _FlushingWorker(Worker):
-    """A worker whose cross-actor elements leave at the end of every round, one call per peer."""
-
-    def __init__(
-        self,
-        index: int,
-        workers: int,
-        plan: PhysicalPlan,
-        restored: dict[tuple[str, int], RestoredState],
-        settings: SubtaskSettings,
-        store: CheckpointStore,
-        transport: RayTransport,
-    ) -> None:
-        self._ray_transport = transport
-        super().__init__(index, workers, plan, restored, settings, store, transport)
-
-    def _end_round(self, now: float) -> Round:
-        outcome = super()._end_round(now)
-        self._ray_transport.flush()
-        return outcome
-
-
 class RayWorkerActor:
     """One worker as a Ray actor (made remote with ``ray.remote`` by the executor).
 
@@ -376,7 +353,7 @@ class RayWorkerActor:
         try:
             plan = self._rebuild(spec)
             store = CheckpointStore(spec.store_url, plan.job_name)
-            self._worker = _FlushingWorker(
+            self._worker = Worker(
                 self.index,
                 self.workers,
                 plan,

@@ -125,7 +125,12 @@ class Worker:
             self.transport.send(("ack", ack.checkpoint_id, ack.key, ack.handles))
 
     def _end_round(self, now: float) -> Round:
-        """Report newly drained subtasks, obey queued commands, send metrics now and then."""
+        """Report drained subtasks, obey queued commands, send the round's elements, metrics now and then.
+
+        The flush comes after the commands, so a barrier a trigger emitted
+        leaves in this round's message, and before the idle wait, so credits
+        for everything read this round are on their way while this worker sleeps.
+        """
         transport = self.transport
         for subtask in self.subtasks:
             if subtask.status is SubtaskStatus.DRAINED and subtask.key not in self._drained_sent:
@@ -156,6 +161,7 @@ class Worker:
                 stopping = True
             elif kind == "receiver-failed":
                 raise command[1]
+        transport.flush()
         if now - self._last_metrics >= _METRICS_EVERY or stopping:
             self._last_metrics = now
             if not transport.closed:

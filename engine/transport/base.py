@@ -48,39 +48,6 @@ class ChannelEnd(Protocol):
         """Elements queued or in flight (for diagnostics)."""
 
 
-class CreditedOutput:
-    """The producer end of a channel to another process or actor, bounded by credits.
-
-    At most ``capacity`` sent elements may be unread by the consumer; the
-    consumer's credits raise ``acked`` (written by the transport's receive
-    path only). Subclasses say how ``put`` ships an element.
-    """
-
-    __slots__ = ("cid", "capacity", "sent", "acked")
-
-    def __init__(self, cid: ChannelId, capacity: int) -> None:
-        self.cid = cid
-        self.capacity = capacity
-        self.sent = 0
-        self.acked = 0
-
-    def put(self, element: Any) -> None:
-        """Ship ``element`` to the consumer."""
-        raise NotImplementedError
-
-    def has_room(self) -> bool:
-        """Whether fewer than ``capacity`` sent elements are unread by the consumer."""
-        return self.sent - self.acked < self.capacity
-
-    def poll(self) -> Any:
-        """Refuse: this end is written only."""
-        msg = "the producer end of a channel cannot be read"
-        raise RuntimeError(msg)
-
-    def __len__(self) -> int:
-        return self.sent - self.acked
-
-
 class Transport(ABC):
     """Supplies this process's end of every channel its subtasks read or write."""
 
@@ -108,6 +75,9 @@ class WorkerTransport(Protocol):
 
     def channel(self, cid: ChannelId) -> ChannelEnd:
         """Return this worker's end of ``cid``."""
+
+    def flush(self) -> None:
+        """Send each peer what this round buffered for it (elements and credits); once per round."""
 
     def start(self) -> None:
         """Start taking elements in; every channel end was taken before."""

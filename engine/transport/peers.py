@@ -1,0 +1,207 @@
+"""Channel ends between workers, and what pipes and Ray share: per-round messages bounded by credits.
+
+A worker of the process executor (pipes) or the Ray executor (actor calls)
+reaches the subtasks of other workers through a :class:`PeerTransport`: the
+elements for a peer are buffered during a scheduler round and leave in one
+message at its end, with the credits earned for that peer; the subclasses
+only say how a message travels and comes in.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from onceflow.engine.elements import Watermark
+from onceflow.engine.transport.base import ChannelEnd, ChannelId, Transport
+from onceflow.engine.transport.local import LocalChannel
+
+__all__ = ["CreditedInput", "CreditedOutput", "PeerTransport"]
+
+
+class CreditedOutput:
+    """The producer end of a channel to another worker: buffered for the round's flush, bounded by credits.
+
+    ``put`` appends to the outbox of the consumer's worker, which
+    :meth:`PeerTransport.flush` sends as one message at the end of the
+    scheduler round, together with every other channel's elements and credits
+    for that worker. At most ``capacity`` elements may be put and not yet read
+    by the consumer; the consumer's credits raise ``acked`` (written by the
+    transport's receive path only).
+
+    A watermark put right after another watermark of this channel, with
+    nothing in between in the outbox, replaces it: watermarks only rise, so
+    the consumer would have acted on the later one alone. A keyed operator
+    forwards a watermark for each input batch that advanced it; within one
+    round only the last of them leaves the worker. Idle markers are never
+    merged. Cost per element: one append, or one comparison and a replacement.
+    """
+
+    __slots__ = ("cid", "capacity", "sent", "acked", "outbox", "_watermark_at")
+
+    def __init__(self, outbox: list, cid: ChannelId, capacity: int) -> None:
+        self.cid = cid
+        self.capacity = capacity
+        self.sent = 0
+        self.acked = 0
+        self.outbox = outbox
+        self._watermark_at = -1
+        """Index in ``outbox`` of this channel's last element when it is a non-idle watermark, else -1."""
+
+    def put(self, element: Any) -> None:
+        """Buffer ``element`` for the end-of-round message to the consumer's worker."""
+        outbox = self.outbox
+        if type(element) is Watermark and not element.idle:
+            at = self._watermark_at
+            if at >= 0 and at == len(outbox) - 1:
+                outbox[at] = ("d", self.cid, element)
+                return
+            self._watermark_at = len(outbox)
+        else:
+            self._watermark_at = -1
+        outbox.append(("d", self.cid, element))
+        self.sent += 1
+
+    def flushed(self) -> None:
+        """Forget the buffered watermark: the outbox was sent, nothing in it is left to merge with."""
+        self._watermark_at = -1
+
+    def has_room(self) -> bool:
+        """Whether fewer than ``capacity`` elements are put and unread by the consumer."""
+        return self.sent - self.acked < self.capacity
+
+    def poll(self) -> Any:
+        """Refuse: this end is written only."""
+        msg = "the producer end of a channel cannot be read"
+        raise RuntimeError(msg)
+
+    def __len__(self) -> int:
+        return self.sent - self.acked
+
+
+class CreditedInput:
+    """The consumer end of a channel from another worker; every element read earns its producer a credit.
+
+    Credits go back with the next flush to the producer's worker, in bulk.
+    """
+
+    __slots__ = ("queue", "cid", "credits")
+
+    def __init__(self, cid: ChannelId, queue: deque, credits: dict[ChannelId, int]) -> None:
+        self.cid = cid
+        self.queue = queue
+        self.credits = credits
+
+    def put(self, element: Any) -> None:
+        """Refuse: this end is read only."""
+        msg = "the consumer end of a channel cannot be written"
+        raise RuntimeError(msg)
+
+    def has_room(self) -> bool:
+        """Return True: nothing is ever written to this end."""
+        return True
+
+    def poll(self) -> Any:
+        """Return the oldest element received (its credit goes back with the next flush), or None."""
+        if not self.queue:
+            return None
+        element = self.queue.popleft()
+        cid = self.cid
+        self.credits[cid] = self.credits.get(cid, 0) + 1
+        return element
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+
+class PeerTransport(Transport):
+    """A worker's channel ends towards its peers, with one message per peer and scheduler round.
+
+    What pipes between processes and calls between Ray actors share: local
+    channels for channels inside the worker, a :class:`CreditedOutput` and a
+    :class:`CreditedInput` per cross-worker channel end, one outbox per peer
+    that :meth:`flush` sends in a single message (every element of the round,
+    then the credits earned), and :meth:`apply` for a peer's message.
+    Subclasses say how a message travels (``ship``) and how it comes in.
+
+    Why per round: a source step emits a batch and a watermark on every
+    channel, and a consumer returns a credit for each; sent one by one that
+    is four messages (four pickles, four system calls, four wakeups of the
+    receiving worker) per batch and channel. Per round it is one each way.
+
+    Wire format, one list per message: ``("d", cid, element)`` data on channel
+    ``cid``; ``("c", cid, n)`` n credits back to its producer; anything else is
+    a control message for the worker, queued in ``commands``.
+    """
+
+    def __init__(self, *, worker: int, worker_of: Callable[[int], int], capacity: int) -> None:
+        self.worker = worker
+        self.worker_of = worker_of
+        self.capacity = capacity
+        self.local: dict[ChannelId, LocalChannel] = {}
+        self.inboxes: dict[ChannelId, deque] = {}
+        self.outputs: dict[ChannelId, CreditedOutput] = {}
+        self.outboxes: dict[int, list] = {}
+        self.credits: dict[int, dict[ChannelId, int]] = {}
+        self.commands: deque = deque()
+        self.wakeup = threading.Event()
+
+    def channel(self, cid: ChannelId) -> ChannelEnd:
+        """Return this worker's end of ``cid``: local, the producer end, or the consumer end."""
+        src = self.worker_of(cid.src)
+        dst = self.worker_of(cid.dst)
+        if src == dst == self.worker:
+            found = self.local.get(cid)
+            if found is None:
+                found = self.local[cid] = LocalChannel(self.capacity, str(cid))
+            return found
+        if src == self.worker:
+            outbox = self.outboxes.setdefault(dst, [])
+            out = self.outputs[cid] = CreditedOutput(outbox, cid, self.capacity)
+            return out
+        queue: deque = deque()
+        self.inboxes[cid] = queue
+        return CreditedInput(cid, queue, self.credits.setdefault(src, {}))
+
+    def flush(self) -> None:
+        """Send each peer, in one message, the elements buffered for it and the credits it earned."""
+        for peer, messages in self._take():
+            self.ship(peer, messages)
+        for out in self.outputs.values():
+            out.flushed()
+
+    def _take(self) -> Iterator[tuple[int, list]]:
+        for peer, outbox in self.outboxes.items():
+            credits = self.credits.get(peer)
+            if not outbox and not credits:
+                continue
+            messages = list(outbox)
+            outbox.clear()
+            if credits:
+                messages.extend(("c", cid, n) for cid, n in credits.items())
+                credits.clear()
+            yield peer, messages
+        for peer, credits in self.credits.items():
+            if credits and peer not in self.outboxes:
+                messages = [("c", cid, n) for cid, n in credits.items()]
+                credits.clear()
+                yield peer, messages
+
+    @abstractmethod
+    def ship(self, peer: int, messages: list) -> None:
+        """Send one round's ``messages`` to worker ``peer``, after every earlier message to it."""
+
+    def apply(self, messages: list) -> None:
+        """Take one message of a peer (or the runner): elements to inboxes, credits, commands."""
+        inboxes = self.inboxes
+        for message in messages:
+            kind = message[0]
+            if kind == "d":
+                inboxes[message[1]].append(message[2])
+            elif kind == "c":
+                self.outputs[message[1]].acked += message[2]
+            else:
+                self.commands.append(message)
