@@ -165,8 +165,13 @@ class HashGate(OutputGate):
                 # 0/1, so they select target 1 themselves and their negation target 0.
                 targets = list(map(get, keys))
                 if None in targets:
-                    # a key new to this batch may come many times in it: hash it once
+                    # New keys: hash each distinct one once, then route the batch again at C
+                    # speed. Only a cache cleared while doing so leaves a key to look up singly.
                     miss = self._miss
+                    for key in {k for k in set(keys) if k not in route}:
+                        miss(key)
+                    targets = list(map(get, keys))
+                if None in targets:
                     targets = [
                         t if t is not None else (route[k] if k in route else miss(k))
                         for t, k in zip(targets, keys)
