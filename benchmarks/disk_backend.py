@@ -8,14 +8,14 @@ sink. With 2 records per key every key is read back once after it was
 written, mostly from the database rather than the cache.
 
 Each run is a fresh child process (so its peak RSS is its own), heap and disk
-interleaved (heap, disk, heap, disk, ...) so both see the same machine load;
+interleaved (the ``--modes`` in turn, round after round) so all see the same machine load;
 the figures are the medians and the ratio of the median throughputs.
 Checkpoints are on (``--interval``), and a bounded job ends with a final one,
 so the time includes writing every key to a state file at least once.
 
 Run: ``python benchmarks/disk_backend.py [--workload skewed|uniform] [--keys 10000000]
-[--records 30000000] [--rounds 1] [--out FILE]``; writes ``benchmarks/results/disk_backend-<workload>.json``
-(and prints a Markdown table).
+[--records 30000000] [--rounds 1] [--modes heap,disk+inc] [--out FILE]``; writes
+``benchmarks/results/disk_backend-<workload>.json`` (and prints a Markdown table).
 """
 
 from __future__ import annotations
@@ -88,13 +88,19 @@ def _job(records: int, keys: int, workload: str, sink: CountingSink) -> Job:
     return job
 
 
-def child(backend: str, records: int, keys: int, workload: str, interval: float, cache: int) -> dict:
+MODES = ("heap", "heap+inc", "disk", "disk+inc")
+"""A backend, with ``+inc`` under incremental checkpoints (``--incremental-checkpoints``)."""
+
+
+def child(mode: str, records: int, keys: int, workload: str, interval: float, cache: int) -> dict:
     """Run the job once in this process; return its figures."""
+    backend, _, incremental = mode.partition("+")
     with tempfile.TemporaryDirectory(prefix="bench-disk-") as tmp:
         sink = CountingSink()
         settings = ExecutionSettings(
             checkpoint=CoordinatorSettings(interval=interval, timeout=600.0),
             state_backend=StateBackendConfig(backend, directory=tmp, cache_entries=cache),
+            incremental_checkpoints=bool(incremental),
         )
         job = _job(records, keys, workload, sink)
         runner = JobRunner(job, checkpoint_dir=f"{tmp}/chk", settings=settings)
@@ -103,7 +109,7 @@ def child(backend: str, records: int, keys: int, workload: str, interval: float,
         seconds = time.perf_counter() - start
         checkpoint_bytes = sum(p.stat().st_size for p in Path(f"{tmp}/chk").rglob("*.arrow"))
     return {
-        "backend": backend,
+        "backend": mode,
         "workload": workload,
         "records": records,
         "keys": keys,
@@ -123,16 +129,25 @@ def main() -> None:
     parser.add_argument("--workload", choices=["uniform", "skewed"], default="skewed")
     parser.add_argument("--interval", type=float, default=10.0, help="checkpoint interval, seconds")
     parser.add_argument("--cache", type=int, default=StateBackendConfig.cache_entries)
-    parser.add_argument("--child", choices=["heap", "disk"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--modes",
+        default="heap,disk+inc",
+        help="comma-separated runs of each round, the first is the reference of the ratios: heap, heap+inc, "
+        "disk, disk+inc (+inc: incremental checkpoints; default heap,disk+inc)",
+    )
+    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.child:
         figures = child(args.child, args.records, args.keys, args.workload, args.interval, args.cache)
         print(json.dumps(figures))
         return
+    modes = args.modes.split(",")
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--modes {args.modes!r}: each must be one of {', '.join(MODES)}")
     runs: list[dict] = []
     for _ in range(args.rounds):
-        for backend in ("heap", "disk"):
+        for backend in modes:
             cmd = [sys.executable, __file__, "--child", backend, "--keys", str(args.keys)]
             cmd += ["--records", str(args.records), "--interval", str(args.interval)]
             cmd += ["--cache", str(args.cache), "--workload", args.workload]
@@ -140,13 +155,14 @@ def main() -> None:
             runs.append(json.loads(out.strip().splitlines()[-1]))
             print(runs[-1], flush=True)
     summary = {}
-    for backend in ("heap", "disk"):
+    for backend in modes:
         mine = [r for r in runs if r["backend"] == backend]
         summary[backend] = {
             "records_per_s": statistics.median(r["records_per_s"] for r in mine),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
         }
-    ratio = summary["disk"]["records_per_s"] / summary["heap"]["records_per_s"]
+    reference = summary[modes[0]]["records_per_s"]
+    ratios = {m: round(summary[m]["records_per_s"] / reference, 3) for m in modes[1:]}
     report = {
         "keys": args.keys,
         "records": args.records,
@@ -155,7 +171,7 @@ def main() -> None:
         "cache_entries": args.cache,
         "runs": runs,
         "summary": summary,
-        "disk_over_heap_throughput": round(ratio, 3),
+        f"throughput_over_{modes[0]}": ratios,
     }
     out = args.out or RESULTS / f"disk_backend-{args.workload}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,10 +180,11 @@ def main() -> None:
     print(f"checkpoint every {args.interval:g} s\n")
     print("| backend | records/s (median) | peak RSS |")
     print("|---|---|---|")
-    for backend in ("heap", "disk"):
+    for backend in modes:
         s = summary[backend]
         print(f"| {backend} | {s['records_per_s']:,.0f} | {s['peak_rss_mib']:,} MiB |")
-    print(f"\ndisk / heap throughput: {ratio:.2f}")
+    for mode, ratio in ratios.items():
+        print(f"\n{mode} / {modes[0]} throughput: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -72,8 +72,9 @@ class OperatorSnapshot:
     ``operator_state`` is a picklable value restored to every subtask of the
     next attempt (union semantics, so parallelism may change). ``keyed_state``
     maps a state name to a ``{key: value}`` dict that the caller must treat as
-    frozen, or is the disk backend's read view of all its states (always a
-    full capture); the runtime partitions it by key group when writing.
+    frozen, or is the disk backend's read view of its states (every entry, or
+    for a delta the keys changed since the previous snapshot, read from the
+    view); the runtime partitions it by key group when writing.
 
     ``keyed_kind`` says what ``keyed_state`` holds (``HeapKeyedState.capture``):
     every entry (``"full"``, the default; ``"base"`` starts a chain of

@@ -37,8 +37,8 @@ class _KeyedOperator(Operator):
     def open(self, ctx: RuntimeContext) -> None:
         """Create this subtask's keyed state in the run's backend.
 
-        Heap state tracks changed keys when the run takes incremental
-        checkpoints; the disk backend's captures are always full.
+        Both backends track changed keys when the run takes incremental
+        checkpoints.
         """
         super().open(ctx)
         state = ctx.state_backend.create(
@@ -47,12 +47,11 @@ class _KeyedOperator(Operator):
             subtask_index=ctx.subtask_index,
             max_parallelism=ctx.max_parallelism,
         )
-        if isinstance(state, HeapKeyedState):
-            state.incremental = bool(getattr(ctx, "incremental_checkpoints", False))
+        state.incremental = bool(getattr(ctx, "incremental_checkpoints", False))
         self.state = state
 
     def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
-        """Capture a frozen copy of every key's value, or of the changed ones (incremental heap)."""
+        """Capture a frozen copy of every key's value, or of the changed ones (incremental checkpoints)."""
         capture = self.state.capture()
         return OperatorSnapshot(keyed_state=capture.tables, keyed_kind=capture.kind, deleted=capture.deleted)
 

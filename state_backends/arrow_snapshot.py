@@ -280,34 +280,46 @@ class _HashingWriter:
 def _write_streamed(
     fs: fsspec.AbstractFileSystem, path: str, snapshot: DiskSnapshot, operator_state: Any
 ) -> StateFileHandle:
-    """Write a disk backend's snapshot in the same layout, one record batch at a time.
-
-    The snapshot yields rows already sorted by key group with values pickled,
-    so memory stays at one batch however large the state is.
-    """
+    """Write a disk backend's snapshot in the same layout, one record batch at a time, and release it."""
     try:
-        schema = _schema(snapshot.value_encoding, operator_state)
-        names = pa.array(snapshot.names, pa.string())
-        rows = 0
-        kg_start: int | None = None
-        kg_end: int | None = None
-        parent = _parent(path)
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        with fs.open(path, "wb") as out:
-            hashing = _HashingWriter(out)
-            with ipc.new_file(pa.PythonFile(hashing, mode="w"), schema) as writer:
-                for key_groups, ids, keys, values in snapshot.batches(BATCH_ROWS):
-                    state = pa.DictionaryArray.from_arrays(ids, names)
-                    writer.write_batch(
-                        pa.RecordBatch.from_arrays([key_groups, state, keys, values], schema=schema)
-                    )
-                    rows += len(keys)
-                    if kg_start is None:
-                        kg_start = key_groups[0].as_py()
-                    kg_end = key_groups[-1].as_py() + 1
+        return write_view(fs, path, snapshot, operator_state)
     finally:
         snapshot.release()
+
+
+def write_view(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    snapshot: DiskSnapshot,
+    operator_state: Any,
+    key_groups: KeyGroupRange | None = None,
+) -> StateFileHandle:
+    """Write the rows of a disk backend's view in ``key_groups`` (all if None) to ``path``, streamed.
+
+    The view yields rows already sorted by key group with values pickled (a
+    delta's tombstones null), so memory stays at one batch however large the
+    state is. The view is left open: the caller releases it.
+    """
+    schema = _schema(snapshot.value_encoding, operator_state)
+    names = pa.array(snapshot.names, pa.string())
+    rows = 0
+    kg_start: int | None = None
+    kg_end: int | None = None
+    parent = _parent(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as out:
+        hashing = _HashingWriter(out)
+        with ipc.new_file(pa.PythonFile(hashing, mode="w"), schema) as writer:
+            for key_group, ids, keys, values in snapshot.batches(BATCH_ROWS, key_groups):
+                state = pa.DictionaryArray.from_arrays(ids, names)
+                writer.write_batch(
+                    pa.RecordBatch.from_arrays([key_group, state, keys, values], schema=schema)
+                )
+                rows += len(keys)
+                if kg_start is None:
+                    kg_start = key_group[0].as_py()
+                kg_end = key_group[-1].as_py() + 1
     return StateFileHandle(
         path=path,
         rows=rows,
@@ -520,4 +532,5 @@ __all__ = [
     "state_table",
     "write_state_file",
     "write_table",
+    "write_view",
 ]

@@ -38,7 +38,9 @@ from onceflow.state_backends.arrow_snapshot import (
     read_state_table,
     state_table,
     write_table,
+    write_view,
 )
+from onceflow.state_backends.disk import DiskSnapshot
 from onceflow.state_backends.errors import CorruptStateError
 from onceflow.state_backends.key_groups import KeyGroupRange, decode_key
 
@@ -50,6 +52,7 @@ __all__ = [
     "segment_width",
     "segments_of",
     "write_segments",
+    "write_view_segments",
 ]
 
 SEGMENTS = 8
@@ -107,6 +110,29 @@ def write_segments(
             written[segment] = write_table(fs, path_of(segment), table.slice(lo, hi - lo))
     if not written and always is not None:
         written[always] = write_table(fs, path_of(always), table.slice(0, 0))
+    return written
+
+
+def write_view_segments(
+    fs: fsspec.AbstractFileSystem,
+    path_of: Callable[[KeyGroupRange], str],
+    segments: Sequence[KeyGroupRange],
+    *,
+    view: DiskSnapshot,
+    operator_state: Any,
+    always: KeyGroupRange | None = None,
+) -> dict[KeyGroupRange, StateFileHandle]:
+    """:func:`write_segments` for a disk backend's view (every entry, or a delta): streamed per segment.
+
+    The view is read one record batch at a time within each segment, so
+    memory does not grow with the state; it is left open for the caller.
+    """
+    written: dict[KeyGroupRange, StateFileHandle] = {}
+    for segment in segments:
+        if view.has_rows(segment):
+            written[segment] = write_view(fs, path_of(segment), view, operator_state, segment)
+    if not written and always is not None:
+        written[always] = write_view(fs, path_of(always), view, operator_state, KeyGroupRange(0, 0))
     return written
 
 

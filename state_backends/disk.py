@@ -29,6 +29,7 @@ the process's memory: its data stays in the OS page cache.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import os
@@ -38,7 +39,7 @@ import struct
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -46,8 +47,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from onceflow.state_backends.errors import StateSerializationError
-from onceflow.state_backends.heap import FULL, KeyedCapture
-from onceflow.state_backends.key_groups import encode_key
+from onceflow.state_backends.heap import BASE, DELTA, FULL, KeyedCapture
+from onceflow.state_backends.key_groups import KeyGroupRange, encode_key
 
 _PREFIX = struct.Struct(">HH")
 _PREFIX_BYTES = _PREFIX.size
@@ -227,6 +228,12 @@ class DiskKeyedState:
         self.operator_label = "?"
         """Named in errors (set by the operator that owns this state)."""
         self.tables: dict[str, DiskTable] = {}
+        self.incremental = False
+        """Set by the operator in ``open`` when the run takes incremental checkpoints."""
+        self._changed: set[bytes] = set()
+        """Incremental: database keys written or deleted since the last capture."""
+        self._base_needed = False
+        """Only after :meth:`restore`: a fresh state starts empty, so its first delta is all of it."""
         self._env = lmdb.open(
             directory, map_size=_MAP_SIZE, sync=False, metasync=False, readahead=False, max_readers=64
         )
@@ -304,6 +311,10 @@ class DiskKeyedState:
                     "keep plain data in state, not locks, open files, connections, generators or lambdas"
                 )
                 raise StateSerializationError(msg) from exc
+        if self.incremental and not self._base_needed:
+            changed = self._changed
+            changed.update(deletes)
+            changed.update(k for k, _ in puts)
         puts.sort()
         # One transaction per slice: LMDB copies every page a transaction changes into
         # process memory until it commits, so a slice bounds that copy (random keys touch
@@ -323,8 +334,25 @@ class DiskKeyedState:
     # -- checkpoints ---------------------------------------------------------------------
 
     def capture(self) -> KeyedCapture:
-        """Capture at a barrier: always every entry (a read view), whatever the checkpoint mode."""
-        return KeyedCapture(FULL, self.snapshot())
+        """Capture at a barrier: every entry (full or base) or the changed ones (delta), as a read view.
+
+        Incremental: the first capture after a restore is a base (like the
+        heap's); every other one is a view of the database that names the
+        keys written or deleted since the previous capture, whose current
+        values (or absence: a tombstone) the writer reads from the view. The
+        synchronous cost is writing the cache's changes out; the rows are
+        read in the background, so a checkpoint reads what changed, not the
+        whole database.
+        """
+        if not self.incremental:
+            return KeyedCapture(FULL, self.snapshot())
+        if self._base_needed:
+            snapshot = self.snapshot()
+            self._base_needed = False
+            return KeyedCapture(BASE, snapshot)
+        snapshot = self.snapshot()
+        snapshot.changed, self._changed = self._changed, set()
+        return KeyedCapture(DELTA, snapshot)
 
     def snapshot(self) -> DiskSnapshot:
         """Write every change out and open a consistent read view for the background writer.
@@ -350,7 +378,9 @@ class DiskKeyedState:
             self._destroy()
 
     def restore(self, tables: dict[str, dict[Any, Any]]) -> None:
-        """Replace all state with ``tables`` (this subtask's keys of a checkpoint)."""
+        """Replace all state with ``tables`` (this subtask's keys of a checkpoint); next capture: a base."""
+        self._changed = set()
+        self._base_needed = True
         for table in self.tables.values():
             table.cache.clear()
             table.dirty.clear()
@@ -395,51 +425,135 @@ class DiskKeyedState:
         return int(self._env.stat()["entries"])
 
 
-class DiskSnapshot:
-    """A consistent read view of a :class:`DiskKeyedState`, streamed into a state file.
+def _columns(
+    raw_keys: Sequence[bytes], raw_values: Sequence[bytes | None]
+) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
+    """Split database keys into the state file's key group, state index and key columns, by Arrow kernels."""
+    db_keys = pa.array(raw_keys, pa.large_binary())
+    values = pa.array(raw_values, pa.large_binary())
+    # Every database key is longer than its prefix, so both slices are well defined
+    # (an explicit stop: pyarrow's binary_slice without one fails on long arrays).
+    keys = pc.binary_slice(db_keys, _PREFIX_BYTES, 1 << 40)
+    prefixes = pc.binary_slice(db_keys, 0, _PREFIX_BYTES)
+    # Byte i of the prefix of entry j is at offsets[j] + i of the slices' data buffer.
+    _, offsets_buffer, data_buffer = prefixes.buffers()
+    count = len(prefixes)
+    offsets = pa.Array.from_buffers(pa.int64(), count + 1, [None, offsets_buffer], 0, prefixes.offset)
+    data = pa.Array.from_buffers(pa.uint8(), offsets[-1].as_py(), [None, data_buffer])
+    starts = offsets.slice(0, count)
 
-    ``batches`` yields the columns of the state file (sorted by key group) with
-    values still pickled; call :meth:`release` when done (the owning state
-    defers its close until then).
+    def u16(at: int) -> pa.Array:
+        high = pc.cast(data.take(pc.add(starts, at)), pa.int32())
+        low = pc.cast(data.take(pc.add(starts, at + 1)), pa.int32())
+        return pc.add(pc.multiply(high, 256), low)
+
+    return u16(0), u16(2), keys, values
+
+
+class DiskSnapshot:
+    """A consistent read view of a :class:`DiskKeyedState`, streamed into state files.
+
+    ``changed`` None: the view stands for every entry (a full or base
+    capture). Otherwise it is a delta: the database keys written or deleted
+    between the previous capture and this one; each is read from the view,
+    and one no longer there is a tombstone (a null value). ``batches`` yields
+    the columns of a state file (sorted by key group) with values still
+    pickled; call :meth:`release` when done (the owning state defers its
+    close until then).
     """
 
     value_encoding = "pickle"
 
     def __init__(self, state: DiskKeyedState, names: list[str], txn: Any) -> None:
         self.names = names
+        self.changed: set[bytes] | None = None
+        self._sorted: list[bytes] | None = None
         self._state: DiskKeyedState | None = state
         self._txn = txn
 
-    def batches(self, rows: int) -> Iterator[tuple[pa.Array, pa.Array, pa.Array, pa.Array]]:
-        """Yield ``(key_group int32, state index int32, key, pickled value)`` of up to ``rows`` entries."""
+    def absorb(self, older: DiskSnapshot) -> None:
+        """Take over the changes of an earlier view of the same state that was never written; release it.
+
+        Values are read from this, newer, view, so the union of the changed
+        keys is the delta from before ``older`` to now; an older full view
+        makes this one full.
+        """
+        if older.changed is None:
+            self.changed = None
+        elif self.changed is not None:
+            self.changed |= older.changed
+        self._sorted = None
+        older.release()
+
+    def has_rows(self, key_groups: KeyGroupRange) -> bool:
+        """Whether the view holds an entry (or a delta a change) in ``key_groups``."""
         if self._state is None:
             msg = "the snapshot was already released"
             raise RuntimeError(msg)
-        entries = self._txn.cursor().iternext(keys=True, values=True)
+        start, end = struct.pack(">H", key_groups.start), struct.pack(">H", key_groups.end)
+        if self.changed is not None:
+            keys = self._sorted_changes()
+            at = bisect.bisect_left(keys, start)
+            return at < len(keys) and keys[at] < end
+        cursor = self._txn.cursor()
+        return bool(cursor.set_range(start)) and cursor.key() < end
+
+    def _sorted_changes(self) -> list[bytes]:
+        if self._sorted is None:
+            self._sorted = sorted(self.changed or ())
+        return self._sorted
+
+    def batches(
+        self, rows: int, key_groups: KeyGroupRange | None = None
+    ) -> Iterator[tuple[pa.Array, pa.Array, pa.Array, pa.Array]]:
+        """Yield ``(key_group int32, state index int32, key, pickled value)`` of up to ``rows`` entries.
+
+        Only the entries of ``key_groups`` (all if None); a tombstone's value is null.
+        """
+        if self._state is None:
+            msg = "the snapshot was already released"
+            raise RuntimeError(msg)
+        state = self._state
+        if self.changed is None:
+            chunks = self._all_entries(rows, key_groups)
+        else:
+            chunks = self._changes(rows, key_groups)
+        for raw_keys, raw_values in chunks:
+            yield _columns(raw_keys, raw_values)
+            state.pages.release()  # the pages this chunk was read from
+
+    def _all_entries(
+        self, rows: int, key_groups: KeyGroupRange | None
+    ) -> Iterator[tuple[Sequence[bytes], Sequence[bytes | None]]]:
+        cursor = self._txn.cursor()
+        stop: tuple[bytes] | None = None
+        if key_groups is not None:
+            stop = (struct.pack(">H", key_groups.end),)
+            if not cursor.set_range(struct.pack(">H", key_groups.start)):
+                return
+        entries = cursor.iternext(keys=True, values=True)
         while chunk := list(islice(entries, rows)):
-            raw_keys, raw_values = zip(*chunk, strict=True)
-            del chunk
-            db_keys = pa.array(raw_keys, pa.large_binary())
-            values = pa.array(raw_values, pa.large_binary())
-            del raw_keys, raw_values
-            # Every database key is longer than its prefix, so both slices are well defined
-            # (an explicit stop: pyarrow's binary_slice without one fails on long arrays).
-            keys = pc.binary_slice(db_keys, _PREFIX_BYTES, 1 << 40)
-            prefixes = pc.binary_slice(db_keys, 0, _PREFIX_BYTES)
-            # Byte i of the prefix of entry j is at offsets[j] + i of the slices' data buffer.
-            _, offsets_buffer, data_buffer = prefixes.buffers()
-            count = len(prefixes)
-            offsets = pa.Array.from_buffers(pa.int64(), count + 1, [None, offsets_buffer], 0, prefixes.offset)
-            data = pa.Array.from_buffers(pa.uint8(), offsets[-1].as_py(), [None, data_buffer])
-            starts = offsets.slice(0, count)
+            if stop is not None and chunk[-1] >= stop:
+                # Sorted pairs: the first entry at or past the range's end key group ends the range.
+                chunk = chunk[: bisect.bisect_left(chunk, stop)]
+                if chunk:
+                    yield tuple(zip(*chunk, strict=True))  # type: ignore[misc]
+                return
+            yield tuple(zip(*chunk, strict=True))  # type: ignore[misc]
 
-            def u16(at: int, starts: pa.Array = starts, data: pa.Array = data) -> pa.Array:
-                high = pc.cast(data.take(pc.add(starts, at)), pa.int32())
-                low = pc.cast(data.take(pc.add(starts, at + 1)), pa.int32())
-                return pc.add(pc.multiply(high, 256), low)
-
-            self._state.pages.release()  # the pages this chunk was read from
-            yield u16(0), u16(2), keys, values
+    def _changes(
+        self, rows: int, key_groups: KeyGroupRange | None
+    ) -> Iterator[tuple[Sequence[bytes], Sequence[bytes | None]]]:
+        keys = self._sorted_changes()
+        lo, hi = 0, len(keys)
+        if key_groups is not None:
+            lo = bisect.bisect_left(keys, struct.pack(">H", key_groups.start))
+            hi = bisect.bisect_left(keys, struct.pack(">H", key_groups.end))
+        cursor = self._txn.cursor()
+        for start in range(lo, hi, rows):
+            chunk = keys[start : min(start + rows, hi)]
+            found = dict(cursor.getmulti(chunk))
+            yield chunk, [found.get(k) for k in chunk]
 
     def to_dicts(self) -> dict[str, dict[Any, Any]]:
         """Decode the whole view into ``{state: {key: value}}``."""

@@ -48,7 +48,8 @@ from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.faults import CRASH_POINTS
 from onceflow.operators.base import OperatorSnapshot
 from onceflow.state_backends.arrow_snapshot import write_state_file
-from onceflow.state_backends.changelog import compact, segments_of, write_segments
+from onceflow.state_backends.changelog import compact, segments_of, write_segments, write_view_segments
+from onceflow.state_backends.disk import DiskSnapshot
 from onceflow.state_backends.heap import BASE, FULL
 from onceflow.state_backends.key_groups import KeyGroupRange
 
@@ -73,7 +74,7 @@ class _Ack:
 
 
 def _incremental_tables(snap: OperatorSnapshot) -> dict[str, dict[Any, Any]]:
-    """Return the dicts of a base or delta capture (only heap state is captured incrementally)."""
+    """Return the dicts of a heap backend's base or delta capture."""
     if not isinstance(snap.keyed_state, dict):
         msg = f"an incremental capture must hold dicts, got {type(snap.keyed_state).__name__}"
         raise TypeError(msg)
@@ -82,6 +83,10 @@ def _incremental_tables(snap: OperatorSnapshot) -> dict[str, dict[Any, Any]]:
 
 def _merge(older: OperatorSnapshot, newer: OperatorSnapshot) -> OperatorSnapshot:
     """One delta holding ``older``'s changes overridden by ``newer``'s (a failed write carried on)."""
+    if isinstance(newer.keyed_state, DiskSnapshot) and isinstance(older.keyed_state, DiskSnapshot):
+        newer.keyed_state.absorb(older.keyed_state)
+        kind = BASE if BASE in (older.keyed_kind, newer.keyed_kind) else newer.keyed_kind
+        return OperatorSnapshot(newer.operator_state, newer.keyed_state, keyed_kind=kind)
     tables = {name: dict(table) for name, table in _incremental_tables(older).items()}
     deleted = {name: set(keys) for name, keys in older.deleted.items()}
     for name, table in _incremental_tables(newer).items():
@@ -193,25 +198,36 @@ class SnapshotWriter:
             snap = _merge(older, snap)
         kind = snap.keyed_kind
         paths = self.store.paths
-        keyed_state = _incremental_tables(snap)
 
         def relative(segment: KeyGroupRange) -> str:
             return CheckpointPaths.relative_shared_file(uid, subtask, checkpoint_id, segment.start, kind)
 
         try:
-            written = write_segments(
-                self.store.fs,
-                lambda segment: paths.resolve(relative(segment)),
-                self._segments,
-                keyed_state=keyed_state,
-                deleted=snap.deleted if kind != BASE else None,
-                operator_state=snap.operator_state,
-                max_parallelism=self.max_parallelism,
-                always=self._segments[0],
-            )
+            if isinstance(snap.keyed_state, DiskSnapshot):
+                written = write_view_segments(
+                    self.store.fs,
+                    lambda segment: paths.resolve(relative(segment)),
+                    self._segments,
+                    view=snap.keyed_state,
+                    operator_state=snap.operator_state,
+                    always=self._segments[0],
+                )
+            else:
+                written = write_segments(
+                    self.store.fs,
+                    lambda segment: paths.resolve(relative(segment)),
+                    self._segments,
+                    keyed_state=_incremental_tables(snap),
+                    deleted=snap.deleted if kind != BASE else None,
+                    operator_state=snap.operator_state,
+                    max_parallelism=self.max_parallelism,
+                    always=self._segments[0],
+                )
         except Exception:
             self._carry(uid, subtask, snap)
             raise
+        if isinstance(snap.keyed_state, DiskSnapshot):
+            snap.keyed_state.release()
         CRASH_POINTS.hit("mid_shared_write")
         chain = {} if kind == BASE else self._chains.setdefault(key, {})
         for segment, file in written.items():

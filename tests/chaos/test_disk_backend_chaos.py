@@ -13,6 +13,8 @@ import os
 
 import pytest
 
+from tests.chaos.test_incremental_chaos import INCREMENTAL
+from tests.chaos.test_incremental_chaos import _check_shared_files as check_shared_files
 from tests.support.chaos import ChaosRun, Workload
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -121,3 +123,78 @@ def test_a_checkpoint_restores_on_the_other_backend_at_another_parallelism(
             )
     figures = run.check_final()
     run.report(f"test_a_checkpoint_restores_on_the_other_backend[{steps}]", figures)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_random_kills_with_incremental_disk_checkpoints(
+    executor: str, workload: Workload, chaos_dir, chaos_seed: int
+) -> None:
+    """Incremental checkpoints of the disk backend (deltas read from the database's view) under kill -9.
+
+    Some runs switch to the heap backend and back, so a chain the disk backend wrote restores on the
+    heap and the other way round; every retained checkpoint lists only files that exist.
+    """
+    run = ChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        parallelism=2,
+        delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
+        executor=executor,
+        args=[
+            "--state-backend",
+            "disk",
+            "--state-dir",
+            str(chaos_dir / "state"),
+            "--state-cache-entries",
+            "50",
+            *INCREMENTAL,
+        ],
+    )
+    target = int(os.environ.get("CHAOS_KILLS", "6"))
+    backends: list[str] = []
+    finished = False
+    while sum(run.kills.values()) < target:
+        backend = run.rng.choice(["disk", "disk", "heap"])
+        _set(run, "--state-backend", backend)
+        backends.append(backend)
+        outcome = run.run(kill_after=run.rng.uniform(0.3, 2.5))
+        if outcome.returncode == 0:
+            finished = True
+            break
+        run.expect_killed(outcome)
+    if not finished:
+        _set(run, "--state-backend", "disk")
+        run.run_to_completion()
+    figures = run.check_final()
+    check_shared_files(run)
+    print(f"backends of the runs: {backends}")
+    run.report(f"test_random_kills_with_incremental_disk_checkpoints[{executor}]", figures)
+    if executor == "local":
+        _state_dir_is_empty(run)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("crash_at", ["mid_shared_write:4", "mid_shared_delete:1"])
+def test_named_crash_points_with_incremental_disk_checkpoints(
+    crash_at: str, workload: Workload, chaos_dir, chaos_seed: int
+) -> None:
+    """A delta or compacted base half written, or retention deleting shared files: exact output after."""
+    run = ChaosRun(
+        chaos_dir,
+        workload,
+        chaos_seed,
+        parallelism=2,
+        delay_us=20,
+        args=["--state-backend", "disk", "--state-dir", str(chaos_dir / "state"), *INCREMENTAL],
+    )
+    outcome = run.run(crash_at=crash_at)
+    assert f"crash point {crash_at} reached" in outcome.stderr, (
+        f"run exited {outcome.returncode} without reaching {crash_at}: {outcome.stderr[-2000:]}"
+    )
+    run.expect_killed(outcome)
+    run.run_to_completion()
+    figures = run.check_final()
+    check_shared_files(run)
+    run.report(f"test_named_crash_points_with_incremental_disk_checkpoints[{crash_at}]", figures)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -17,9 +18,11 @@ from onceflow.state_backends import (
     read_state_file,
     write_state_file,
 )
+from onceflow.state_backends.changelog import read_changes, segments_of, write_view_segments
 from onceflow.state_backends.config import StateBackendConfig
 from onceflow.state_backends.disk import DiskKeyedState
 from onceflow.state_backends.errors import StateSerializationError
+from onceflow.state_backends.heap import BASE, DELTA
 
 
 @pytest.fixture
@@ -207,3 +210,87 @@ def test_database_pages_read_by_lookups_and_snapshots_are_given_back(make):
     state.pages.release()
     assert _resident_kib(data_file) < 1024
     snapshot.release()
+
+
+def _apply_chain(fs, chains: dict, into: dict) -> None:
+    """Apply every segment's files in order (as a restore does) onto ``into``."""
+    for chain in chains.values():
+        for handle in chain:
+            _, upserts, deleted = read_changes(fs, handle)
+            for name, table in upserts.items():
+                into.setdefault(name, {}).update(table)
+            for name, keys in deleted.items():
+                for key in keys:
+                    into.get(name, {}).pop(key, None)
+
+
+def test_incremental_disk_captures_write_only_changes_as_heap_format_deltas(make):
+    fs = fsspec.filesystem("memory")
+    segments = segments_of(KeyGroupRange(0, 128), 128)
+    rng = random.Random(11)
+    state = make(cache_entries=30)
+    state.incremental = True
+    live: dict = {}
+    chains: dict = {}
+
+    def checkpoint(n: int, expect_kind: str) -> int:
+        capture = state.capture()
+        assert capture.kind == expect_kind
+        written = write_view_segments(
+            fs,
+            lambda s: f"/d/{n}-{s.start}.arrow",
+            segments,
+            view=capture.tables,
+            operator_state=n,
+            always=segments[0],
+        )
+        capture.tables.release()
+        if expect_kind == BASE:
+            chains.clear()
+        for seg, handle in written.items():
+            chains.setdefault(seg, []).append(handle)
+        return sum(h.rows for h in written.values())
+
+    for n in range(1, 6):
+        changes = {f"k{rng.randrange(400)}": rng.choice([n, "s", (n,), None]) for _ in range(60)}
+        _apply(state, "v", changes)
+        for key, value in changes.items():
+            if value is None:
+                live.pop(key, None)
+            else:
+                live[key] = value
+        rows = checkpoint(n, DELTA)
+        assert rows <= len(changes)  # the changed keys only (a key deleted before it was written counts too)
+        applied: dict = {}
+        _apply_chain(fs, chains, applied)
+        assert applied.get("v", {}) == live
+    assert checkpoint(6, DELTA) == 0  # nothing changed: only the operator state
+    # after a restore the next capture is a base holding every entry, then deltas again
+    state.restore({"v": dict(live)})
+    assert checkpoint(7, BASE) == len(live)
+    _apply(state, "v", {"k1": "after", "fresh": 1})
+    live.update({"k1": "after", "fresh": 1})
+    assert checkpoint(8, DELTA) == 2
+    applied = {}
+    _apply_chain(fs, chains, applied)
+    assert applied == {"v": live}
+
+
+def test_a_disk_delta_not_written_is_absorbed_by_the_next_one(make):
+    fs = fsspec.filesystem("memory")
+    segments = segments_of(KeyGroupRange(0, 128), 128)
+    state = make(cache_entries=5)
+    state.incremental = True
+    _apply(state, "v", {f"k{i}": i for i in range(50)})
+    first = state.capture().tables
+    _apply(state, "v", {"k1": None, "k2": "two", "new": 0})
+    second = state.capture().tables
+    second.absorb(first)  # the first delta's write failed: the next one carries its changes
+    written = write_view_segments(
+        fs, lambda s: f"/m/{s.start}.arrow", segments, view=second, operator_state=None
+    )
+    second.release()
+    applied: dict = {}
+    _apply_chain(fs, {s: [h] for s, h in written.items()}, applied)
+    expected = {f"k{i}": i for i in range(50) if i != 1} | {"k2": "two", "new": 0}
+    assert applied == {"v": expected}
