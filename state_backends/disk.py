@@ -169,7 +169,7 @@ class DiskTable:
     and writes the dict directly, then calls :meth:`done` with the same keys.
     """
 
-    __slots__ = ("name", "table_id", "cache", "dirty", "db_keys", "recent", "previous", "_state")
+    __slots__ = ("name", "table_id", "cache", "dirty", "touched", "db_keys", "recent", "previous", "_state")
 
     def __init__(self, state: DiskKeyedState, name: str, table_id: int) -> None:
         self.name = name
@@ -178,6 +178,8 @@ class DiskTable:
         """Hot keys and their values; a key absent here may still be in the database."""
         self.dirty: set[Any] = set()
         """Keys whose cache entry (or absence: a delete) is not yet written to the database."""
+        self.touched: set[Any] = set()
+        """Incremental checkpoints: keys changed since the last capture (written out or not)."""
         self.db_keys: dict[Any, bytes] = {}
         """Database keys of the keys looked up or written since the cache was last emptied
         (a key is encoded once per stay in the cache, not at every read and write)."""
@@ -198,14 +200,16 @@ class DiskTable:
         return cache
 
     def done(self, keys: Iterable[Any]) -> None:
-        """Mark the batch's keys as changed; write them out when the cache is full."""
+        """Mark the batch's keys as changed; evict (writing out what leaves) when the cache is full."""
         self.dirty.update(keys)
         self.recent.update(keys)
+        if self._state.incremental:
+            self.touched.update(keys)
         limit = self._state.cache_entries
         if len(self.recent) > limit // 4:
             self.previous, self.recent = self.recent, set()
         if len(self.cache) > limit or len(self.dirty) > limit:
-            self._state.write(self, evict=True)
+            self._state.evict(self)
 
 
 class DiskKeyedState:
@@ -285,8 +289,23 @@ class DiskKeyedState:
         if self.pages.touched > _TXN_ENTRIES:
             self.pages.release()
 
-    def write(self, table: DiskTable, *, evict: bool) -> None:
-        """Write ``table``'s changed keys to the database; with ``evict``, empty the cache if full."""
+    def _pickle(self, table: DiskTable, key: Any, value: Any) -> bytes:
+        try:
+            return pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+        except Exception as exc:
+            msg = (
+                f"{self.operator_label}: state {table.name!r}, key {key!r}: a value of type "
+                f"{type(value).__qualname__!r} cannot be pickled ({type(exc).__name__}: {exc}); "
+                "keep plain data in state, not locks, open files, connections, generators or lambdas"
+            )
+            raise StateSerializationError(msg) from exc
+
+    def write(self, table: DiskTable, keys: set[Any] | None = None) -> None:
+        """Write the changed ``keys`` (default: every changed key) of ``table`` to the database."""
+        if keys is None:
+            keys, table.dirty = table.dirty, set()
+        else:
+            table.dirty.difference_update(keys)
         cache = table.cache
         db_key = self._db_key
         tid = table.table_id
@@ -294,27 +313,25 @@ class DiskKeyedState:
         deletes: list[bytes] = []
         dumps = pickle.dumps
         known = table.db_keys
-        for key in table.dirty:
+        record = self.incremental and not self._base_needed
+        touched = table.touched
+        changed = self._changed
+        for key in keys:
             k = known.get(key)
             if k is None:
                 k = db_key(tid, key)
+            if record and key in touched:
+                changed.add(k)
             value = cache.get(key, _MISSING)
             if value is _MISSING:
                 deletes.append(k)
                 continue
             try:
                 puts.append((k, dumps(value, protocol=_PICKLE_PROTOCOL)))
-            except Exception as exc:
-                msg = (
-                    f"{self.operator_label}: state {table.name!r}, key {key!r}: a value of type "
-                    f"{type(value).__qualname__!r} cannot be pickled ({type(exc).__name__}: {exc}); "
-                    "keep plain data in state, not locks, open files, connections, generators or lambdas"
-                )
-                raise StateSerializationError(msg) from exc
-        if self.incremental and not self._base_needed:
-            changed = self._changed
-            changed.update(deletes)
-            changed.update(k for k, _ in puts)
+            except Exception:
+                table.dirty.update(keys)
+                self._pickle(table, key, value)  # raises, naming operator, state, key and type
+                raise
         puts.sort()
         # One transaction per slice: LMDB copies every page a transaction changes into
         # process memory until it commits, so a slice bounds that copy (random keys touch
@@ -325,9 +342,19 @@ class DiskKeyedState:
                 for k in deletes[start : start + _TXN_ENTRIES]:
                     txn.delete(k)
             self.pages.release()  # the B-tree pages the puts read through the map
-        table.dirty.clear()
-        if evict and len(cache) > self.cache_entries:
-            keep = table.recent | table.previous
+
+    def evict(self, table: DiskTable) -> None:
+        """Shrink a full cache to the keys of the latest batches, writing out the changes of those leaving.
+
+        Write-back: a kept key that changed stays changed in the cache (written
+        when it leaves, or at a full capture), so a hot key costs no database
+        write per eviction.
+        """
+        keep = table.recent | table.previous
+        cache = table.cache
+        known = table.db_keys
+        self.write(table, table.dirty - keep)
+        if len(cache) > self.cache_entries:
             table.cache = {k: v for k in keep if (v := cache.get(k, _MISSING)) is not _MISSING}
             table.db_keys = {k: b for k in keep if (b := known.get(k)) is not None}
 
@@ -337,12 +364,12 @@ class DiskKeyedState:
         """Capture at a barrier: every entry (full or base) or the changed ones (delta), as a read view.
 
         Incremental: the first capture after a restore is a base (like the
-        heap's); every other one is a view of the database that names the
-        keys written or deleted since the previous capture, whose current
-        values (or absence: a tombstone) the writer reads from the view. The
-        synchronous cost is writing the cache's changes out; the rows are
-        read in the background, so a checkpoint reads what changed, not the
-        whole database.
+        heap's); every other one is a delta: a view of the database with the
+        keys written out since the previous capture (read from the view in
+        the background; one no longer there is a tombstone) and the changes
+        still only in the cache, pickled now (they stay in the cache, and
+        are written out when they leave it). The synchronous cost is
+        proportional to the changes in the cache, with no database write.
         """
         if not self.incremental:
             return KeyedCapture(FULL, self.snapshot())
@@ -350,8 +377,19 @@ class DiskKeyedState:
             snapshot = self.snapshot()
             self._base_needed = False
             return KeyedCapture(BASE, snapshot)
-        snapshot = self.snapshot()
+        overlay: dict[bytes, bytes | None] = {}
+        for table in self.tables.values():
+            cache, known, tid = table.cache, table.db_keys, table.table_id
+            for key in table.dirty & table.touched:
+                k = known.get(key)
+                if k is None:
+                    k = self._db_key(tid, key)
+                value = cache.get(key, _MISSING)
+                overlay[k] = None if value is _MISSING else self._pickle(table, key, value)
+            table.touched.clear()
+        snapshot = self._open_view()
         snapshot.changed, self._changed = self._changed, set()
+        snapshot.overlay = overlay
         return KeyedCapture(DELTA, snapshot)
 
     def snapshot(self) -> DiskSnapshot:
@@ -363,7 +401,12 @@ class DiskKeyedState:
         """
         for table in self.tables.values():
             if table.dirty:
-                self.write(table, evict=False)
+                self.write(table)
+            table.touched.clear()
+        self._changed = set()
+        return self._open_view()
+
+    def _open_view(self) -> DiskSnapshot:
         with self._lock:
             self._open_snapshots += 1
         names = [t.name for t in sorted(self.tables.values(), key=lambda t: t.table_id)]
@@ -384,6 +427,7 @@ class DiskKeyedState:
         for table in self.tables.values():
             table.cache.clear()
             table.dirty.clear()
+            table.touched.clear()
             table.db_keys.clear()
         with self._env.begin(write=True) as txn:
             txn.drop(self._env.open_db(txn=txn), delete=False)
@@ -393,7 +437,7 @@ class DiskKeyedState:
             while chunk := dict(islice(entries, self.cache_entries)):
                 table.cache.update(chunk)
                 table.dirty.update(chunk)
-                self.write(table, evict=False)
+                self.write(table)
                 table.cache.clear()
                 table.db_keys.clear()
 
@@ -421,7 +465,7 @@ class DiskKeyedState:
     def __len__(self) -> int:
         for table in self.tables.values():
             if table.dirty:
-                self.write(table, evict=False)
+                self.write(table)
         return int(self._env.stat()["entries"])
 
 
@@ -454,12 +498,13 @@ class DiskSnapshot:
     """A consistent read view of a :class:`DiskKeyedState`, streamed into state files.
 
     ``changed`` None: the view stands for every entry (a full or base
-    capture). Otherwise it is a delta: the database keys written or deleted
-    between the previous capture and this one; each is read from the view,
-    and one no longer there is a tombstone (a null value). ``batches`` yields
-    the columns of a state file (sorted by key group) with values still
-    pickled; call :meth:`release` when done (the owning state defers its
-    close until then).
+    capture). Otherwise it is a delta: the database keys written out between
+    the previous capture and this one, each read from the view (one no
+    longer there is a tombstone, a null value), and ``overlay``, the changes
+    that were still only in the cache, pickled at the capture (None: a
+    delete), which win over the view. ``batches`` yields the columns of a
+    state file (sorted by key group) with values still pickled; call
+    :meth:`release` when done (the owning state defers its close until then).
     """
 
     value_encoding = "pickle"
@@ -467,6 +512,7 @@ class DiskSnapshot:
     def __init__(self, state: DiskKeyedState, names: list[str], txn: Any) -> None:
         self.names = names
         self.changed: set[bytes] | None = None
+        self.overlay: dict[bytes, bytes | None] = {}
         self._sorted: list[bytes] | None = None
         self._state: DiskKeyedState | None = state
         self._txn = txn
@@ -474,33 +520,47 @@ class DiskSnapshot:
     def absorb(self, older: DiskSnapshot) -> None:
         """Take over the changes of an earlier view of the same state that was never written; release it.
 
-        Values are read from this, newer, view, so the union of the changed
-        keys is the delta from before ``older`` to now; an older full view
-        makes this one full.
+        The newest value of a key is, in order: this view's overlay, this
+        view (for a key written out since ``older``), ``older``'s overlay (a
+        change still in the cache, never written out since), this view again
+        (every other key of ``older``). An older full view makes this one
+        full; a full view (all written out at its capture) needs no older overlay.
         """
-        if older.changed is None:
+        if self.changed is None:
+            pass
+        elif older.changed is None:
             self.changed = None
-        elif self.changed is not None:
+        else:
+            overlay = {k: v for k, v in older.overlay.items() if k not in self.changed}
+            overlay.update(self.overlay)
+            self.overlay = overlay
             self.changed |= older.changed
         self._sorted = None
         older.release()
 
-    def has_rows(self, key_groups: KeyGroupRange) -> bool:
-        """Whether the view holds an entry (or a delta a change) in ``key_groups``."""
+    def _view(self) -> Any:
         if self._state is None:
             msg = "the snapshot was already released"
             raise RuntimeError(msg)
+        return self._txn
+
+    def has_rows(self, key_groups: KeyGroupRange) -> bool:
+        """Whether the view holds an entry (or a delta a change) in ``key_groups``."""
+        txn = self._view()
         start, end = struct.pack(">H", key_groups.start), struct.pack(">H", key_groups.end)
-        if self.changed is not None:
+        if self.changed is not None or self.overlay:
             keys = self._sorted_changes()
             at = bisect.bisect_left(keys, start)
-            return at < len(keys) and keys[at] < end
-        cursor = self._txn.cursor()
+            if at < len(keys) and keys[at] < end:
+                return True
+            if self.changed is not None:
+                return False
+        cursor = txn.cursor()
         return bool(cursor.set_range(start)) and cursor.key() < end
 
     def _sorted_changes(self) -> list[bytes]:
         if self._sorted is None:
-            self._sorted = sorted(self.changed or ())
+            self._sorted = sorted((self.changed or set()).union(self.overlay))
         return self._sorted
 
     def batches(
@@ -510,14 +570,15 @@ class DiskSnapshot:
 
         Only the entries of ``key_groups`` (all if None); a tombstone's value is null.
         """
-        if self._state is None:
-            msg = "the snapshot was already released"
-            raise RuntimeError(msg)
+        self._view()
         state = self._state
-        if self.changed is None:
-            chunks = self._all_entries(rows, key_groups)
-        else:
+        assert state is not None
+        if self.changed is not None:
             chunks = self._changes(rows, key_groups)
+        elif self.overlay:
+            chunks = self._all_entries_with_overlay(rows, key_groups)
+        else:
+            chunks = self._all_entries(rows, key_groups)
         for raw_keys, raw_values in chunks:
             yield _columns(raw_keys, raw_values)
             state.pages.release()  # the pages this chunk was read from
@@ -541,6 +602,42 @@ class DiskSnapshot:
                 return
             yield tuple(zip(*chunk, strict=True))  # type: ignore[misc]
 
+    def _all_entries_with_overlay(
+        self, rows: int, key_groups: KeyGroupRange | None
+    ) -> Iterator[tuple[Sequence[bytes], Sequence[bytes | None]]]:
+        """Every entry, the overlay applied (a base that absorbed a delta: a rare path, merged per row)."""
+        overlay = self.overlay
+        lo, hi = 0, len(self._sorted_changes())
+        if key_groups is not None:
+            lo = bisect.bisect_left(self._sorted_changes(), struct.pack(">H", key_groups.start))
+            hi = bisect.bisect_left(self._sorted_changes(), struct.pack(">H", key_groups.end))
+        pending = self._sorted_changes()[lo:hi]
+        at = 0
+        keys: list[bytes] = []
+        values: list[bytes | None] = []
+        for chunk_keys, chunk_values in self._all_entries(rows, key_groups):
+            for k, v in zip(chunk_keys, chunk_values, strict=True):
+                while at < len(pending) and pending[at] <= k:
+                    extra = overlay[pending[at]]
+                    if pending[at] < k and extra is not None:
+                        keys.append(pending[at])
+                        values.append(extra)
+                    at += 1
+                if k in overlay:
+                    v = overlay[k]
+                if v is not None:
+                    keys.append(k)
+                    values.append(v)
+            if len(keys) >= rows:
+                yield keys, values
+                keys, values = [], []
+        for k in pending[at:]:
+            if overlay[k] is not None:
+                keys.append(k)
+                values.append(overlay[k])
+        if keys:
+            yield keys, values
+
     def _changes(
         self, rows: int, key_groups: KeyGroupRange | None
     ) -> Iterator[tuple[Sequence[bytes], Sequence[bytes | None]]]:
@@ -550,10 +647,11 @@ class DiskSnapshot:
             lo = bisect.bisect_left(keys, struct.pack(">H", key_groups.start))
             hi = bisect.bisect_left(keys, struct.pack(">H", key_groups.end))
         cursor = self._txn.cursor()
+        overlay = self.overlay
         for start in range(lo, hi, rows):
             chunk = keys[start : min(start + rows, hi)]
-            found = dict(cursor.getmulti(chunk))
-            yield chunk, [found.get(k) for k in chunk]
+            found = dict(cursor.getmulti([k for k in chunk if k not in overlay]))
+            yield chunk, [overlay[k] if k in overlay else found.get(k) for k in chunk]
 
     def to_dicts(self) -> dict[str, dict[Any, Any]]:
         """Decode the whole view into ``{state: {key: value}}``."""

@@ -224,11 +224,12 @@ def _apply_chain(fs, chains: dict, into: dict) -> None:
                     into.get(name, {}).pop(key, None)
 
 
-def test_incremental_disk_captures_write_only_changes_as_heap_format_deltas(make):
+@pytest.mark.parametrize("cache_entries", [30, 10_000])  # changes written out, or still in the cache
+def test_incremental_disk_captures_write_only_changes_as_heap_format_deltas(make, cache_entries):
     fs = fsspec.filesystem("memory")
     segments = segments_of(KeyGroupRange(0, 128), 128)
     rng = random.Random(11)
-    state = make(cache_entries=30)
+    state = make(cache_entries=cache_entries)
     state.incremental = True
     live: dict = {}
     chains: dict = {}
@@ -276,16 +277,22 @@ def test_incremental_disk_captures_write_only_changes_as_heap_format_deltas(make
     assert applied == {"v": live}
 
 
-def test_a_disk_delta_not_written_is_absorbed_by_the_next_one(make):
+@pytest.mark.parametrize("cache_entries", [5, 10_000])
+@pytest.mark.parametrize("older_is_base", [False, True])
+def test_a_disk_capture_not_written_is_absorbed_by_the_next_one(make, cache_entries, older_is_base):
     fs = fsspec.filesystem("memory")
     segments = segments_of(KeyGroupRange(0, 128), 128)
-    state = make(cache_entries=5)
+    state = make(cache_entries=cache_entries)
     state.incremental = True
+    if older_is_base:
+        state.restore({"v": {"old": -1, "k3": -3}})
     _apply(state, "v", {f"k{i}": i for i in range(50)})
-    first = state.capture().tables
+    first = state.capture()
+    assert first.kind == (BASE if older_is_base else DELTA)
     _apply(state, "v", {"k1": None, "k2": "two", "new": 0})
     second = state.capture().tables
-    second.absorb(first)  # the first delta's write failed: the next one carries its changes
+    second.absorb(first.tables)  # the first write failed: the next one carries its changes
+    _apply(state, "v", {"k4": "later"})  # not in either capture
     written = write_view_segments(
         fs, lambda s: f"/m/{s.start}.arrow", segments, view=second, operator_state=None
     )
@@ -293,4 +300,6 @@ def test_a_disk_delta_not_written_is_absorbed_by_the_next_one(make):
     applied: dict = {}
     _apply_chain(fs, {s: [h] for s, h in written.items()}, applied)
     expected = {f"k{i}": i for i in range(50) if i != 1} | {"k2": "two", "new": 0}
+    if older_is_base:
+        expected["old"] = -1
     assert applied == {"v": expected}
