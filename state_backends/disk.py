@@ -23,8 +23,8 @@ database into the Arrow state file without decoding a single key or value.
 Memory: what lives on the Python heap is bounded by ``cache_entries`` per
 state (the hot keys and the changes not yet written). LMDB reads through a
 memory map of its file; the pages lookups and snapshots touched are given back
-regularly (:class:`_MappedPages`), so the database's size does not show up in
-the process's memory: its data stays in the OS page cache.
+once they pass a budget (:class:`_MappedPages`), so the database's size does
+not show up in the process's memory: its data stays in the OS page cache.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ _MAP_SIZE = 1 << 40
 _TXN_ENTRIES = 8192
 """Entries written per transaction (at most this many changed pages, 32 MiB, held at once),
 and keys looked up between two releases of the mapped pages they read."""
+_MAPPED_BUDGET = 256 << 20
+"""Resident file-backed memory (this process's mapped files, the database's pages most of it) past
+which the database's pages are given back."""
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _MISSING = object()
 _DIR_PREFIX = "onceflow-state-"
 _MADV_DONTNEED = 4
@@ -83,13 +87,30 @@ class _MappedPages:
     tables (Linux ``madvise(MADV_DONTNEED)``); their data stays in the OS page
     cache, which the kernel shrinks as it needs, so the process's memory stays
     bounded by the cache and not by the database size. Elsewhere a no-op.
+
+    Giving pages back has a price: the next lookups fault every page of their
+    path in again. So :meth:`trim` releases only once the process's resident
+    file pages pass :attr:`budget` (a small database then stays mapped).
     """
+
+    budget = _MAPPED_BUDGET
 
     def __init__(self, data_file: str) -> None:
         self.data_file = data_file
         self.ranges: list[tuple[int, int]] | None = None
         self.touched = 0
-        """Keys read since the last release (lookups call :meth:`release` every so many)."""
+        """Keys read since the last check (lookups call :meth:`trim` every so many)."""
+
+    def trim(self) -> None:
+        """Give back the mapping's resident pages if the process's resident file pages pass the budget."""
+        self.touched = 0
+        try:
+            with open("/proc/self/statm", "rb") as statm:
+                shared_pages = int(statm.read().split()[2])
+        except (OSError, ValueError, IndexError):
+            shared_pages = -1  # not Linux: release as before
+        if shared_pages < 0 or shared_pages * _PAGE_SIZE > self.budget:
+            self.release()
 
     def _find(self) -> list[tuple[int, int]]:
         ranges: list[tuple[int, int]] = []
@@ -287,7 +308,7 @@ class DiskKeyedState:
             cache[by_db_key[k]] = loads(raw)
         self.pages.touched += len(by_db_key)
         if self.pages.touched > _TXN_ENTRIES:
-            self.pages.release()
+            self.pages.trim()
 
     def _pickle(self, table: DiskTable, key: Any, value: Any) -> bytes:
         try:
@@ -341,7 +362,7 @@ class DiskKeyedState:
                 txn.cursor().putmulti(puts[start : start + _TXN_ENTRIES])
                 for k in deletes[start : start + _TXN_ENTRIES]:
                     txn.delete(k)
-            self.pages.release()  # the B-tree pages the puts read through the map
+            self.pages.trim()  # the B-tree pages the puts read through the map
 
     def evict(self, table: DiskTable) -> None:
         """Shrink a full cache to the keys of the latest batches, writing out the changes of those leaving.
@@ -581,7 +602,7 @@ class DiskSnapshot:
             chunks = self._all_entries(rows, key_groups)
         for raw_keys, raw_values in chunks:
             yield _columns(raw_keys, raw_values)
-            state.pages.release()  # the pages this chunk was read from
+            state.pages.trim()  # the pages this chunk was read from
 
     def _all_entries(
         self, rows: int, key_groups: KeyGroupRange | None
