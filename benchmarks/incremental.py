@@ -181,8 +181,7 @@ class _CpuSampler(TimelineSampler):
     def __call__(self, executor: Any, now: float) -> None:
         before = len(self.samples)
         super().__call__(executor, now)
-        if len(self.samples) > before:
-            self.cpu.append(time.process_time())
+        self.cpu.extend([time.process_time()] * (len(self.samples) - before))
 
 
 def _timeline(mode: str, words: list[str], tmp: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from onceflow.state_backends.errors import StateSerializationError
-from onceflow.state_backends.key_groups import decode_key
+from onceflow.state_backends.key_groups import decode_key, encode_key
 
 _PICKLE_PROTOCOL = 5
 
@@ -44,18 +44,17 @@ def _value_encoding(values: list[Any]) -> str:
     """
     if not values:
         return _ENC_INT64
-    first = type(values[0])
-    if first is int:
-        if all(type(v) is int for v in values):
+    types = set(map(type, values))  # one C-level pass, not a Python test per value
+    if len(types) == 1:
+        only = types.pop()
+        if only is int:
             return _ENC_INT64
-    elif first is float:
-        if all(type(v) is float for v in values):
+        if only is float:
             return _ENC_FLOAT64
-    elif first is str:
-        if all(type(v) is str for v in values):
+        if only is str:
             return _ENC_STRING
-    elif first is bytes and all(type(v) is bytes for v in values):
-        return _ENC_BINARY
+        if only is bytes:
+            return _ENC_BINARY
     return _ENC_PICKLE
 
 
@@ -137,3 +136,52 @@ def _decode_keys(column: pa.ChunkedArray) -> list[Any]:
         ):
             return _fixed_width_view(keys, 1, 8, pa.int64()).to_pylist()
     return list(map(decode_key, keys.to_pylist()))
+
+
+def _encode_keys(keys: list[Any]) -> tuple[pa.Array, list[bytes]]:
+    """Encode keys as :func:`~onceflow.state_backends.key_groups.encode_key` does: the column and the bytes.
+
+    Serializing a snapshot runs on a background thread but holds the GIL for
+    every Python step, taking it from processing; so the two common shapes
+    (every key a str, every key an int64) are built as whole Arrow columns
+    (``S`` + 4-byte little-endian length + UTF-8, ``i`` + 8 bytes) and only
+    the bytes for hashing are made per key. Anything else, including a str
+    that is not valid UTF-8 (a lone surrogate), goes through ``encode_key``.
+    """
+    if keys and sys.byteorder == "little":
+        types = set(map(type, keys))
+        only = types.pop() if len(types) == 1 else None
+        column: pa.Array | None = None
+        if only is str:
+            try:
+                data = pa.array(keys, pa.large_string()).cast(pa.large_binary())
+            except UnicodeEncodeError:
+                data = None
+            if data is not None:
+                lengths = pc.binary_length(data).cast(pa.uint32())
+                column = _join(b"S", _as_bytes(lengths, 4), data)
+        elif only is int:
+            try:
+                numbers = pa.array(keys, pa.int64())
+            except (OverflowError, pa.ArrowInvalid):
+                numbers = None
+            if numbers is not None:
+                column = _join(b"i", _as_bytes(numbers, 8))
+        if column is not None:
+            return column, column.to_pylist()
+    encoded = list(map(encode_key, keys))
+    return pa.array(encoded, pa.large_binary()), encoded
+
+
+def _as_bytes(numbers: pa.Array, width: int) -> pa.Array:
+    """Each fixed-width number's bytes (its buffer reinterpreted, no copy per row) as large_binary."""
+    view = pa.Array.from_buffers(
+        pa.binary(width), len(numbers), [None, numbers.buffers()[1]], offset=numbers.offset
+    )
+    return view.cast(pa.large_binary())
+
+
+def _join(tag: bytes, *parts: pa.Array) -> pa.Array:
+    """``tag`` followed by the parts, row by row."""
+    empty = pa.scalar(b"", pa.large_binary())
+    return pc.binary_join_element_wise(pa.scalar(tag, pa.large_binary()), *parts, empty)

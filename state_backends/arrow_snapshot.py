@@ -45,13 +45,14 @@ from onceflow.state_backends._state_values import (
     _ARROW_TYPES,
     _ENC_PICKLE,
     _decode_keys,
+    _encode_keys,
     _pickle_operator_state,
     _unpicklable_value,
     _value_array,
 )
 from onceflow.state_backends.disk import DiskSnapshot
 from onceflow.state_backends.errors import CorruptStateError, IncompatibleStateError
-from onceflow.state_backends.key_groups import KeyGroupRange, encode_key, stable_hash
+from onceflow.state_backends.key_groups import KeyGroupRange, key_groups_of_encodings
 
 BATCH_ROWS = 64 * 1024
 """Rows per record batch: large enough to amortize per-batch overhead, small
@@ -190,16 +191,15 @@ def state_table(
         indices.extend([names.index(name)] * len(gone))
         keys.extend(gone)
         tombstones += len(gone)
-    encoded = list(map(encode_key, keys))
+    encoded_keys, encoded = _encode_keys(keys)
     if max_parallelism is not None:
-        groups = [stable_hash(e) % max_parallelism for e in encoded]
+        groups = key_groups_of_encodings(encoded, max_parallelism)
     elif key_group_of is not None:
         groups = list(map(key_group_of, keys))
     else:
         msg = "write_state_file needs key_group_of or max_parallelism"
         raise ValueError(msg)
     key_groups = pa.array(groups, pa.int32())
-    encoded_keys = pa.array(encoded, pa.large_binary())
     del keys, encoded, groups
 
     # Step 2

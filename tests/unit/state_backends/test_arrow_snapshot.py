@@ -21,7 +21,9 @@ from onceflow.state_backends import (
     read_state_file,
     write_state_file,
 )
+from onceflow.state_backends._state_values import _encode_keys
 from onceflow.state_backends.arrow_snapshot import BATCH_ROWS
+from onceflow.state_backends.key_groups import encode_key
 
 
 @pytest.fixture(params=["file", "memory"])
@@ -322,3 +324,20 @@ def test_writer_does_not_mutate_the_snapshot(fs_and_root):
         key_group_of=key_group_for,
     )
     assert keyed_state == {"s": {"a": 1, "b": 2}}
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["a", "", "héllo", "x" * 300],
+        ["a", "\ud800"],  # a lone surrogate: not UTF-8, encoded one by one
+        [0, -1, 2**63 - 1, -(2**63)],
+        [1, 2**70],  # beyond int64
+        [1, True],  # a bool is not an int here
+        ["x", 1, None, 1.5, b"b", ("t", 2)],
+        [],
+    ],
+)
+def test_bulk_key_encoding_equals_encode_key(keys: list) -> None:
+    column, encoded = _encode_keys(list(keys))
+    assert encoded == [encode_key(k) for k in keys] == column.to_pylist()
