@@ -28,7 +28,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from onceflow.state_backends._state_values import _ENC_PICKLE, _PICKLE_PROTOCOL, _decode_keys
+from onceflow.state_backends._state_values import _ENC_PICKLE, _PICKLE_PROTOCOL, _as_bytes, _decode_keys
 from onceflow.state_backends.arrow_snapshot import (
     _META_VALUE_ENCODING,
     _STATE_TYPE,
@@ -228,6 +228,24 @@ def _key_value_schema(part: pa.Table) -> pa.Schema:
     return pa.schema([pa.field("key", pa.large_binary()), pa.field("value", part.schema.field("value").type)])
 
 
+def _first_occurrences(keys: pa.Array | pa.ChunkedArray) -> pa.BooleanArray:
+    """Return, for each row, whether its key occurs in no earlier row.
+
+    A dictionary encoding numbers keys in order of first occurrence, so a row
+    is a first occurrence exactly when its number exceeds every number before
+    it (a running maximum): one hash pass, no aggregation.
+    """
+    if not len(keys):
+        return pa.array([], pa.bool_())
+    if isinstance(keys, pa.Array):
+        keys = pa.chunked_array([keys])
+    encoded = pc.dictionary_encode(keys)
+    numbers = pa.chunked_array([chunk.indices for chunk in encoded.chunks], pa.int32()).combine_chunks()
+    seen = pc.cumulative_max(numbers)
+    before = pa.concat_arrays([pa.array([-1], pa.int32()), seen.slice(0, len(seen) - 1)])
+    return pc.greater(numbers, before)
+
+
 def _newest_rows(chain: list[tuple[str, pa.Table]]) -> list[tuple[str, pa.Table]]:
     """Keep, of one state's files in order, the newest non-tombstone row of each key; keys never repeat.
 
@@ -245,11 +263,7 @@ def _newest_rows(chain: list[tuple[str, pa.Table]]) -> list[tuple[str, pa.Table]
         [chunk for _, part in newest_first for chunk in part["key"].cast(pa.large_binary()).chunks],
         pa.large_binary(),
     )
-    encoded = pc.dictionary_encode(keys)
-    numbers = pa.chunked_array([chunk.indices for chunk in encoded.chunks], pa.int32()).combine_chunks()
-    seen = pc.cumulative_max(numbers)
-    before = pa.concat_arrays([pa.array([-1], pa.int32()), seen.slice(0, len(seen) - 1)])
-    first = pc.greater(numbers, before)
+    first = _first_occurrences(keys)
     kept = []
     offset = 0
     for path, part in newest_first:
@@ -274,6 +288,16 @@ def _as_pickles(path: str, table: pa.Table, value_type: pa.DataType) -> pa.Array
     )
 
 
+def _state_and_key(table: pa.Table) -> pa.Array | pa.ChunkedArray:
+    """Return what identifies an entry: the key, after the state's number (4 bytes) when there are several."""
+    if len(pc.unique(table["state"])) <= 1:
+        return table["key"].cast(pa.large_binary())
+    encoded = pc.dictionary_encode(table["state"])
+    numbers = pa.chunked_array([chunk.indices for chunk in encoded.chunks], pa.int32()).combine_chunks()
+    keys = table["key"].cast(pa.large_binary()).combine_chunks()
+    return pc.binary_join_element_wise(_as_bytes(numbers, 4), keys, pa.scalar(b"", pa.large_binary()))
+
+
 def compact(
     fs: fsspec.AbstractFileSystem,
     chain: Sequence[StateFileHandle],
@@ -282,7 +306,7 @@ def compact(
     """Merge a segment's chain (base first, then deltas in order) into one base file at ``path``.
 
     The newest row of each (state, key) wins and tombstones drop out, all in
-    Arrow (a hash group-by on state and key), so no key or value is decoded
+    Arrow (:func:`_first_occurrences` over the files newest first), so no key or value is decoded
     unless the files disagree on the value encoding (then values become
     pickles). The operator state is the newest file's.
     """
@@ -308,12 +332,8 @@ def compact(
                 }
             )
         )
-    merged = pa.concat_tables(parts, promote_options="permissive")
-    merged = merged.append_column("row", pa.array(range(merged.num_rows), pa.int64()))
-    last = merged.group_by(["state", "key"], use_threads=False).aggregate([("row", "max")])
-    rows = last["row_max"]
-    merged = merged.take(pc.take(rows, pc.sort_indices(rows)))
-    merged = merged.filter(pc.is_valid(merged["value"]))
+    merged = pa.concat_tables(parts[::-1], promote_options="permissive")  # newest first
+    merged = merged.filter(pc.and_(_first_occurrences(_state_and_key(merged)), pc.is_valid(merged["value"])))
     merged = merged.take(pc.sort_indices(merged["key_group"]))
     state = pc.dictionary_encode(merged["state"]).cast(_STATE_TYPE)
     schema = pa.schema(

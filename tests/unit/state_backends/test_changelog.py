@@ -131,7 +131,7 @@ def test_segments_of_a_subtask_range_follow_the_global_boundaries(
     assert all(c.start // 16 == (c.end - 1) // 16 for c in cuts)
 
 
-def test_merge_changes_keeps_the_newest_row_drops_tombstones_and_keeps_states_apart() -> None:
+def test_merging_and_compacting_keep_the_newest_row_drop_tombstones_and_keep_states_apart() -> None:
     fs = fsspec.filesystem("memory")
     segment = [KeyGroupRange(0, 128)]
     steps = [
@@ -141,6 +141,7 @@ def test_merge_changes_keeps_the_newest_row_drops_tombstones_and_keeps_states_ap
         ({}, {"a": ["q"]}),  # a tombstone for a key that never existed
     ]
     tables = []
+    written_handles = []
     for n, (changed, deleted) in enumerate(steps):
         written = write_segments(
             fs,
@@ -153,6 +154,9 @@ def test_merge_changes_keeps_the_newest_row_drops_tombstones_and_keeps_states_ap
             always=segment[0],
         )
         tables.append((f"/m/{n}.arrow", read_state_table(fs, written[segment[0]])[1]))
+        written_handles.append(written[segment[0]])
     assert merge_changes(tables) == {"a": {"x": 10, "y": (2,)}, "b": {"w": 1.5}}
+    _, compacted, deleted = read_changes(fs, compact(fs, written_handles, "/m/compacted.arrow"))
+    assert compacted == {"a": {"x": 10, "y": (2,)}, "b": {"w": 1.5}} and not deleted
     assert merge_changes(tables[:2]) == {"a": {"x": 10, "z": 3}}
     assert merge_changes([]) == {}
