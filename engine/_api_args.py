@@ -64,3 +64,30 @@ def check_event_time(assigner: Any, timestamp_fn: Any, method: str, where: str) 
             f"assign_timestamps(...) {where} (after any map or flat_map)"
         )
         raise JobDefinitionError(msg)
+
+
+def use_timestamps(timestamp_fn: Any) -> Any:
+    """Return a consumer's timestamp function; if its records carry their times, make the producer stamp.
+
+    A stream after a ``process`` window, a process function or a join has a
+    ``CarriedTimestamps`` marker for a timestamp function; the producing
+    operator stamps its outputs only when some consumer reads them, which
+    this records (at graph time; the producer is built at run time).
+    """
+    from onceflow.operators.event_time import CarriedTimestamps
+
+    if type(timestamp_fn) is CarriedTimestamps:
+        timestamp_fn.used = True
+    return timestamp_fn
+
+
+def kept_timestamps(timestamp_fn: Any) -> Any:
+    """Return the timestamp function a same-record transform (``filter``) passes on.
+
+    Carried times travel in batches parallel to the records; an operator that
+    drops records in a chain does not keep them parallel, so after it the
+    stream needs ``assign_timestamps`` (as after ``map``).
+    """
+    from onceflow.operators.event_time import CarriedTimestamps
+
+    return None if type(timestamp_fn) is CarriedTimestamps else timestamp_fn

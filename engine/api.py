@@ -36,7 +36,9 @@ from onceflow.engine._api_args import (
     check_fn,
     copy_per_subtask,
     describe_output,
+    kept_timestamps,
     on_error_mode,
+    use_timestamps,
 )
 from onceflow.engine.errors import JobDefinitionError
 from onceflow.engine.graph import (
@@ -56,6 +58,7 @@ from onceflow.engine.joins import (
 )
 from onceflow.engine.windowed import WindowedStream
 from onceflow.operators.base import Sink, Source, describe_callable
+from onceflow.operators.event_time import CarriedTimestamps
 from onceflow.operators.keyed import ReduceOperator, StatefulMapOperator
 from onceflow.operators.transforms import FilterOperator, FlatMapOperator, MapBatchesOperator, MapOperator
 
@@ -212,6 +215,11 @@ class Stream:
     timestamp function travels with the stream through ``filter``, ``key_by``,
     repartitioning and unions of streams with the same function; ``map`` and
     ``flat_map`` change records, so call ``assign_timestamps`` after them).
+    The output of a window, a keyed process function or a join has event
+    times too (a window's ``max_timestamp``, the time of the record or timer
+    handled, a join pair's later time), carried with the records through
+    ``key_by`` and repartitioning, so another window, process function or
+    join can follow directly.
     """
 
     def __init__(
@@ -287,9 +295,8 @@ class Stream:
     ) -> Stream:
         """Keep the records for which ``fn(record)`` is truthy."""
         mode = on_error_mode(on_error, "filter")
-        return self._transform(
-            "filter", lambda: FilterOperator(fn), fn, name, parallelism, uid, self._timestamp_fn, mode
-        )
+        ts = kept_timestamps(self._timestamp_fn)
+        return self._transform("filter", lambda: FilterOperator(fn), fn, name, parallelism, uid, ts, mode)
 
     def assign_timestamps(
         self,
@@ -555,16 +562,21 @@ class KeyedStream:
             msg = f"process() needs an object with process_element(value, ctx), got {fn!r}"
             raise JobDefinitionError(msg)
         mode = on_error_mode(on_error, "process")
-        timestamp_fn = self._timestamp_fn
-        return self._keyed(
+        timestamp_fn = use_timestamps(self._timestamp_fn)
+        carried = CarriedTimestamps() if timestamp_fn is not None else None
+        stream = self._keyed(
             "process",
-            lambda: KeyedProcessOperator(copy_per_subtask(fn), timestamp_fn),
+            lambda: KeyedProcessOperator(
+                copy_per_subtask(fn), timestamp_fn, stamp_outputs=carried is not None and carried.used
+            ),
             fn.process_element,
             name,
             parallelism,
             uid,
             mode,
         )
+        stream._timestamp_fn = carried  # noqa: SLF001 - one API
+        return stream
 
     def window(self, assigner: Any) -> WindowedStream:
         """Group each key's records into windows (tumbling, sliding, session)."""

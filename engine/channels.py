@@ -26,8 +26,8 @@ class OutputGate:
     tag: str | None = None
     """The side output this gate carries; None for the main output."""
 
-    def emit(self, records: list) -> None:
-        """Send a batch of records downstream."""
+    def emit(self, records: list, timestamps: list | None = None) -> None:
+        """Send a batch of records (and their carried event times, if any) downstream."""
         raise NotImplementedError
 
     def broadcast(self, element: Any) -> None:
@@ -47,9 +47,9 @@ class ForwardGate(OutputGate):
         self.channels = channels
         self._put = channels[0].put
 
-    def emit(self, records: list) -> None:
+    def emit(self, records: list, timestamps: list | None = None) -> None:
         """Send the batch as is."""
-        self._put(Batch(records))
+        self._put(Batch(records, None, timestamps))
 
     def has_room(self) -> bool:
         """Whether the channel can take more."""
@@ -63,9 +63,9 @@ class RebalanceGate(OutputGate):
         self.channels = channels
         self._next = start % len(channels)
 
-    def emit(self, records: list) -> None:
+    def emit(self, records: list, timestamps: list | None = None) -> None:
         """Send the batch to the next channel."""
-        self.channels[self._next].put(Batch(records))
+        self.channels[self._next].put(Batch(records, None, timestamps))
         self._next = (self._next + 1) % len(self.channels)
 
 
@@ -75,10 +75,10 @@ class BroadcastGate(OutputGate):
     def __init__(self, channels: list) -> None:
         self.channels = channels
 
-    def emit(self, records: list) -> None:
+    def emit(self, records: list, timestamps: list | None = None) -> None:
         """Send the batch everywhere."""
         for ch in self.channels:
-            ch.put(Batch(records))
+            ch.put(Batch(records, None, timestamps))
 
 
 class HashGate(OutputGate):
@@ -136,8 +136,12 @@ class HashGate(OutputGate):
         err.__cause__ = exc
         return err
 
-    def emit(self, records: Any) -> None:
-        """Split the batch (a list, or an Arrow batch) by key into one keyed batch per channel."""
+    def emit(self, records: Any, timestamps: list | None = None) -> None:
+        """Split the batch (a list, or an Arrow batch) by key into one keyed batch per channel.
+
+        Carried ``timestamps`` are split alongside (only when present: one more
+        C-level pass per target).
+        """
         if type(records) is not list:  # an Arrow batch from map_batches: keys need rows
             records = records.to_pylist()
         try:
@@ -148,6 +152,7 @@ class HashGate(OutputGate):
         route = self._route
         get = route.get
         channels = self.channels
+        out_ts: list[list] = []
         try:
             if len(channels) == 1:
                 # One target: nothing to route, only keys to check. Keys of plain types
@@ -157,7 +162,7 @@ class HashGate(OutputGate):
                     for key in keys:
                         if get(key) is None:
                             self._miss(key)
-                channels[0].put(Batch(records, keys))
+                channels[0].put(Batch(records, keys, timestamps))
                 return
             n = len(channels)
             if n == 2:
@@ -179,6 +184,8 @@ class HashGate(OutputGate):
                 others = list(map(not_, targets))
                 out_records = [list(compress(records, others)), list(compress(records, targets))]
                 out_keys = [list(compress(keys, others)), list(compress(keys, targets))]
+                if timestamps is not None:
+                    out_ts = [list(compress(timestamps, others)), list(compress(timestamps, targets))]
             else:
                 out_records = [[] for _ in range(n)]
                 out_keys = [[] for _ in range(n)]
@@ -189,6 +196,11 @@ class HashGate(OutputGate):
                         target = miss(key)
                     out_records[target].append(record)
                     out_keys[target].append(key)
+                if timestamps is not None:
+                    out_ts = [[] for _ in range(n)]
+                    for key, t in zip(keys, timestamps):
+                        target = get(key)
+                        out_ts[target if target is not None else miss(key)].append(t)
         except TypeError as exc:
             if isinstance(exc, KeyEncodingError) or isinstance(exc, OperatorError):
                 raise
@@ -213,7 +225,8 @@ class HashGate(OutputGate):
             raise self._error(msg, cause) from cause
         for i in range(n):
             if out_records[i]:
-                channels[i].put(Batch(out_records[i], out_keys[i]))
+                stamps = out_ts[i] if timestamps is not None else None
+                channels[i].put(Batch(out_records[i], out_keys[i], stamps))
 
 
 _PLAIN_KEY_TYPES = frozenset({str, int, bytes, bool, type(None)})

@@ -11,17 +11,23 @@ from dataclasses import dataclass
 
 
 class Batch:
-    """A batch of records, and their keys when it crossed a ``key_by``.
+    """A batch of records, their keys when it crossed a ``key_by``, and their event times if carried.
 
     Cost: one object per batch. ``records`` is a list (or an Arrow RecordBatch
-    for ``map_batches``); ``keys`` is None or a list parallel to ``records``.
+    for ``map_batches``); ``keys`` is None or a list parallel to ``records``;
+    ``timestamps`` is None or a list parallel to ``records``: the event time of
+    each record of an operator that stamps its outputs
+    (``Capability.TIMESTAMPED_OUTPUT``: a ``process`` window, a keyed or
+    co-process function, a join), which no timestamp function could compute
+    from records of any shape.
     """
 
-    __slots__ = ("records", "keys")
+    __slots__ = ("records", "keys", "timestamps")
 
-    def __init__(self, records: list, keys: list | None = None) -> None:
+    def __init__(self, records: list, keys: list | None = None, timestamps: list | None = None) -> None:
         self.records = records
         self.keys = keys
+        self.timestamps = timestamps
 
     def __len__(self) -> int:
         return len(self.records)

@@ -19,10 +19,17 @@ import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from onceflow.engine._api_args import check_fn, copy_per_subtask, describe_output, on_error_mode
+from onceflow.engine._api_args import (
+    check_fn,
+    copy_per_subtask,
+    describe_output,
+    on_error_mode,
+    use_timestamps,
+)
 from onceflow.engine.errors import JobDefinitionError
 from onceflow.engine.graph import OnError
 from onceflow.operators.base import describe_callable
+from onceflow.operators.event_time import CarriedTimestamps
 
 if TYPE_CHECKING:
     from onceflow.engine.api import KeyedStream, Stream
@@ -140,11 +147,18 @@ class _TwoInputs:
 
         first, second = self._first, self._second
         names = (f"output of {input_names(first)}", f"output of {input_names(second)}")
-        timestamp_fns = (first._timestamp_fn, second._timestamp_fn)  # noqa: SLF001
+        timestamp_fns = (use_timestamps(first._timestamp_fn), use_timestamps(second._timestamp_fn))  # noqa: SLF001
+        carried = CarriedTimestamps() if None not in timestamp_fns else None
         method = self._method
         stream = first._keyed(  # noqa: SLF001 - one API
             method,
-            lambda: KeyedCoProcessOperator(make_fn(), timestamp_fns, input_names=names, name=name or method),
+            lambda: KeyedCoProcessOperator(
+                make_fn(),
+                timestamp_fns,
+                input_names=names,
+                name=name or method,
+                stamp_outputs=carried is not None and carried.used,
+            ),
             shown,
             name,
             parallelism,
@@ -153,6 +167,7 @@ class _TwoInputs:
             second=second,
         )
         describe_output(stream, f"{description}: {describe_callable(shown)}")
+        stream._timestamp_fn = carried  # noqa: SLF001
         return stream
 
 

@@ -102,6 +102,10 @@ class Subtask:
         self._time_ops = [i for i, c in enumerate(capabilities) if Capability.PROCESSING_TIME in c]
         self._side_ops = [i for i, c in enumerate(capabilities) if Capability.SIDE_OUTPUTS in c]
         self._arrow_input = [Capability.ARROW_INPUT in c for c in capabilities]
+        self._stamping_tail = (
+            len(operators) - 1 if operators and Capability.TIMESTAMPED_OUTPUT in capabilities[-1] else -2
+        )
+        """The chain's last operator if it stamps its outputs (its batches carry their times), else -2."""
         self._heads = self._input_heads(input_sides or [0] * len(inputs))
         self._last_tick = 0.0
         self._isolating_source_batch = False
@@ -240,6 +244,8 @@ class Subtask:
             if kind is Batch:
                 if self._input_idle[current]:
                     self._input_watermarks.on_records(current)
+                if self._keyed_head:
+                    self.ops[0].input_timestamps = element.timestamps
                 self._push(element.records, element.keys, 0, self._heads[current])
                 if self._wm_ops:
                     self._forward_emitted()
@@ -263,10 +269,12 @@ class Subtask:
         arrow_input = self._arrow_input
         counts = self.records_in
         i = start
+        producer = start - 1
         try:
             if keys is not None and start == 0 and self._keyed_head:
                 counts[0] += len(records)
                 records = (head or ops[0].process_keyed_batch)(records, keys)
+                producer = 0
                 i = 1
             n = len(ops)
             while i < n and len(records):
@@ -275,6 +283,7 @@ class Subtask:
                     records = records.to_pylist()
                 counts[i] += len(records)
                 records = op.process_batch(records)
+                producer = i
                 i += 1
         except OperatorError:
             raise
@@ -296,10 +305,22 @@ class Subtask:
             raise self._error(self.specs[i], exc, "process", where) from exc
         if len(records) and self.gates:
             self.records_out += len(records)
+            stamps = self._output_timestamps(records) if producer == self._stamping_tail else None
             for gate in self.gates:
-                gate.emit(records)
+                gate.emit(records, stamps)
         if self._side_ops:
             self._emit_side_outputs()
+
+    def _output_timestamps(self, records: Any) -> list:
+        """Return the event times the chain's stamping last operator gave ``records``, checked."""
+        stamps = self.ops[-1].output_timestamps
+        if stamps is None or len(stamps) != len(records):
+            msg = (
+                f"{type(self.ops[-1]).__name__} declares TIMESTAMPED_OUTPUT but gave "
+                f"{'no' if stamps is None else len(stamps)} event times for {len(records)} records"
+            )
+            raise self._error(self.specs[-1], RuntimeError(msg), "process")
+        return stamps
 
     def _emit_side_outputs(self) -> None:
         """Route ``ctx.output(tag, value)`` records of the chain to their side-output edges.
@@ -492,6 +513,7 @@ class Subtask:
         spec = self.specs[i]
         op = self.ops[i]
         again_keyed = head or op.process_keyed_batch
+        carried = op.input_timestamps if keys is not None else None
         letters: list[str] = []
         offset = 0
         while True:
@@ -520,6 +542,8 @@ class Subtask:
                 break
             try:
                 rest = records[offset:]
+                if carried is not None:
+                    op.input_timestamps = carried[offset:]
                 out = op.process_batch(rest) if keys is None else again_keyed(rest, keys[offset:])
             except BatchFailure as again:
                 failure = again

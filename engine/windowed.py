@@ -5,10 +5,12 @@ stream it came from (``KeyedStream._keyed``), so windows get the same uid,
 name and parallelism rules as every keyed operator. ``window_all`` is a
 window on a stream keyed by one constant at parallelism 1.
 
-The ``reduce`` and ``aggregate`` outputs carry the event timestamp
-``window.max_timestamp``, so another ``.window()`` can follow directly (a
-``process`` window returns records of any shape: give them timestamps with
-``assign_timestamps``).
+Every event-time window's outputs carry the event timestamp
+``window.max_timestamp``, so another ``.window()`` (or a process function or
+a join) can follow directly: ``reduce`` and ``aggregate`` outputs hold their
+window, so their stream computes it; a ``process`` window returns records of
+any shape, so the operator stamps them and the time travels with the batch
+(``CarriedTimestamps``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from onceflow.engine._api_args import check_fn, describe_output, on_error_mode
+from onceflow.engine._api_args import check_fn, describe_output, on_error_mode, use_timestamps
 from onceflow.engine.errors import JobDefinitionError
 from onceflow.operators.base import describe_callable
+from onceflow.operators.event_time import CarriedTimestamps
 
 if TYPE_CHECKING:
     from onceflow.engine.api import KeyedStream, Stream
@@ -78,7 +81,9 @@ class WindowedStream:
                 msg = f"window_all runs in one subtask: parallelism must be 1, got {parallelism!r}"
                 raise JobDefinitionError(msg)
             parallelism = 1
-        timestamp_fn = self._keyed._timestamp_fn  # noqa: SLF001 - one API
+        timestamp_fn = use_timestamps(self._keyed._timestamp_fn)  # noqa: SLF001 - one API
+        event_time = getattr(assigner, "event_time", False)
+        carried = CarriedTimestamps() if kind == "process" and event_time else None
         stream = self._keyed._keyed(  # noqa: SLF001
             f"window_{kind}" if keyed else f"window_all_{kind}",
             lambda: window_operator(
@@ -88,6 +93,7 @@ class WindowedStream:
                 allowed_lateness=lateness,
                 late_tag=tag,
                 keyed=keyed,
+                stamp_outputs=carried is not None and carried.used,
                 **fns,
             ),
             shown,
@@ -95,7 +101,9 @@ class WindowedStream:
             parallelism,
             uid,
         )
-        if kind != "process" and getattr(assigner, "event_time", False):
+        if carried is not None:
+            stream._timestamp_fn = carried  # noqa: SLF001
+        elif event_time:
             stream._timestamp_fn = keyed_window_time if keyed else all_window_time  # noqa: SLF001
         late = f", late records -> {tag!r}" if tag is not None else ""
         describe_output(

@@ -125,6 +125,10 @@ class Capability(enum.Flag):
     TWO_PHASE_COMMIT = enum.auto()
     """A :class:`TwoPhaseCommitWriter`: output becomes visible on checkpoint completion; it reports
     ``recommitted``."""
+    TIMESTAMPED_OUTPUT = enum.auto()
+    """Stamps its outputs with event times: after every hook that returns records, ``output_timestamps``
+    is a list parallel to them. The runtime sends them with the batch when the operator ends its
+    chain (its consumers read them as ``input_timestamps``)."""
     TWO_INPUTS = enum.auto()
     """Reads two keyed inputs (``connect``, the joins): the runtime hands the first input's batches to
     ``process_keyed_batch`` and the second's to ``process_keyed_batch2``. Only a task's head has it."""
@@ -159,6 +163,13 @@ class Operator:
     side_outputs: dict[str, list[Any]]
     """``SIDE_OUTPUTS`` only: records per side-output tag, created in ``__init__``, appended to by the
     operator and drained (then cleared) by the runtime after every hook call. Never rebound."""
+
+    output_timestamps: list | None = None
+    """``TIMESTAMPED_OUTPUT`` only: the event time of each record the last hook returned."""
+
+    input_timestamps: list | None = None
+    """Set by the runtime before ``process_keyed_batch``/``2``: the event times the batch's records
+    carry (from an operator with ``TIMESTAMPED_OUTPUT``), or None."""
 
     ctx: RuntimeContext
 
@@ -238,6 +249,13 @@ class SourceReader:
     ``snapshot_state`` and then emit a barrier, so the offsets a snapshot
     returns must cover exactly the records already returned.
     """
+
+    output_timestamps: list | None = None
+    """``TIMESTAMPED_OUTPUT`` only: the event time of each record the last hook returned."""
+
+    input_timestamps: list | None = None
+    """Set by the runtime before ``process_keyed_batch``/``2``: the event times the batch's records
+    carry (from an operator with ``TIMESTAMPED_OUTPUT``), or None."""
 
     ctx: RuntimeContext
 

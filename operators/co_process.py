@@ -102,9 +102,16 @@ class KeyedCoProcessOperator(KeyedProcessOperator):
         input_names: tuple[str, str] = ("first input", "second input"),
         clock: Callable[[], float] = time.time,
         name: str = "connect",
+        stamp_outputs: bool = False,
     ) -> None:
         first, second = timestamp_fns
-        super().__init__(fn, first if first is not None else second, clock=clock, name=name)
+        super().__init__(
+            fn,
+            first if first is not None else second,
+            clock=clock,
+            name=name,
+            stamp_outputs=stamp_outputs and first is not None and second is not None,
+        )
         self.timestamp_fns = timestamp_fns
         self.input_names = input_names
         self._key_kinds: list[tuple[str, Any] | None] = [None, None]

@@ -32,8 +32,10 @@ from onceflow.operators.watermarks import bounded_out_of_orderness, has_been_idl
 log = logging.getLogger("onceflow")
 
 __all__ = [
+    "CarriedTimestamps",
     "LateRecords",
     "TimestampAssigner",
+    "carried_times",
     "check_timestamp",
     "event_times",
     "frozen_copy",
@@ -210,12 +212,55 @@ class TimestampAssigner(Operator):
         self.max_timestamp = restored_watermark(restored, index, parallelism, "max_timestamp")
 
 
-def event_times(records: list, timestamp_fn: Callable[[Any], Any], operator: str) -> list:
+class CarriedTimestamps:
+    """The timestamp function of a stream whose records carry their event times in their batches.
+
+    The output of a ``process`` window (``window.max_timestamp``), a keyed or
+    co-process function (the time of the record or timer being handled) or a
+    join (an interval-join pair: the later of its two times) has records of any
+    shape, so no function of a record can tell its time: the producing
+    operator stamps each output (``Capability.TIMESTAMPED_OUTPUT``), the
+    batches carry the stamps, and the consuming operator reads them
+    (``Operator.input_timestamps``). One instance per producing operator;
+    :attr:`used` is set at graph time by each consumer that needs them, so a
+    producer nobody reads the times of does not stamp.
+    """
+
+    __slots__ = ("used",)
+
+    def __init__(self) -> None:
+        self.used = False
+
+    def __call__(self, record: Any) -> float:
+        """Refuse: the times are in the batch, not in the record."""
+        msg = "carried event times are read from the batch (Operator.input_timestamps), not from a record"
+        raise TypeError(msg)
+
+
+def carried_times(records: list, carried: list | None, operator: str) -> list:
+    """Return the carried event times of a batch, or raise naming ``operator`` if they did not arrive."""
+    if carried is None or len(carried) != len(records):
+        got = "none" if carried is None else f"{len(carried)}"
+        msg = (
+            f"{operator}: a batch of {len(records)} records arrived with {got} carried event times; "
+            "only operators that stamp their outputs (process windows, process functions, joins) "
+            "can feed event time without assign_timestamps"
+        )
+        raise RuntimeError(msg)
+    return carried
+
+
+def event_times(
+    records: list, timestamp_fn: Callable[[Any], Any], operator: str, carried: list | None = None
+) -> list:
     """Return the event time of every record of a batch, checked, or raise naming ``operator``.
 
     One comprehension for the batch (the common, valid case), then one type
-    check per value; only a failure looks for the record to show.
+    check per value; only a failure looks for the record to show. A
+    :class:`CarriedTimestamps` stream's times are ``carried`` (the batch's).
     """
+    if type(timestamp_fn) is CarriedTimestamps:
+        return carried_times(records, carried, operator)
     try:
         times = [timestamp_fn(record) for record in records]
     except Exception:

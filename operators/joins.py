@@ -36,7 +36,7 @@ from typing import Any
 
 from onceflow.operators.co_process import KeyedCoProcessFunction
 from onceflow.operators.event_time import LateRecords
-from onceflow.operators.process_function import ProcessContext, describe_current
+from onceflow.operators.process_function import ProcessContext, Stamped, describe_current
 from onceflow.operators.windows import Window
 
 __all__ = ["IntervalJoinFunction", "WindowJoinFunction"]
@@ -106,7 +106,7 @@ class IntervalJoinFunction(_EventTimeJoin):
                 self._late(value, ctx, 0)
             return None
         lo, hi = t + self.lower, t + self.upper
-        out = self._pairs(value, ctx.map_state(_RIGHT).items(), lo, hi, left=True)
+        out = self._pairs(value, t, ctx.map_state(_RIGHT).items(), lo, hi, left=True)
         _buffer(ctx.map_state(_LEFT), t, value)
         ctx.timers.register_event_time(math.nextafter(hi, math.inf))
         return out
@@ -119,22 +119,31 @@ class IntervalJoinFunction(_EventTimeJoin):
                 self._late(value, ctx, 1)
             return None
         lo, hi = t - self.upper, t - self.lower
-        out = self._pairs(value, ctx.map_state(_LEFT).items(), lo, hi, left=False)
+        out = self._pairs(value, t, ctx.map_state(_LEFT).items(), lo, hi, left=False)
         _buffer(ctx.map_state(_RIGHT), t, value)
         ctx.timers.register_event_time(math.nextafter(hi, math.inf))
         return out
 
-    def _pairs(self, record: Any, buffered: list, lo: float, hi: float, *, left: bool) -> list | None:
-        out: list | None = None
+    def _pairs(
+        self, record: Any, t: float, buffered: list, lo: float, hi: float, *, left: bool
+    ) -> Stamped | None:
+        """Pair ``record`` (at ``t``) with the buffered records in ``[lo, hi]``.
+
+        A pair's outputs are at the later of the two times, as Flink's interval join stamps them.
+        """
+        out: Stamped | None = None
         fn = self.fn
         for ts, others in buffered:
             if lo <= ts <= hi:
+                stamp = ts if ts > t else t
                 for other in others:
                     result = fn(record, other) if left else fn(other, record)
                     if result is not None:
                         if out is None:
-                            out = []
+                            out = Stamped()
+                        n = len(out)
                         out.extend(result)
+                        out.timestamps += [stamp] * (len(out) - n)
         return out
 
     def on_timer(self, timestamp: float, ctx: ProcessContext) -> None:
@@ -203,7 +212,7 @@ class WindowJoinFunction(_EventTimeJoin):
     def on_timer(self, timestamp: float, ctx: ProcessContext) -> list | None:
         """Fire and forget every window of the key whose ``max_timestamp`` the watermark reached."""
         windows = ctx.map_state("join:windows")
-        out: list | None = None
+        out: Stamped | None = None
         for bounds in sorted(windows.keys()):
             window = Window(*bounds)
             if window.max_timestamp > timestamp:
@@ -220,6 +229,7 @@ class WindowJoinFunction(_EventTimeJoin):
                 raise
             if result is not None:
                 if out is None:
-                    out = []
+                    out = Stamped()
                 out.extend(result)
+                out.timestamps += [window.max_timestamp] * len(result)
         return out

@@ -34,6 +34,8 @@ from typing import Any
 from onceflow.operators.bad_records import TimerFailure, failure_at
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
 from onceflow.operators.event_time import (
+    CarriedTimestamps,
+    carried_times,
     check_timestamp,
     frozen_copy,
     restored_watermark,
@@ -192,6 +194,21 @@ class ProcessContext:
         self._op.side_outputs.setdefault(tag, []).append(value)
 
 
+class Stamped(list):
+    """Outputs of one call with event times of their own (``timestamps``, parallel).
+
+    For functions built on this operator whose outputs are not at the time of
+    the record being handled: an interval-join pair is at the later of its two
+    records' times.
+    """
+
+    __slots__ = ("timestamps",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timestamps: list[float] = []
+
+
 def describe_current(ctx: ProcessContext, record: Any) -> None:
     """Name what the function was handling when it raises (a dead letter's or an error's ``record``).
 
@@ -220,6 +237,7 @@ class KeyedProcessOperator(Operator):
         *,
         clock: Callable[[], float] = time.time,
         name: str = "process",
+        stamp_outputs: bool = False,
     ) -> None:
         missing = [m for m in self.element_methods if not callable(getattr(fn, m, None))]
         if missing:
@@ -230,6 +248,11 @@ class KeyedProcessOperator(Operator):
         self.timestamp_fn = timestamp_fn
         self.clock = clock
         self.name = name
+        self.stamping = stamp_outputs and timestamp_fn is not None
+        """Stamp outputs with the time of the record or timer being handled (``TIMESTAMPED_OUTPUT``);
+        only when records have times."""
+        if self.stamping:
+            self.capabilities = type(self).capabilities | Capability.TIMESTAMPED_OUTPUT
         self.state = HeapKeyedState()
         self.side_outputs = {}
         self.watermark = -math.inf
@@ -272,10 +295,14 @@ class KeyedProcessOperator(Operator):
         still exactly once.
         """
         out: list = []
+        stamps = self.output_timestamps = [] if self.stamping else None
         ctx = self.ctx_view
         self.current_domain = None
         if ts_fn is None:
             self.current_timestamp = None  # not the other input's (or a timer's) time
+        elif type(ts_fn) is CarriedTimestamps:
+            carried = iter(carried_times(records, self.input_timestamps, self.name)).__next__
+            ts_fn = lambda _record: carried()  # noqa: E731 - called once per record, in order
         remaining = iter(records)
         for record, key in zip(remaining, keys):
             self.current_key = key
@@ -290,13 +317,20 @@ class KeyedProcessOperator(Operator):
                 self.current_timestamp = t
             try:
                 result = element(record, ctx)
-                if result is not None and type(result) is not list:
+                if result is not None and type(result) is not list and type(result) is not Stamped:
                     result = list(result)  # a generator that raises adds nothing to ``out``
             except Exception as exc:
                 self.current_record = None
                 raise failure_at(records, remaining, exc, out) from None
             if result is not None:
                 out += result
+                if stamps is not None:
+                    if type(result) is Stamped:
+                        stamps += result.timestamps
+                    elif len(result) == 1:
+                        stamps.append(t)
+                    else:
+                        stamps += [t] * len(result)
         self.current_record = None
         return out
 
@@ -324,6 +358,7 @@ class KeyedProcessOperator(Operator):
 
     def _fire(self, domain: str, now: float) -> list:
         out: list = []
+        stamps = self.output_timestamps = [] if self.stamping else None
         heap = self._heaps[domain]
         table = self._timers[domain]
         on_timer = self._on_timer
@@ -345,13 +380,20 @@ class KeyedProcessOperator(Operator):
             self.current_record = f"<{label}-time timer {timestamp!r} of key {key!r}>"
             try:
                 result = on_timer(timestamp, ctx)
-                if result is not None and type(result) is not list:
+                if result is not None and type(result) is not list and type(result) is not Stamped:
                     result = list(result)
             except Exception as exc:
                 record, self.current_record, self.current_domain = self.current_record, None, None
                 raise TimerFailure(exc, record, key, timestamp, out) from None
             if result is not None:
                 out += result
+                if stamps is not None:
+                    # an event-time timer's outputs are at its time; a processing-time one's
+                    # at the watermark (no later record can make them late)
+                    if type(result) is Stamped:
+                        stamps += result.timestamps
+                    else:
+                        stamps += [timestamp if domain == _EVENT else self.watermark] * len(result)
         self.current_domain = None
         self.current_record = None
         return out

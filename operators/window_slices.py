@@ -130,7 +130,8 @@ class SlicingWindowOperator(WindowOperator):
         first, add = self._first, self._add
         clean_from, ahead = self._clean_from, self._ahead
         floor = math.floor
-        for record, key, t in zip(records, keys, event_times(records, ts_fn, self.name)):
+        times = event_times(records, ts_fn, self.name, self.input_timestamps)
+        for record, key, t in zip(records, keys, times):
             m = floor((t - offset) / g)
             if m * g + offset > t:
                 m -= 1

@@ -244,6 +244,7 @@ class WindowOperator(Operator):
         process_fn: Callable[..., Any] | None = None,
         keyed: bool = True,
         name: str | None = None,
+        stamp_outputs: bool = False,
     ) -> None:
         if kind not in _KINDS:
             msg = f"window kind must be one of {_KINDS}, got {kind!r}"
@@ -267,6 +268,12 @@ class WindowOperator(Operator):
         if late_tag is not None:
             capabilities |= Capability.SIDE_OUTPUTS
             self.side_outputs = {}
+        self.stamping = stamp_outputs and kind == "process" and self.event_time
+        """A ``process`` window's outputs are stamped ``window.max_timestamp`` (``reduce`` and
+        ``aggregate`` outputs hold their window: their stream computes the time)."""
+        if self.stamping:
+            capabilities |= Capability.TIMESTAMPED_OUTPUT
+        self._stamped_out: list | None = None
         self.capabilities = capabilities
         side = self.side_outputs if late_tag is not None else {}
         self.late = LateRecords(self.name, late_tag, side, self.lateness)
@@ -327,7 +334,8 @@ class WindowOperator(Operator):
         assign = self.assigner.assign
         lateness = self.lateness
         merging = self.merging
-        for record, key, t in zip(records, keys, event_times(records, ts_fn, self.name)):
+        times = event_times(records, ts_fn, self.name, self.input_timestamps)
+        for record, key, t in zip(records, keys, times):
             if merging:
                 if not self._add_to_session(key, assign(t)[0], record, out):
                     self._late(record)
@@ -410,10 +418,25 @@ class WindowOperator(Operator):
             values = list(acc)
             result = self._process_fn(key, window, values) if self.keyed else self._process_fn(window, values)
             if result is not None:
+                before = len(out)
                 out.extend(result)
+                if self.stamping:
+                    self._stamp(out, window.max_timestamp, len(out) - before)
             return
         value = acc if kind == "reduce" else self._result_fn(acc)
         out.append((key, window, value) if self.keyed else (window, value))
+
+    def _stamp(self, out: list, timestamp: float, n: int) -> None:
+        """Give the ``n`` records just added to ``out`` the event time ``timestamp``.
+
+        Every hook builds a new ``out`` list and adds to it only through
+        :meth:`_output`, so a new list starts new ``output_timestamps``.
+        """
+        stamps = self.output_timestamps
+        if self._stamped_out is not out or stamps is None:
+            self._stamped_out = out
+            stamps = self.output_timestamps = []
+        stamps += [timestamp] * n
 
     # -- time ----------------------------------------------------------------------------
 

@@ -224,6 +224,34 @@ def test_keys_travel_with_the_batch_parallel_to_the_records() -> None:
     assert sorted(r["n"] for r in seen) == list(range(6))
 
 
+@pytest.mark.parametrize("parallelism", [1, 2, 3])
+def test_carried_event_times_are_split_parallel_to_the_records(parallelism: int) -> None:
+    out = channels(parallelism)
+    records = [(u, i) for i, u in enumerate(["ann", "bob", "cy", "ann", "dee", "bob", "eve"])]
+
+    hash_gate(out, key_fn=lambda r: r[0]).emit(records, [r[1] + 0.5 for r in records])
+    hash_gate(out, key_fn=lambda r: r[0]).emit(records)
+
+    stamped, plain = [], []
+    for ch in out:
+        for batch in drain(ch):
+            if batch.timestamps is None:
+                plain += batch.records
+            else:
+                assert batch.timestamps == [r[1] + 0.5 for r in batch.records]
+                stamped += batch.records
+    assert sorted(stamped) == sorted(plain) == sorted(records)
+
+
+def test_forward_rebalance_and_broadcast_gates_send_carried_event_times_with_the_batch() -> None:
+    for gate_type in (ForwardGate, RebalanceGate, BroadcastGate):
+        out = channels(1)
+        gate_type(out).emit(["a", "b"], [1.0, 2.0])
+        gate_type(out).emit(["c"])
+        stamped, plain = drain(out[0])
+        assert (stamped.records, stamped.timestamps, plain.timestamps) == (["a", "b"], [1.0, 2.0], None)
+
+
 def test_hash_gate_with_one_channel_keeps_the_batch_and_its_keys() -> None:
     out = channels(1)
     records = ["b", "a", "b"]

@@ -18,6 +18,7 @@ from onceflow.engine.plan import TaskEdge, TaskSpec
 from onceflow.engine.task import Subtask
 from onceflow.operators.base import Capability, Operator
 from onceflow.operators.co_process import KeyedCoProcessFunction, KeyedCoProcessOperator
+from onceflow.operators.event_time import CarriedTimestamps
 from onceflow.operators.joins import IntervalJoinFunction, WindowJoinFunction
 from onceflow.operators.windows import TumblingEventTimeWindows
 
@@ -37,13 +38,15 @@ class RecordingGate:
     def __init__(self, tag: str | None = None) -> None:
         self.tag = tag
         self.records: list[Any] = []
+        self.timestamps: list[list | None] = []
         self.control: list[Any] = []
 
     def has_room(self) -> bool:
         return True
 
-    def emit(self, records: Any) -> None:
+    def emit(self, records: Any, timestamps: list | None = None) -> None:
         self.records.append(records)
+        self.timestamps.append(timestamps)
 
     def broadcast(self, element: Any) -> None:
         self.control.append(element)
@@ -351,3 +354,52 @@ def test_without_a_tag_late_join_records_are_counted_and_logged_once(caplog):
     assert len(messages) == 2, messages
     assert messages[0].startswith("wjoin: dropped a record") and "late_records" in messages[0]
     assert "dropped 3 records" in messages[1]
+
+
+# -- carried event times ----------------------------------------------------------------------
+
+
+class Echo(KeyedCoProcessFunction):
+    """Emits (value, its event time) per record; raises for "bad"; a timer at 10 emits ("timer", key)."""
+
+    def process_element1(self, value: Any, ctx: Any) -> list:
+        if value == "bad":
+            msg = "bad record"
+            raise ValueError(msg)
+        ctx.timers.register_event_time(10.0)
+        return [(value, ctx.timestamp)]
+
+    process_element2 = process_element1
+
+    def on_timer(self, timestamp: float, ctx: Any) -> list:
+        return [("timer", ctx.key)]
+
+
+def test_carried_times_reach_the_head_and_its_stamped_outputs_leave_with_the_batch_also_past_a_dead_letter():
+    carried = CarriedTimestamps()
+    op = KeyedCoProcessOperator(Echo(), (carried, carried), stamp_outputs=True)
+    assert Capability.TIMESTAMPED_OUTPUT in op.capabilities
+    st, gate, dead = _dead_letter_subtask(op, OnError.DEAD_LETTER)
+    run(st, 0, Batch(["a", "bad", "c"], ["k", "k", "j"], [1.0, 2.0, 3.0]))
+    run(st, 1, Batch(["d"], ["k"], [4.0]))
+    run(st, 0, Watermark(INF))
+    run(st, 1, Watermark(INF))
+    got = [(r, t) for records, stamps in zip(gate.records, gate.timestamps) for r, t in zip(records, stamps)]
+    assert got[:3] == [
+        (("a", 1.0), 1.0),
+        (("c", 3.0), 3.0),  # the rest of the batch after the dead letter keeps its own times
+        (("d", 4.0), 4.0),
+    ]
+    assert sorted(got[3:]) == [(("timer", "j"), 10.0), (("timer", "k"), 10.0)]
+    assert [json.loads(line)["record"] for batch in dead.records for line in batch] == ["'bad'"]
+
+
+def test_a_batch_without_the_carried_times_its_stream_needs_is_an_error_naming_the_operator():
+    carried = CarriedTimestamps()
+    op = KeyedCoProcessOperator(Echo(), (carried, carried), name="echo")
+    st, _, _ = _dead_letter_subtask(op, OnError.FAIL)
+    st.inputs[0].put(Batch(["a"], ["k"]))
+    with pytest.raises(
+        OperatorError, match="echo: a batch of 1 records arrived with none carried event times"
+    ):
+        st.step()
