@@ -394,7 +394,12 @@ def report(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=10_000_000)
-    parser.add_argument("--intervals", type=int, default=40)
+    parser.add_argument(
+        "--intervals",
+        type=int,
+        default=140,
+        help="incremental checkpoints (140: two compaction cycles of 64 and more)",
+    )
     parser.add_argument("--state-keys", type=int, default=1_000_000)
     parser.add_argument("--words", type=int, default=6_000_000)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the throughput runs")
