@@ -255,8 +255,11 @@ class DiskKeyedState:
         self.tables: dict[str, DiskTable] = {}
         self.incremental = False
         """Set by the operator in ``open`` when the run takes incremental checkpoints."""
+        self._written: dict[bytes, bytes | None] = {}
+        """Incremental: changes written out since the last capture, pickled (None: deleted), so a
+        delta needs no database read; at most ``4 * cache_entries``, then only keys, in :attr:`_changed`."""
         self._changed: set[bytes] = set()
-        """Incremental: database keys written or deleted since the last capture."""
+        """Incremental: database keys written or deleted since the last capture, past :attr:`_written`."""
         self._base_needed = False
         """Only after :meth:`restore`: a fresh state starts empty, so its first delta is all of it."""
         self._env = lmdb.open(
@@ -336,23 +339,26 @@ class DiskKeyedState:
         known = table.db_keys
         record = self.incremental and not self._base_needed
         touched = table.touched
-        changed = self._changed
+        note = self._note
         for key in keys:
             k = known.get(key)
             if k is None:
                 k = db_key(tid, key)
-            if record and key in touched:
-                changed.add(k)
             value = cache.get(key, _MISSING)
             if value is _MISSING:
                 deletes.append(k)
+                if record and key in touched:
+                    note(k, None)
                 continue
             try:
-                puts.append((k, dumps(value, protocol=_PICKLE_PROTOCOL)))
+                raw = dumps(value, protocol=_PICKLE_PROTOCOL)
             except Exception:
                 table.dirty.update(keys)
                 self._pickle(table, key, value)  # raises, naming operator, state, key and type
                 raise
+            puts.append((k, raw))
+            if record and key in touched:
+                note(k, raw)
         puts.sort()
         # One transaction per slice: LMDB copies every page a transaction changes into
         # process memory until it commits, so a slice bounds that copy (random keys touch
@@ -363,6 +369,13 @@ class DiskKeyedState:
                 for k in deletes[start : start + _TXN_ENTRIES]:
                     txn.delete(k)
             self.pages.trim()  # the B-tree pages the puts read through the map
+
+    def _note(self, k: bytes, raw: bytes | None) -> None:
+        """Remember a change written out since the last capture, pickled while few enough, else by key."""
+        if len(self._written) < 4 * self.cache_entries:
+            self._written[k] = raw
+        else:
+            self._changed.add(k)
 
     def evict(self, table: DiskTable) -> None:
         """Shrink a full cache to the keys of the latest batches, writing out the changes of those leaving.
@@ -385,11 +398,12 @@ class DiskKeyedState:
         """Capture at a barrier: every entry (full or base) or the changed ones (delta), as a read view.
 
         Incremental: the first capture after a restore is a base (like the
-        heap's); every other one is a delta: a view of the database with the
-        keys written out since the previous capture (read from the view in
-        the background; one no longer there is a tombstone) and the changes
-        still only in the cache, pickled now (they stay in the cache, and
-        are written out when they leave it). The synchronous cost is
+        heap's); every other one is a delta: the changes written out since
+        the previous capture, as pickled when written (past ``4 *
+        cache_entries`` of them, only their keys, read back from a view of the
+        database in the background; one no longer there is a tombstone), and
+        the changes still only in the cache, pickled now (they stay in the
+        cache, written out when they leave it). The synchronous cost is
         proportional to the changes in the cache, with no database write.
         """
         if not self.incremental:
@@ -398,7 +412,10 @@ class DiskKeyedState:
             snapshot = self.snapshot()
             self._base_needed = False
             return KeyedCapture(BASE, snapshot)
-        overlay: dict[bytes, bytes | None] = {}
+        changed, self._changed = self._changed, set()
+        overlay, self._written = self._written, {}
+        if changed:  # a key noted by key only was written out after its pickled note: the view wins
+            overlay = {k: v for k, v in overlay.items() if k not in changed}
         for table in self.tables.values():
             cache, known, tid = table.cache, table.db_keys, table.table_id
             for key in table.dirty & table.touched:
@@ -409,7 +426,7 @@ class DiskKeyedState:
                 overlay[k] = None if value is _MISSING else self._pickle(table, key, value)
             table.touched.clear()
         snapshot = self._open_view()
-        snapshot.changed, self._changed = self._changed, set()
+        snapshot.changed = changed
         snapshot.overlay = overlay
         return KeyedCapture(DELTA, snapshot)
 
@@ -425,6 +442,7 @@ class DiskKeyedState:
                 self.write(table)
             table.touched.clear()
         self._changed = set()
+        self._written = {}
         return self._open_view()
 
     def _open_view(self) -> DiskSnapshot:
@@ -444,6 +462,7 @@ class DiskKeyedState:
     def restore(self, tables: dict[str, dict[Any, Any]]) -> None:
         """Replace all state with ``tables`` (this subtask's keys of a checkpoint); next capture: a base."""
         self._changed = set()
+        self._written = {}
         self._base_needed = True
         for table in self.tables.values():
             table.cache.clear()
