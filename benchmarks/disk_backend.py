@@ -105,8 +105,10 @@ def child(mode: str, records: int, keys: int, workload: str, interval: float, ca
         job = _job(records, keys, workload, sink)
         runner = JobRunner(job, checkpoint_dir=f"{tmp}/chk", settings=settings)
         start = time.perf_counter()
+        cpu_start = time.process_time()
         result = runner.run()
         seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
         checkpoint_bytes = sum(p.stat().st_size for p in Path(f"{tmp}/chk").rglob("*.arrow"))
     return {
         "backend": mode,
@@ -115,6 +117,8 @@ def child(mode: str, records: int, keys: int, workload: str, interval: float, ca
         "keys": keys,
         "seconds": round(seconds, 2),
         "records_per_s": round(records / seconds),
+        "cpu_s": round(cpu_seconds, 2),
+        "records_per_cpu_s": round(records / cpu_seconds),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "checkpoints": result.checkpoints_completed,
         "retained_state_bytes": checkpoint_bytes,
@@ -159,10 +163,13 @@ def main() -> None:
         mine = [r for r in runs if r["backend"] == backend]
         summary[backend] = {
             "records_per_s": statistics.median(r["records_per_s"] for r in mine),
+            "records_per_cpu_s": statistics.median(r["records_per_cpu_s"] for r in mine),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
         }
     reference = summary[modes[0]]["records_per_s"]
     ratios = {m: round(summary[m]["records_per_s"] / reference, 3) for m in modes[1:]}
+    cpu_reference = summary[modes[0]]["records_per_cpu_s"]
+    cpu_ratios = {m: round(summary[m]["records_per_cpu_s"] / cpu_reference, 3) for m in modes[1:]}
     report = {
         "keys": args.keys,
         "records": args.records,
@@ -172,19 +179,23 @@ def main() -> None:
         "runs": runs,
         "summary": summary,
         f"throughput_over_{modes[0]}": ratios,
+        f"throughput_per_cpu_s_over_{modes[0]}": cpu_ratios,
     }
     out = args.out or RESULTS / f"disk_backend-{args.workload}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{args.workload}: {args.keys:,} keys, {args.records:,} records, ", end="")
     print(f"checkpoint every {args.interval:g} s\n")
-    print("| backend | records/s (median) | peak RSS |")
-    print("|---|---|---|")
+    print("| backend | records/s (median) | records per CPU s | peak RSS |")
+    print("|---|---|---|---|")
     for backend in modes:
         s = summary[backend]
-        print(f"| {backend} | {s['records_per_s']:,.0f} | {s['peak_rss_mib']:,} MiB |")
+        print(
+            f"| {backend} | {s['records_per_s']:,.0f} | {s['records_per_cpu_s']:,.0f} "
+            f"| {s['peak_rss_mib']:,} MiB |"
+        )
     for mode, ratio in ratios.items():
-        print(f"\n{mode} / {modes[0]} throughput: {ratio:.2f}")
+        print(f"\n{mode} / {modes[0]} throughput: {ratio:.2f} (per CPU second: {cpu_ratios[mode]:.2f})")
 
 
 if __name__ == "__main__":

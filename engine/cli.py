@@ -133,9 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--incremental-checkpoints",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="write only the keyed state changed since the previous checkpoint (files shared under "
-        "<checkpoint-dir>/<job>/shared/, compacted in the background); for large keyed state",
+        "<checkpoint-dir>/<job>/shared/, compacted in the background); for large keyed state "
+        "(default: on with --state-backend disk, off with heap)",
     )
     run.add_argument(
         "--max-deltas",

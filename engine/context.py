@@ -23,7 +23,7 @@ class SubtaskContext:
     attempt_id: str
     restored_checkpoint_id: int | None
     overwrite_output: bool
-    incremental_checkpoints: bool = False
+    incremental_checkpoints: bool | None = None
     state_backend: StateBackendConfig = field(default_factory=StateBackendConfig)
 
     def crash_point(self, label: str) -> None:

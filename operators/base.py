@@ -56,8 +56,9 @@ class RuntimeContext(Protocol):
     """The checkpoint this attempt restored from, or None for a fresh start."""
     overwrite_output: bool
     """True when the user asked to start over (``--fresh``): sinks may replace their old output."""
-    incremental_checkpoints: bool
-    """True when checkpoints write only the keyed entries changed since the previous one."""
+    incremental_checkpoints: bool | None
+    """True when checkpoints write only the keyed entries changed since the previous one; None when
+    the run leaves it to the state backend (``state_backend.incremental``)."""
     state_backend: StateBackendConfig
     """Where keyed operators keep their state (``--state-backend``); they create it in ``open``."""
 

@@ -38,7 +38,7 @@ class _KeyedOperator(Operator):
         """Create this subtask's keyed state in the run's backend.
 
         Both backends track changed keys when the run takes incremental
-        checkpoints.
+        checkpoints (by default: on disk, not on the heap).
         """
         super().open(ctx)
         state = ctx.state_backend.create(
@@ -47,7 +47,7 @@ class _KeyedOperator(Operator):
             subtask_index=ctx.subtask_index,
             max_parallelism=ctx.max_parallelism,
         )
-        state.incremental = bool(getattr(ctx, "incremental_checkpoints", False))
+        state.incremental = ctx.state_backend.incremental(getattr(ctx, "incremental_checkpoints", None))
         self.state = state
 
     def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:

@@ -33,6 +33,19 @@ class StateBackendConfig:
             msg = f"cache_entries must be at least 1, got {self.cache_entries!r}"
             raise ValueError(msg)
 
+    def incremental(self, requested: bool | None) -> bool:
+        """Whether checkpoints of this backend's keyed state are incremental: ``requested``, or the default.
+
+        The default (``requested`` None, no ``--[no-]incremental-checkpoints``)
+        is full checkpoints on the heap and incremental ones on disk: a full
+        checkpoint of a disk state streams the whole database, which is what
+        the disk backend is for avoiding, while a small heap state is
+        cheapest to restore from one file.
+        """
+        if requested is None:
+            return self.kind == "disk"
+        return requested
+
     def create(
         self, *, job_name: str, uid: str, subtask_index: int, max_parallelism: int
     ) -> HeapKeyedState | DiskKeyedState:

@@ -53,8 +53,9 @@ class ExecutionSettings:
     channel_capacity: int = 8
     checkpoint: CoordinatorSettings = CoordinatorSettings()
     overwrite_output: bool = False
-    incremental_checkpoints: bool = False
-    """Write only the keyed entries changed since the previous checkpoint (``--incremental-checkpoints``)."""
+    incremental_checkpoints: bool | None = None
+    """Write only the keyed entries changed since the previous checkpoint (``--incremental-checkpoints``);
+    None: the state backend's default (:meth:`StateBackendConfig.incremental`)."""
     max_deltas: int = 64
     """Deltas a key-group segment's chain may hold before it is compacted (``--max-deltas``)."""
     ray_address: str | None = None
@@ -70,7 +71,7 @@ class SubtaskSettings:
     attempt_id: str
     restored_checkpoint_id: int | None
     overwrite_output: bool
-    incremental_checkpoints: bool = False
+    incremental_checkpoints: bool | None = None
     max_deltas: int = 64
     state_backend: StateBackendConfig = StateBackendConfig()
 

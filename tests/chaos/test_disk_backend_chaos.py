@@ -54,6 +54,8 @@ def test_random_kills_with_the_disk_backend(
             str(chaos_dir / "state"),
             "--state-cache-entries",
             "50",
+            # full checkpoints of disk state; with switch, each backend's default (disk: incremental)
+            *([] if switch else ["--no-incremental-checkpoints"]),
         ],
     )
     target = int(os.environ.get("CHAOS_KILLS", "6"))

@@ -225,7 +225,8 @@ def _apply_chain(fs, chains: dict, into: dict) -> None:
                     into.get(name, {}).pop(key, None)
 
 
-@pytest.mark.parametrize("cache_entries", [30, 10_000])  # changes written out, or still in the cache
+# changes written out (past 4 * cache_entries noted by key only, read back), or still in the cache
+@pytest.mark.parametrize("cache_entries", [3, 30, 10_000])
 def test_incremental_disk_captures_write_only_changes_as_heap_format_deltas(make, cache_entries):
     fs = fsspec.filesystem("memory")
     segments = segments_of(KeyGroupRange(0, 128), 128)
@@ -304,3 +305,10 @@ def test_a_disk_capture_not_written_is_absorbed_by_the_next_one(make, cache_entr
     if older_is_base:
         expected["old"] = -1
     assert applied == {"v": expected}
+
+
+def test_disk_state_is_checkpointed_incrementally_unless_the_run_says_otherwise():
+    assert StateBackendConfig("disk").incremental(None) is True
+    assert StateBackendConfig("heap").incremental(None) is False
+    assert StateBackendConfig("disk").incremental(False) is False  # --no-incremental-checkpoints
+    assert StateBackendConfig("heap").incremental(True) is True
