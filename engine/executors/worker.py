@@ -136,7 +136,8 @@ class Worker:
             if subtask.status is SubtaskStatus.DRAINED and subtask.key not in self._drained_sent:
                 self._drained_sent.add(subtask.key)
                 transport.send(("drained", subtask.key))
-        outcome = Round.IDLE
+        # what peers sent is read in during the round's steps: go round again before idling
+        outcome = Round.PROGRESSED if transport.take_in() else Round.IDLE
         stopping = False
         commands = transport.commands
         while commands:

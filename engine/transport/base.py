@@ -79,6 +79,9 @@ class WorkerTransport(Protocol):
     def flush(self) -> None:
         """Send each peer what this round buffered for it (elements and credits); once per round."""
 
+    def take_in(self) -> bool:
+        """Apply what peers sent since the last call; return whether anything came. Once per round."""
+
     def start(self) -> None:
         """Start taking elements in; every channel end was taken before."""
 

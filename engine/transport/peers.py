@@ -190,6 +190,14 @@ class PeerTransport(Transport):
                 credits.clear()
                 yield peer, messages
 
+    def take_in(self) -> bool:
+        """Apply the peers' messages that arrived but are not applied yet; return whether there were any.
+
+        Called by the worker's loop once per round. A transport that applies
+        messages as they arrive (Ray) has nothing to do here.
+        """
+        return False
+
     @abstractmethod
     def ship(self, peer: int, messages: list) -> None:
         """Send one round's ``messages`` to worker ``peer``, after every earlier message to it."""

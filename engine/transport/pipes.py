@@ -9,16 +9,21 @@ this is). Each cross-process channel has its own credit count (``capacity``
 elements in flight), so backpressure holds across processes without a shared
 budget that a blocked channel could starve. A receiver thread per worker
 drains every pipe it reads, so two workers sending to each other can never
-block each other. The runner's control messages are single tuples, queued in
-``commands``.
+block each other; it only reads a peer's message as bytes, and the worker's
+loop unpickles it (``take_in``), so the receiver seldom needs the GIL the
+loop holds while it steps subtasks (each hand-off of the GIL costs both
+threads). The runner's control messages are single tuples, queued in
+``commands`` by the receiver.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
@@ -53,7 +58,18 @@ class PipeTransport(PeerTransport):
         self.peers = peers
         self.closed = False
         """The runner's end of the control pipe closed: stop, and send nothing more."""
+        self._received: deque[bytes] = deque()
+        """Peers' messages as read, pickled; the worker's loop applies them with ``take_in``."""
         self._thread = threading.Thread(target=self._receive, name="onceflow-receiver", daemon=True)
+
+    def take_in(self) -> bool:
+        """Unpickle and apply the peers' messages read since the last call; return whether there were any."""
+        received = self._received
+        if not received:
+            return False
+        while received:
+            self.apply(pickle.loads(received.popleft()))
+        return True
 
     def ship(self, peer: int, messages: list) -> None:
         """Pickle one round's messages onto the pipe to ``peer``."""
@@ -81,6 +97,10 @@ class PipeTransport(PeerTransport):
             ready: list[Any] = wait(conns)
             for conn in ready:
                 try:
+                    if conn is not control:
+                        self._received.append(conn.recv_bytes())
+                        self.wakeup.set()
+                        continue
                     message = conn.recv()
                 except (EOFError, OSError):
                     conns.remove(conn)
@@ -89,10 +109,7 @@ class PipeTransport(PeerTransport):
                         self.commands.append(("stop",))
                         self.wakeup.set()
                     continue
-                if conn is control:
-                    self.commands.append(message)
-                else:
-                    self.apply(message)
+                self.commands.append(message)
                 self.wakeup.set()
 
 

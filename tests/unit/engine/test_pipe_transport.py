@@ -31,6 +31,12 @@ def _until(condition, timeout: float = 5.0) -> None:
         time.sleep(0.001)
 
 
+def _arrived(transport: PipeTransport, condition) -> bool:
+    """Let the worker's loop take in what its receiver read, then check ``condition``."""
+    transport.take_in()
+    return condition()
+
+
 def _count_ships(transport: PeerTransport) -> list:
     shipped: list = []
     ship = transport.ship
@@ -60,7 +66,7 @@ def test_a_round_leaves_as_one_message_with_consecutive_watermarks_merged() -> N
     assert len(out) == 5
     transports[0].flush()
     assert len(shipped) == 1
-    _until(lambda: len(inp) == 5)
+    _until(lambda: _arrived(transports[1], lambda: len(inp) == 5))
     got = [inp.poll() for _ in range(5)]
     assert type(got[0]) is Batch and got[0].records == [1, 2]
     assert got[1:] == [Watermark(2.0), Barrier(1), Watermark(3.0), Watermark(4.0, idle=True)]
@@ -78,13 +84,13 @@ def test_credits_come_back_in_bulk_with_the_consumers_flush_and_bound_what_is_un
         out.put(Batch([n]))
     assert not out.has_room()
     transports[0].flush()
-    _until(lambda: len(inp) == 3)
+    _until(lambda: _arrived(transports[1], lambda: len(inp) == 3))
     assert [inp.poll().records for _ in range(3)] == [[0], [1], [2]]
     assert not out.has_room()  # the credits have not travelled yet
     shipped = _count_ships(transports[1])
     transports[1].flush()
     assert shipped == [[("c", cid, 3)]]
-    _until(lambda: out.has_room())
+    _until(lambda: _arrived(transports[0], out.has_room))
     assert len(out) == 0
 
 
@@ -99,7 +105,7 @@ def test_a_watermark_after_a_flush_is_sent_again_not_merged_into_the_sent_one() 
     transports[0].flush()
     out.put(Watermark(2.0))
     transports[0].flush()
-    _until(lambda: len(inp) == 2)
+    _until(lambda: _arrived(transports[1], lambda: len(inp) == 2))
     assert [inp.poll(), inp.poll()] == [Watermark(1.0), Watermark(2.0)]
     assert len(out) == 2
 
