@@ -76,6 +76,10 @@ CRASH_CASES = [
 ]
 
 
+CRASH_ARGS = {"mid_checkpoint_delete": ("--retain", "1")}
+"""Extra run arguments per label. Retention of one checkpoint deletes from the second checkpoint
+on, so the crash point is reached by a run of three checkpoints however slow the machine is."""
+
 CRASH_CASES_P1 = {"after_metadata_before_notify", "mid_commit", "during_restore", "during_commit_on_restore"}
 """Labels also run at parallelism 1 (all run at 2): those where sink ownership on restore matters."""
 
@@ -122,7 +126,7 @@ def test_named_crash_points(
         parallelism=parallelism,
         delay_us=FAST_US,
         executor=executor,
-        args=["--restart-delay", "0.05"],
+        args=["--restart-delay", "0.05", *CRASH_ARGS.get(label, ())],
     )
     n = parallelism if n is None else n
     if setup is not None:

@@ -189,7 +189,16 @@ def test_named_crash_points_with_incremental_disk_checkpoints(
         chaos_seed,
         parallelism=2,
         delay_us=20,
-        args=["--state-backend", "disk", "--state-dir", str(chaos_dir / "state"), *INCREMENTAL],
+        # --retain 1: deleting shared files starts at the second checkpoint, however slow the machine
+        args=[
+            "--state-backend",
+            "disk",
+            "--state-dir",
+            str(chaos_dir / "state"),
+            *INCREMENTAL,
+            "--retain",
+            "1",
+        ],
     )
     outcome = run.run(crash_at=crash_at)
     assert f"crash point {crash_at} reached" in outcome.stderr, (

@@ -118,7 +118,9 @@ def test_delete_needs_exactly_one_of_id_and_all(workspace: Path, seed: int, choi
 
 def test_delete_is_refused_while_a_run_holds_the_directory(workspace: Path, seed: int) -> None:
     proc = subprocess.Popen(
-        run_command(workspace, "-p", "delay=0.001", "--checkpoint-interval", "0.2"),
+        # --retain 1000: the run's own retention must not delete what the test
+        # watches, so any checkpoint that vanishes was deleted by the command.
+        run_command(workspace, "-p", "delay=0.001", "--checkpoint-interval", "0.2", "--retain", "1000"),
         cwd=REPO,
         env=env(),
         stdout=subprocess.PIPE,
