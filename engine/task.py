@@ -101,6 +101,7 @@ class Subtask:
         self._emitted = dict.fromkeys(self._wm_ops, -math.inf)
         self._time_ops = [i for i, c in enumerate(capabilities) if Capability.PROCESSING_TIME in c]
         self._side_ops = [i for i, c in enumerate(capabilities) if Capability.SIDE_OUTPUTS in c]
+        self._holding_ops = [i for i, c in enumerate(capabilities) if Capability.HOLDS_RECORDS in c]
         self._arrow_input = [Capability.ARROW_INPUT in c for c in capabilities]
         self._stamping_tail = (
             len(operators) - 1 if operators and Capability.TIMESTAMPED_OUTPUT in capabilities[-1] else -2
@@ -358,8 +359,13 @@ class Subtask:
             self._drain()
 
     def _broadcast_idle(self) -> None:
-        """Tell downstream once that this subtask's output is idle (until a watermark ends it)."""
+        """Tell downstream once that this subtask's output is idle (until a watermark ends it).
+
+        Held records go out first: once idle, this output no longer holds the
+        downstream watermark back, so records sent after it could be late there.
+        """
         if not self._idle_out:
+            self._release_held()
             self._idle_out = True
             for gate in self.all_gates:
                 gate.broadcast(Watermark(self.watermark, idle=True))
@@ -435,6 +441,7 @@ class Subtask:
         checkpoint_id = barrier.checkpoint_id
         self.current_checkpoint = checkpoint_id
         CRASH_POINTS.hit("before_snapshot")
+        self._release_held()
         snapshots: list[tuple[str, OperatorSnapshot]] = []
         if self.reader is not None:
             spec = self.task.operators[0]
@@ -453,6 +460,16 @@ class Subtask:
         self.snapshot_sink(checkpoint_id, self.key, snapshots)
         for gate in self.all_gates:
             gate.broadcast(barrier)
+
+    def _release_held(self) -> None:
+        """Push what ``HOLDS_RECORDS`` operators hold down the chain (before any snapshot of it is taken)."""
+        for i in self._holding_ops:
+            try:
+                out = self.ops[i].prepare_snapshot_pre_barrier()
+            except Exception as exc:
+                raise self._error(self.specs[i], exc, "snapshot") from exc
+            if out:
+                self._push(out, None, i + 1)
 
     def state_write_error(self, uid: str | None, exc: BaseException) -> OperatorError:
         """Name the operator whose snapshot the background writer could not write (e.g. unpicklable state)."""

@@ -130,6 +130,11 @@ class Capability(enum.Flag):
     """Stamps its outputs with event times: after every hook that returns records, ``output_timestamps``
     is a list parallel to them. The runtime sends them with the batch when the operator ends its
     chain (its consumers read them as ``input_timestamps``)."""
+    HOLDS_RECORDS = enum.auto()
+    """Holds records back and emits them later (a window's pre-aggregating combiner): the runtime calls
+    ``prepare_snapshot_pre_barrier`` before every barrier, and before this subtask's output goes idle,
+    and pushes what it returns down the chain, so the operator keeps nothing at a barrier (no state)
+    and nothing it holds is late downstream once that output no longer holds the watermark back."""
     TWO_INPUTS = enum.auto()
     """Reads two keyed inputs (``connect``, the joins): the runtime hands the first input's batches to
     ``process_keyed_batch`` and the second's to ``process_keyed_batch2``. Only a task's head has it."""
@@ -206,6 +211,15 @@ class Operator:
 
         Called every few milliseconds while the subtask runs; ``now`` is the
         runtime's monotonic clock. Must be cheap when there is nothing to do.
+        """
+        return []
+
+    def prepare_snapshot_pre_barrier(self) -> list:
+        """``HOLDS_RECORDS`` only: return every record held back; called before a barrier or idleness.
+
+        The records go down the chain (and out) before the barrier, so the
+        checkpoint covers them in the operators downstream (Flink's
+        ``prepareSnapshotPreBarrier``).
         """
         return []
 

@@ -207,6 +207,31 @@ def all_window_time(record: tuple) -> float:
 
 
 _KINDS = ("reduce", "aggregate", "process")
+
+
+def record_folds(
+    kind: str,
+    *,
+    reduce_fn: Callable[[Any, Any], Any] | None = None,
+    add_fn: Callable[[Any, Any], Any] | None = None,
+    init_fn: Callable[[], Any] | None = None,
+) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
+    """``(first, add)`` of a reduce or aggregate window: a record's accumulator, and one more record added.
+
+    The window operator folds records with them, and so does a ``WindowCombiner`` before the key exchange.
+    """
+    if kind == "reduce":
+        assert reduce_fn is not None
+        return _identity, reduce_fn
+    assert add_fn is not None and init_fn is not None
+    add, init = add_fn, init_fn
+    return (lambda record: add(init(), record)), add_fn
+
+
+def _identity(record: Any) -> Any:
+    return record
+
+
 _STATE = "windows"
 
 
@@ -245,6 +270,7 @@ class WindowOperator(Operator):
         keyed: bool = True,
         name: str | None = None,
         stamp_outputs: bool = False,
+        pre_aggregated: bool = False,
     ) -> None:
         if kind not in _KINDS:
             msg = f"window kind must be one of {_KINDS}, got {kind!r}"
@@ -290,17 +316,16 @@ class WindowOperator(Operator):
             if reduce_fn is None:
                 msg = "a reduce window needs reduce_fn"
                 raise ValueError(msg)
-            self._first: Callable[[Any], Any] = lambda record: record
-            self._add: Callable[[Any, Any], Any] = reduce_fn
+            self._first: Callable[[Any], Any]
+            self._add: Callable[[Any, Any], Any]
+            self._first, self._add = record_folds("reduce", reduce_fn=reduce_fn)
             self._combine: Callable[[Any, Any], Any] = reduce_fn
         elif kind == "aggregate":
             if add_fn is None or merge_fn is None or result_fn is None or init_fn is None:
                 msg = "an aggregate window needs add_fn, merge_fn, result_fn and init_fn"
                 raise ValueError(msg)
-            add, init = add_fn, init_fn
             self._init_fn: Callable[[], Any] = init_fn
-            self._first = lambda record: add(init(), record)
-            self._add = add_fn
+            self._first, self._add = record_folds("aggregate", add_fn=add_fn, init_fn=init_fn)
             self._combine = merge_fn
             self._result_fn = result_fn
         else:
@@ -311,6 +336,15 @@ class WindowOperator(Operator):
             self._first = lambda record: [record]
             self._add = _append
             self._combine = _concat
+        self.pre_aggregated = pre_aggregated
+        """Records are partials ``(key, t, acc)`` of a ``WindowCombiner`` upstream: fold them by merging."""
+        if pre_aggregated:
+            if kind == "process" or self.merging or not self.event_time:
+                msg = f"{self.name}: only reduce and aggregate event-time windows (no sessions) take partials"
+                raise ValueError(msg)
+            combine = self._combine
+            self._first = _partial_acc
+            self._add = lambda acc, partial: combine(acc, partial[2])
 
     # -- records -----------------------------------------------------------------------
 
@@ -517,6 +551,10 @@ class WindowOperator(Operator):
     def open_windows(self) -> int:
         """How many windows are in state (fired ones included until they are purged)."""
         return sum(len(per_key) for per_key in self.windows.values())
+
+
+def _partial_acc(partial: tuple) -> Any:
+    return partial[2]
 
 
 def _append(values: list, record: Any) -> list:

@@ -179,6 +179,43 @@ def test_a_declared_watermark_emitter_defines_event_time_and_stops_upstream_wate
     assert gate.control[-1] == Watermark(6.0, idle=True)
 
 
+def test_held_records_go_down_the_chain_and_out_before_the_barrier_and_before_idleness():
+    class Holding(Recording):
+        capabilities = Capability.HOLDS_RECORDS
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.held: list = []
+
+        def process_batch(self, records: Any) -> Any:
+            self.held += records
+            return []
+
+        def prepare_snapshot_pre_barrier(self) -> list:
+            out, self.held = self.held, []
+            return out
+
+    holding, after = Holding(), Recording()
+    gate = RecordingGate()
+    seen: list = []
+    st = subtask(
+        [holding, after],
+        inputs=2,
+        gates=[gate],
+        snapshot_sink=lambda cid, key, snaps: seen.append(after.batches[:]),
+    )
+    run(st, 0, Batch([1, 2]))
+    assert gate.records == []
+    run(st, 0, Barrier(1, False))
+    run(st, 1, Barrier(1, False))
+    assert seen == [[[1, 2]]]  # pushed through the rest of the chain before its snapshot
+    assert gate.records == [[1, 2]] and gate.control == [Barrier(1, False)]
+    run(st, 0, Batch([3]))
+    run(st, 0, Watermark(5.0, idle=True))
+    run(st, 1, Watermark(4.0, idle=True))
+    assert gate.records == [[1, 2], [3]] and gate.control[-1] == Watermark(-INF, idle=True)
+
+
 def test_input_watermarks_combine_to_the_minimum_of_the_active_inputs_and_end_with_the_last():
     op = Recording()
     gate = RecordingGate()
