@@ -46,6 +46,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from onceflow.state_backends._key_filter import KeyFilter
 from onceflow.state_backends.errors import StateSerializationError
 from onceflow.state_backends.heap import BASE, DELTA, FULL, KeyedCapture
 from onceflow.state_backends.key_groups import KeyGroupRange, encode_key
@@ -262,6 +263,9 @@ class DiskKeyedState:
         """Incremental: database keys written or deleted since the last capture, past :attr:`_written`."""
         self._base_needed = False
         """Only after :meth:`restore`: a fresh state starts empty, so its first delta is all of it."""
+        self.stored = KeyFilter(4 * cache_entries)
+        """The database keys ever written since the database was last emptied (a Bloom filter): a
+        key it rules out is not looked up (a new key costs no database read)."""
         self._env = lmdb.open(
             directory, map_size=_MAP_SIZE, sync=False, metasync=False, readahead=False, max_readers=64
         )
@@ -303,13 +307,16 @@ class DiskKeyedState:
         for key in keys:
             k = known[key] = db_key(tid, key)
             by_db_key[k] = key
+        candidates = self.stored.may_contain(list(by_db_key))
+        if not candidates:
+            return
         with self._env.begin() as txn:
-            found = txn.cursor().getmulti(sorted(by_db_key))
+            found = txn.cursor().getmulti(sorted(candidates))
         cache = table.cache
         loads = pickle.loads
         for k, raw in found:
             cache[by_db_key[k]] = loads(raw)
-        self.pages.touched += len(by_db_key)
+        self.pages.touched += len(candidates)
         if self.pages.touched > _TXN_ENTRIES:
             self.pages.trim()
 
@@ -360,6 +367,7 @@ class DiskKeyedState:
             if record and key in touched:
                 note(k, raw)
         puts.sort()
+        self.stored.add([k for k, _ in puts])
         # One transaction per slice: LMDB copies every page a transaction changes into
         # process memory until it commits, so a slice bounds that copy (random keys touch
         # about one page each) whatever the cache size.
@@ -471,6 +479,7 @@ class DiskKeyedState:
             table.db_keys.clear()
         with self._env.begin(write=True) as txn:
             txn.drop(self._env.open_db(txn=txn), delete=False)
+        self.stored.clear(max(4 * self.cache_entries, sum(len(t) for t in tables.values())))
         for name, restored in tables.items():
             table = self.table(name)
             entries = iter(restored.items())

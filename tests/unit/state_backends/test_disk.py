@@ -312,3 +312,64 @@ def test_disk_state_is_checkpointed_incrementally_unless_the_run_says_otherwise(
     assert StateBackendConfig("heap").incremental(None) is False
     assert StateBackendConfig("disk").incremental(False) is False  # --no-incremental-checkpoints
     assert StateBackendConfig("heap").incremental(True) is True
+
+
+def test_the_key_filter_never_misses_an_added_key_as_it_grows_and_rules_out_most_others():
+    from onceflow.state_backends._key_filter import KeyFilter
+
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    added = [rng.randbytes(rng.randrange(4, 24)) for _ in range(50_000)]
+    others = [b"other" + rng.randbytes(8) for _ in range(50_000)]
+    key_filter = KeyFilter(1000)
+    for start in range(0, len(added), 1024):
+        key_filter.add(added[start : start + 1024])
+        key_filter.add(added[: start + 1024 : 97])  # keys added again count once
+    assert key_filter.stages > 3, seed
+    assert key_filter.may_contain(added) == added, seed
+    false_positives = len(key_filter.may_contain(others))
+    assert false_positives < 0.02 * len(others), (seed, false_positives)
+    assert key_filter.nbytes < 16 * len(added), seed  # about 2 bytes per key, doubling stages
+    key_filter.clear()
+    assert len(key_filter.may_contain(added)) < 0.02 * len(added), seed
+
+
+def _on_disk(state, name: str, keys) -> list:
+    """The keys of ``keys`` that the filter lets through to a database lookup."""
+    table = state.table(name)
+    db_keys = {state._db_key(table.table_id, key): key for key in keys}
+    return [db_keys[k] for k in state.stored.may_contain(list(db_keys))]
+
+
+def test_new_keys_skip_the_database_and_the_filter_is_rebuilt_by_a_rescaled_restore(make, tmp_path):
+    fs = fsspec.filesystem("file")
+    state = make(cache_entries=100)
+    written = {f"user-{i}": i for i in range(20_000)}
+    items = list(written.items())
+    for start in range(0, len(items), 500):
+        _apply(state, "value", dict(items[start : start + 500]))
+    _apply(state, "value", {"user-7": None})  # deleted: may stay in the filter, never comes back
+    state.snapshot().release()  # every change written out
+    new = [f"new-{i}" for i in range(20_000)]
+    assert len(_on_disk(state, "value", new)) < 400  # about 0.5% of new keys cost a lookup
+    assert set(_on_disk(state, "value", written)) >= set(written) - {"user-7"}
+    table = state.prepare("value", new + ["user-7", "user-8"])
+    assert "user-7" not in table and table["user-8"] == 8
+    state.done("value", [])
+    whole = write_state_file(
+        fs, f"{tmp_path}/p1.arrow", keyed_state=state.snapshot(), operator_state=None, max_parallelism=128
+    )
+    # rescale p1 -> 2: each subtask's restore leaves exactly its own key groups in the filter
+    for index in range(2):
+        rng = key_group_range_for_subtask(128, 2, index)
+        _, part = read_state_file(fs, whole, rng)
+        mine = part["value"]
+        theirs = [k for k in written if k not in mine and k != "user-7"]
+        restored = make(cache_entries=100, subtask=index)
+        _apply(restored, "value", {k: -1 for k in theirs[:3000]})  # written before the restore
+        restored.restore(part)
+        assert set(_on_disk(restored, "value", mine)) == set(mine)
+        assert len(_on_disk(restored, "value", theirs)) < 0.02 * len(theirs)
+        table = restored.prepare("value", list(written))
+        assert {k: table[k] for k in written if k in table} == mine
+        restored.done("value", [])
