@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cases import TimelineSampler  # noqa: E402
 from benchmarks.common import CountingSink, RangeSource  # noqa: E402
 from onceflow import CoordinatorSettings, ExecutionSettings, Job, JobRunner, StateBackendConfig  # noqa: E402
 
@@ -88,6 +90,22 @@ def _job(records: int, keys: int, workload: str, sink: CountingSink) -> Job:
     return job
 
 
+class _RssSampler(TimelineSampler):
+    """Records read every half second (throughput over time), the checkpoints' spans, and the RSS then."""
+
+    def __init__(self) -> None:
+        super().__init__(every=0.5)
+        self.rss_mib: list[int] = []
+
+    def __call__(self, executor: object, now: float) -> None:
+        before = len(self.samples)
+        super().__call__(executor, now)
+        if len(self.samples) > before:
+            with open("/proc/self/statm", "rb") as statm:
+                pages = int(statm.read().split()[1])
+            self.rss_mib.append(pages * os.sysconf("SC_PAGE_SIZE") >> 20)
+
+
 MODES = ("heap", "heap+inc", "disk", "disk+inc")
 """A backend, with ``+inc`` under incremental checkpoints (``--incremental-checkpoints``)."""
 
@@ -103,12 +121,15 @@ def child(mode: str, records: int, keys: int, workload: str, interval: float, ca
             incremental_checkpoints=bool(incremental),
         )
         job = _job(records, keys, workload, sink)
-        runner = JobRunner(job, checkpoint_dir=f"{tmp}/chk", settings=settings)
+        sampler = _RssSampler()
+        runner = JobRunner(job, checkpoint_dir=f"{tmp}/chk", settings=settings, on_tick=sampler)
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         cpu_start = time.process_time()
         result = runner.run()
         seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start
+        load_after = os.getloadavg()[0]
         checkpoint_bytes = sum(p.stat().st_size for p in Path(f"{tmp}/chk").rglob("*.arrow"))
     return {
         "backend": mode,
@@ -122,7 +143,69 @@ def child(mode: str, records: int, keys: int, workload: str, interval: float, ca
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "checkpoints": result.checkpoints_completed,
         "retained_state_bytes": checkpoint_bytes,
+        "load_average_1m": [round(load_before, 2), round(load_after, 2)],
+        "timeline": {
+            "samples": [(round(t, 2), n) for t, n in sampler.samples],
+            "rss_mib": sampler.rss_mib,
+            "checkpoints": [
+                (round(sampler.starts[c], 2), round(sampler.ends[c], 2))
+                for c in sorted(sampler.starts)
+                if c in sampler.ends
+            ],
+        },
     }
+
+
+def draw_plot(runs: list[dict], path: Path, title: str) -> str | None:
+    """Throughput (and RSS) over time of one run per mode, checkpoints shaded; a note if impossible."""
+    try:
+        import matplotlib  # noqa: PLC0415 - only for the plot
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib): no plot"
+    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 3.0 * len(runs)), squeeze=False)
+    for ax, run in zip(axes[:, 0], runs, strict=True):
+        timeline = run["timeline"]
+        samples = timeline["samples"]
+        xs = [(t0 + t1) / 2 for (t0, _), (t1, _) in zip(samples, samples[1:])]
+        ys = [
+            (c1 - c0) / (t1 - t0) / 1e3 if t1 > t0 else 0 for (t0, c0), (t1, c1) in zip(samples, samples[1:])
+        ]
+        ax.plot(xs, ys, lw=1.0, color="tab:blue", label="k records/s (0.5 s windows)")
+        for i, (start, end) in enumerate(timeline["checkpoints"]):
+            ax.axvspan(
+                start,
+                max(end, start + 0.05),
+                color="tab:orange",
+                alpha=0.2,
+                label="checkpoint" if i == 0 else None,
+            )
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("k records/s")
+        ax.grid(alpha=0.3)
+        rss = ax.twinx()
+        rss.plot(
+            [t for t, _ in samples[: len(timeline["rss_mib"])]],
+            timeline["rss_mib"],
+            color="tab:green",
+            lw=1.0,
+        )
+        rss.set_ylabel("RSS MiB", color="tab:green")
+        rss.set_ylim(bottom=0)
+        ax.set_title(
+            f"{run['backend']}: {run['seconds']:.0f} s, {run['records_per_s']:,} records/s, "
+            f"peak RSS {run['peak_rss_mib']:,} MiB",
+            fontsize=10,
+        )
+        ax.legend(loc="lower left", fontsize=8)
+    axes[0, 0].figure.suptitle(title, fontsize=11)
+    axes[-1, 0].set_xlabel("seconds since the job started")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None
 
 
 def main() -> None:
@@ -141,6 +224,7 @@ def main() -> None:
     )
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--plot", type=Path, help="throughput-over-time plot (default: next to --out, .png)")
     args = parser.parse_args()
     if args.child:
         figures = child(args.child, args.records, args.keys, args.workload, args.interval, args.cache)
@@ -157,7 +241,7 @@ def main() -> None:
             cmd += ["--cache", str(args.cache), "--workload", args.workload]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             runs.append(json.loads(out.strip().splitlines()[-1]))
-            print(runs[-1], flush=True)
+            print({k: v for k, v in runs[-1].items() if k != "timeline"}, flush=True)
     summary = {}
     for backend in modes:
         mine = [r for r in runs if r["backend"] == backend]
@@ -183,16 +267,26 @@ def main() -> None:
     }
     out = args.out or RESULTS / f"disk_backend-{args.workload}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    title = (
+        f"{args.workload}: {args.keys:,} keys, {args.records:,} records, checkpoint every {args.interval:g} s"
+    )
+    plot = args.plot or out.with_suffix(".png")
+    note = draw_plot([next(r for r in runs if r["backend"] == m) for m in modes], plot, title)
+    print(note or f"plot: {plot}")
     print(f"\n{args.workload}: {args.keys:,} keys, {args.records:,} records, ", end="")
     print(f"checkpoint every {args.interval:g} s\n")
-    print("| backend | records/s (median) | records per CPU s | peak RSS |")
-    print("|---|---|---|---|")
-    for backend in modes:
-        s = summary[backend]
+    print(
+        "| backend | wall | CPU | records/s | records per CPU s | checkpoints | peak RSS "
+        "| load avg (start, end) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        load = r["load_average_1m"]
         print(
-            f"| {backend} | {s['records_per_s']:,.0f} | {s['records_per_cpu_s']:,.0f} "
-            f"| {s['peak_rss_mib']:,} MiB |"
+            f"| {r['backend']} | {r['seconds']:,.1f} s | {r['cpu_s']:,.1f} s | {r['records_per_s']:,} "
+            f"| {r['records_per_cpu_s']:,} | {r['checkpoints']} | {r['peak_rss_mib']:,} MiB "
+            f"| {load[0]}, {load[1]} |"
         )
     for mode, ratio in ratios.items():
         print(f"\n{mode} / {modes[0]} throughput: {ratio:.2f} (per CPU second: {cpu_ratios[mode]:.2f})")
