@@ -11,6 +11,9 @@ Three measurements:
 * ``restore``: the newest incremental checkpoint of ``bytes`` (a base and a
   chain of deltas per segment) read, verified, decoded and loaded into a
   ``HeapKeyedState`` through the restore code; the full checkpoint likewise.
+* ``restore`` (``--only restore``): chains of ``--keys`` keys after
+  ``--intervals`` incremental checkpoints restored ``--repeats`` times, wall
+  and CPU seconds each (the full checkpoint is not written).
 * ``throughput``: the engine's keyed count (``benchmarks.cases``) over
   1,000,000 distinct words (the state), then 6,000,000 words of a
   10,000-word vocabulary, checkpoints every 1 s: full, incremental, and off.
@@ -162,6 +165,72 @@ def bytes_and_restore(keys: int, intervals: int, tmp: str) -> dict[str, Any]:
         "ratio_max": max(ratios),
         "ratio_mean": statistics.fmean(ratios),
         "restore": restores,
+    }
+
+
+def restore_chain(keys: int, intervals: int, tmp: str, repeats: int = 3) -> dict[str, Any]:
+    """Restore ``keys`` keys from the chains the writer left after ``intervals`` incremental checkpoints.
+
+    The chains are made as in :func:`bytes_and_restore` (a delta of every key,
+    then 1% random changes per interval, paced compaction on), without the full
+    checkpoint beside them. Each restore is timed in wall and process CPU
+    seconds: read and verify, merge and decode (``_load_chains``), then the
+    load into a ``HeapKeyedState``; ``repeats`` restores, each checked against
+    the live state.
+    """
+    rng = random.Random(13)
+    names = [f"k{i}" for i in range(keys)]
+    state = HeapKeyedState()
+    state.incremental = True
+    values = state.table("value")
+    values.update(zip(names, range(keys)))
+    dirty = state.dirty_keys("value")
+    assert dirty is not None
+    dirty.update(names)
+    store = CheckpointStore(tempfile.mkdtemp(prefix="restore-", dir=tmp), "bench")
+    writer = SnapshotWriter(store, 128)
+    t = time.perf_counter()
+    handles: list = []
+    for n in range(1, intervals + 2):
+        if n > 1:
+            batch = rng.sample(names, keys // 100)
+            for key in batch:
+                values[key] += 1
+            dirty.update(batch)
+        capture = state.capture()
+        snap = OperatorSnapshot(keyed_state=capture.tables, keyed_kind=capture.kind, deleted=capture.deleted)
+        handles = _write(writer, n, snap)
+        del capture, snap
+    writer.shutdown()
+    seconds = time.perf_counter() - t
+    print(f"{intervals + 1} checkpoints written in {seconds:.1f} s; {len(handles)} files listed")
+    everything = KeyGroupRange(0, 128)
+    runs = []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        _, keyed = _load_chains(store, handles, everything)
+        t1, c1 = time.perf_counter(), time.process_time()
+        restored = HeapKeyedState()
+        restored.restore(keyed)
+        t2, c2 = time.perf_counter(), time.process_time()
+        assert restored.tables["value"] == values, "the restore differs from the live state"
+        run = {
+            "wall_s": round(t2 - t, 2),
+            "cpu_s": round(c2 - c, 2),
+            "load_chains_wall_s": round(t1 - t, 2),
+            "load_chains_cpu_s": round(c1 - c, 2),
+            "into_state_wall_s": round(t2 - t1, 2),
+            "load_average": round(os.getloadavg()[0], 1),
+        }
+        print(f"restore of {keys:,} keys: {run}")
+        runs.append(run)
+        del keyed, restored
+    return {
+        "keys": keys,
+        "files": len(handles),
+        "runs": runs,
+        "wall_s_median": statistics.median(r["wall_s"] for r in runs),
+        "cpu_s_median": statistics.median(r["cpu_s"] for r in runs),
     }
 
 
@@ -406,7 +475,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument(
         "--only",
-        choices=("bytes", "throughput"),
+        choices=("bytes", "throughput", "restore"),
         help="run one measurement and print its figures, writing no results (for development)",
     )
     args = parser.parse_args()
@@ -416,6 +485,8 @@ def main() -> None:
             if args.only == "bytes":
                 figures = bytes_and_restore(args.keys, args.intervals, tmp)
                 figures.pop("incremental")
+            elif args.only == "restore":
+                figures = restore_chain(args.keys, args.intervals, tmp, args.repeats)
             else:
                 figures = throughput(args.state_keys, args.words, tmp, args.repeats)
                 for run in figures.values():

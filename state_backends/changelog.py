@@ -249,29 +249,56 @@ def _first_occurrences(keys: pa.Array | pa.ChunkedArray) -> pa.BooleanArray:
 def _newest_rows(chain: list[tuple[str, pa.Table]]) -> list[tuple[str, pa.Table]]:
     """Keep, of one state's files in order, the newest non-tombstone row of each key; keys never repeat.
 
-    A key occurs at most once per file, so with the files taken newest first
-    the row to keep is a key's first occurrence: a dictionary encoding numbers
-    keys in order of first occurrence, so a row is a first occurrence exactly
-    when its number exceeds every number before it (a running maximum).
-    Cheaper than a group-by: one hash pass, no aggregation.
+    A key lives in one key group, so files whose key groups do not overlap
+    (other segments, other old subtasks) never hold the same key: the files
+    are cut into groups of overlapping key-group spans (:func:`_overlapping`),
+    each merged on its own. Within a group the oldest file (the base, usually
+    nearly all the rows) is never hashed as a whole: the newer files' keys are
+    deduplicated among themselves (first occurrences, newest first, see
+    :func:`_first_occurrences`), and the oldest file keeps the rows whose key
+    no newer file holds (``is_in`` against those keys: one probe per row).
     """
-    if len(chain) == 1:
-        path, table = chain[0]
-        return [(path, table.filter(pc.is_valid(table["value"])))]
-    newest_first = chain[::-1]
-    keys = pa.chunked_array(
-        [chunk for _, part in newest_first for chunk in part["key"].cast(pa.large_binary()).chunks],
-        pa.large_binary(),
-    )
-    first = _first_occurrences(keys)
-    kept = []
-    offset = 0
-    for path, part in newest_first:
-        rows = part.num_rows
-        part = part.filter(pc.and_(first.slice(offset, rows), pc.is_valid(part["value"])))
-        offset += rows
-        kept.append((path, part))
-    return kept[::-1]
+    kept: list[tuple[str, pa.Table]] = []
+    for group in _overlapping(chain):
+        oldest_path, oldest = group[0]
+        newer = group[1:]
+        if newer:
+            newest_first = newer[::-1]
+            keys = pa.chunked_array(
+                [chunk for _, part in newest_first for chunk in part["key"].cast(pa.large_binary()).chunks],
+                pa.large_binary(),
+            )
+            first = _first_occurrences(keys)
+            offset = 0
+            for path, part in newest_first:
+                rows = part.num_rows
+                newest = pc.and_(first.slice(offset, rows), pc.is_valid(part["value"]))
+                kept.append((path, part.filter(newest)))
+                offset += rows
+            unique = pc.unique(keys)
+            shadowed = pc.is_in(oldest["key"].cast(pa.large_binary()), value_set=unique)
+            oldest = oldest.filter(pc.and_(pc.invert(shadowed), pc.is_valid(oldest["value"])))
+        else:
+            oldest = oldest.filter(pc.is_valid(oldest["value"]))
+        kept.append((oldest_path, oldest))
+    return kept
+
+
+def _overlapping(chain: list[tuple[str, pa.Table]]) -> list[list[tuple[str, pa.Table]]]:
+    """Cut files (in the order they apply) into groups of overlapping key-group spans, each in that order."""
+    spans = []
+    for index, (_, table) in enumerate(chain):
+        bounds = pc.min_max(table["key_group"]).as_py()
+        spans.append((bounds["min"], bounds["max"], index))
+    spans.sort()
+    groups: list[list[int]] = []
+    reach = -1
+    for low, high, index in spans:
+        if not groups or low > reach:
+            groups.append([])
+        groups[-1].append(index)
+        reach = max(reach, high)
+    return [[chain[i] for i in sorted(group)] for group in groups]
 
 
 def _as_pickles(path: str, table: pa.Table, value_type: pa.DataType) -> pa.Array:

@@ -160,3 +160,36 @@ def test_merging_and_compacting_keep_the_newest_row_drop_tombstones_and_keep_sta
     assert compacted == {"a": {"x": 10, "y": (2,)}, "b": {"w": 1.5}} and not deleted
     assert merge_changes(tables[:2]) == {"a": {"x": 10, "z": 3}}
     assert merge_changes([]) == {}
+
+
+@pytest.mark.parametrize("seed", [3, 13, 31])
+def test_merging_files_of_overlapping_and_disjoint_key_group_spans_equals_applying_them_in_order(
+    seed: int,
+) -> None:
+    """Files of a chain may span one segment, several, or parts of one (another parallelism's ranges)."""
+    rng = random.Random(seed)
+    fs = fsspec.filesystem("memory")
+    spans = [KeyGroupRange(0, 128), KeyGroupRange(0, 16), KeyGroupRange(64, 80), KeyGroupRange(40, 128)]
+    universe = [f"k{i}" for i in range(3000)]
+    live: dict = {}
+    tables = []
+    for n in range(8):
+        span = spans[0] if n == 0 else rng.choice(spans)
+        keys = [k for k in universe if key_group_for(k) in span]
+        changed = {k: rng.choice([n, f"s{n}", (n,)]) for k in rng.sample(keys, min(len(keys), 400))}
+        gone = [k for k in rng.sample(keys, min(len(keys), 60)) if k not in changed]
+        live.update(changed)
+        for k in gone:
+            live.pop(k, None)
+        written = write_segments(
+            fs,
+            lambda s, n=n: f"/o/{n}-{s.start}.arrow",
+            [span],
+            keyed_state={"v": changed},
+            deleted={"v": gone} if n else None,
+            operator_state=n,
+            max_parallelism=128,
+            always=span,
+        )
+        tables.append((f"/o/{n}", read_state_table(fs, written[span])[1]))
+    assert merge_changes(tables) == {"v": live}, f"seed {seed}"
