@@ -26,7 +26,10 @@ FAST_US = 10
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize(("executor", "parallelism"), [("local", 1), ("local", 2), ("process", 2)])
+@pytest.mark.parametrize(
+    ("executor", "parallelism"),
+    [pytest.param("local", 1, marks=pytest.mark.slow), ("local", 2), ("process", 2)],
+)
 def test_random_kills(
     executor: str, parallelism: int, workload: Workload, chaos_dir, chaos_seed: int
 ) -> None:
@@ -93,7 +96,17 @@ RUNNER_LABELS = {
 The others are passed by operators, so under the process executor in a worker."""
 
 CRASH_PARAMS = [
-    pytest.param(label, n, setup, p, executor, id=f"{executor}-{label}-p{p}")
+    pytest.param(
+        label,
+        n,
+        setup,
+        p,
+        executor,
+        id=f"{executor}-{label}-p{p}",
+        # The coordinator's points run in the runner under both executors: the local
+        # executor's cases prove them in the default step, the process executor's in the slow one.
+        marks=[pytest.mark.slow] if executor == "process" and label in RUNNER_LABELS else [],
+    )
     for executor in ("local", "process")
     for label, n, setup in CRASH_CASES
     for p in (1, 2)
@@ -222,7 +235,7 @@ def test_udf_always_fails(
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("executor", ["local", "process"])
+@pytest.mark.parametrize("executor", [pytest.param("local", marks=pytest.mark.slow), "process"])
 def test_kills_during_resume(executor: str, workload: Workload, chaos_dir, chaos_seed: int) -> None:
     """Kill mid-run once, then kill 4 resumes within 0.15 s of their "restoring from
     checkpoint" log line (state loaded, operators being restored, sinks re-committing,

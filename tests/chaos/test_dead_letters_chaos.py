@@ -165,6 +165,7 @@ class DeadLetterChaosRun(ChaosRun):
         return figures
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("executor", ["local", "process"])
 def test_dead_letters_are_exact_under_random_kills(executor, tmp_path_factory, chaos_dir, chaos_seed) -> None:

@@ -131,6 +131,7 @@ def test_file_sink_commit_on_s3_is_copy_then_delete_and_idempotent(s3_bucket) ->
     writer.close()
 
 
+@pytest.mark.slow
 @pytest.mark.chaos
 @pytest.mark.timeout(200)
 def test_s3_chaos_kills_resume_to_the_reference_output(s3_bucket, chaos_seed, tmp_path) -> None:

@@ -114,6 +114,7 @@ def test_a_second_runner_on_an_s3_checkpoint_directory_is_refused(s3_bucket, see
     assert got == expected_lines(counts), f"seed={seed}: output not exact: {len(got)} lines\n{err}"
 
 
+@pytest.mark.slow
 def test_a_stale_runner_whose_lease_was_taken_over_cannot_complete_a_checkpoint(
     s3_bucket, seed, tmp_path
 ) -> None:
