@@ -15,7 +15,7 @@ Three measurements:
   ``--intervals`` incremental checkpoints restored ``--repeats`` times, wall
   and CPU seconds each (the full checkpoint is not written).
 * ``throughput``: the engine's keyed count (``benchmarks.cases``) over
-  1,000,000 distinct words (the state), then 6,000,000 words of a
+  1,000,000 distinct words (the state), then 15,000,000 words of a
   10,000-word vocabulary, checkpoints every 1 s: full, incremental, and off.
   Sampled every ~50 ms; the records per second inside checkpoint spans are
   compared with the rate of the run without checkpoints over the same phase.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -241,6 +242,12 @@ class _CpuSampler(TimelineSampler):
     on a shared machine they compare runs more reliably than records per
     wall second; the process's CPU includes the background writer's, so a
     checkpoint's whole cost is counted.
+
+    It also samples at the first scheduler round that sees a checkpoint
+    pending and at the first that sees it completed, and keeps those rounds'
+    times as the checkpoint's span (``tick_spans``): an incremental checkpoint
+    may take less than the sampling period, and a rate inside spans needs
+    samples at their edges.
     """
 
     def __init__(self) -> None:
@@ -248,13 +255,26 @@ class _CpuSampler(TimelineSampler):
         self.cpu: list[float] = []
         self.thread_cpu: list[float] = []
         """CPU seconds of the thread that processes records (the local executor calls the hook on it)."""
+        self.tick_starts: dict[int, float] = {}
+        self.tick_ends: dict[int, float] = {}
 
     def __call__(self, executor: Any, now: float) -> None:
+        coordinator = executor.coordinator
+        pending = coordinator.pending.checkpoint_id if coordinator.pending is not None else None
+        done = coordinator.last_completed.checkpoint_id if coordinator.last_completed is not None else None
+        started = pending is not None and pending not in self.tick_starts
+        ended = done is not None and done not in self.tick_ends
+        if started or ended:
+            self.last = -math.inf  # sample this round
         before = len(self.samples)
         super().__call__(executor, now)
         new = len(self.samples) - before
         self.cpu.extend([time.process_time()] * new)
         self.thread_cpu.extend([time.thread_time()] * new)
+        if started:
+            self.tick_starts[pending] = self.samples[-1][0]
+        if ended:
+            self.tick_ends[done] = self.samples[-1][0]
 
 
 def _timeline(mode: str, words: list[str], tmp: str) -> dict[str, Any]:
@@ -287,6 +307,11 @@ def _timeline(mode: str, words: list[str], tmp: str) -> dict[str, Any]:
         "cpu": sampler.cpu,
         "thread_cpu": sampler.thread_cpu,
         "spans": spans,
+        "tick_spans": [
+            (sampler.tick_starts[c], sampler.tick_ends[c])
+            for c in sorted(sampler.tick_starts)
+            if c in sampler.tick_ends and c != result.checkpoint_id
+        ],
         "durations": [round(sampler.durations[c], 3) for c in sorted(sampler.durations)],
         "bytes": [sampler.sizes.get(c) for c in sorted(sampler.durations)],
     }
@@ -297,15 +322,20 @@ def _rate(
     spans: list[tuple[float, float]] | None,
     after: int,
     cpu: list[float] | None = None,
+    *,
+    until: int | None = None,
+    since: float = 0.0,
 ) -> float:
     """Records per second between consecutive samples past ``after`` records, inside ``spans`` if given.
 
     Per wall second, or per CPU second of the process when ``cpu`` (one reading per sample) is given.
+    Samples from ``until`` records on (all read: the final checkpoint, nothing left to process) and
+    before ``since`` seconds are left out.
     """
     records = 0.0
     seconds = 0.0
     for i, ((t0, c0), (t1, c1)) in enumerate(zip(samples, samples[1:])):
-        if c0 < after:
+        if c0 < after or t0 < since or (until is not None and c0 >= until):
             continue
         if spans is not None and not any(s <= t0 and t1 <= e for s, e in spans):
             continue
@@ -323,31 +353,45 @@ def throughput(state_keys: int, words: int, tmp: str, repeats: int = 3) -> dict[
     data = vocabulary(state_keys) + make_words(words)
     modes = ["off", "full", "incremental"]
     rounds: list[dict[str, Any]] = []
+    total = len(data)
     for r in range(repeats):
         order = modes[r % 3 :] + modes[: r % 3]
-        rounds.append({mode: _timeline(mode, data, tmp) for mode in order})
+        runs_of_round: dict[str, Any] = {}
+        for mode in order:
+            load = os.getloadavg()[0]
+            runs_of_round[mode] = _timeline(mode, data, tmp)
+            runs_of_round[mode]["load"] = (round(load, 1), round(os.getloadavg()[0], 1))
+        rounds.append(runs_of_round)
     for runs in rounds:
         off = runs["off"]
-        off["rate"] = _rate(off["samples"], None, state_keys)
-        off["cpu_rate"] = _rate(off["samples"], None, state_keys, off["cpu"])
-        off["thread_cpu_rate"] = _rate(off["samples"], None, state_keys, off["thread_cpu"])
+        off["rate"] = _rate(off["samples"], None, state_keys, until=total)
+        off["cpu_rate"] = _rate(off["samples"], None, state_keys, off["cpu"], until=total)
+        off["thread_cpu_rate"] = _rate(off["samples"], None, state_keys, off["thread_cpu"], until=total)
         for mode in ("full", "incremental"):
             run = runs[mode]
-            # checkpoints started once the state is filled: an incremental run's first ones carry
-            # the fill (every key is new), as large as a full checkpoint
-            filled = next((t for t, c in run["samples"] if c >= state_keys), float("inf"))
-            steady = [(s, e) for s, e in run["spans"] if s >= filled]
-            rate = _rate(run["samples"], steady, state_keys)
-            run["steady_ratio_during_to_off"] = rate / off["rate"]
-            cpu_rate = _rate(run["samples"], steady, state_keys, run["cpu"])
-            run["steady_cpu_ratio_during_to_off"] = cpu_rate / off["cpu_rate"]
-            thread_rate = _rate(run["samples"], steady, state_keys, run["thread_cpu"])
-            run["steady_thread_cpu_ratio_during_to_off"] = thread_rate / off["thread_cpu_rate"]
-            run["rate_during_checkpoints"] = _rate(run["samples"], run["spans"], state_keys)
+            samples = run["samples"]
+            # Steady: checkpoints started after the end of the first one started once the state is
+            # filled. An incremental run's first checkpoints carry the fill (every key new), as large
+            # as a full checkpoint, and so does the first one after it (the keys since the previous).
+            filled = next((t for t, c in samples if c >= state_keys), float("inf"))
+            steady_from = next((e for s, e in run["tick_spans"] if s >= filled), float("inf"))
+            run["steady_from_s"] = round(steady_from, 2)
+            steady = [(s, e) for s, e in run["tick_spans"] if s >= steady_from]
+            run["steady_checkpoints"] = len(steady)
+            for prefix, spans in (("steady_", steady), ("steady_whole_", None)):
+                rate = _rate(samples, spans, state_keys, until=total, since=steady_from)
+                run[f"{prefix}ratio_during_to_off"] = rate / off["rate"]
+                cpu_rate = _rate(samples, spans, state_keys, run["cpu"], until=total, since=steady_from)
+                run[f"{prefix}cpu_ratio_during_to_off"] = cpu_rate / off["cpu_rate"]
+                thread_rate = _rate(
+                    samples, spans, state_keys, run["thread_cpu"], until=total, since=steady_from
+                )
+                run[f"{prefix}thread_cpu_ratio_during_to_off"] = thread_rate / off["thread_cpu_rate"]
+            run["rate_during_checkpoints"] = _rate(samples, run["tick_spans"], state_keys, until=total)
             run["ratio_during_to_off"] = run["rate_during_checkpoints"] / off["rate"]
-            cpu_rate = _rate(run["samples"], run["spans"], state_keys, run["cpu"])
+            cpu_rate = _rate(samples, run["tick_spans"], state_keys, run["cpu"], until=total)
             run["cpu_ratio_during_to_off"] = cpu_rate / off["cpu_rate"]
-            run["ratio_whole_to_off"] = _rate(run["samples"], None, state_keys) / off["rate"]
+            run["ratio_whole_to_off"] = _rate(samples, None, state_keys, until=total) / off["rate"]
     runs = dict(rounds[len(rounds) // 2])  # the plot and the per-run columns: the middle round
     for mode in ("full", "incremental"):
         for figure in (
@@ -357,12 +401,16 @@ def throughput(state_keys: int, words: int, tmp: str, repeats: int = 3) -> dict[
             "steady_ratio_during_to_off",
             "steady_cpu_ratio_during_to_off",
             "steady_thread_cpu_ratio_during_to_off",
+            "steady_whole_ratio_during_to_off",
+            "steady_whole_cpu_ratio_during_to_off",
+            "steady_whole_thread_cpu_ratio_during_to_off",
         ):
             runs[mode] = {
                 **runs[mode],
                 f"{figure}_median": statistics.median(r[mode][figure] for r in rounds),
             }
             runs[mode][f"{figure}_rounds"] = [round(r[mode][figure], 3) for r in rounds]
+        runs[mode]["load_rounds"] = [r[mode]["load"] for r in rounds]
     return runs
 
 
@@ -435,14 +483,19 @@ def report(result: dict[str, Any]) -> str:
         "fill, every key new, as large as a full one). Processing thread CPU: per CPU second of the "
         "thread that processes records only (the barrier's capture, not the writer's work; a writer "
         "holding the GIL shows in wall, not here). Whole: the whole phase, checkpoints or not. "
+        "Steady phase: every record after the end of the first checkpoint started once the state is "
+        "filled, checkpoints or not. Spans run from the scheduler round that first sees a checkpoint "
+        "pending to the one that first sees it completed (sampled at both). Records read after the "
+        "last one (the final checkpoint) count in no rate. "
         "The other columns are the middle round's.",
         "",
         "| run | wall s | M rec/s inside checkpoint spans | wall, of off (median) | CPU, of off (median) | "
         "wall, spans after the fill | CPU, spans after the fill | processing thread CPU, after the fill "
-        "| whole, of off (median) | per round (wall) | checkpoint durations s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| whole, of off (median) | steady phase: wall | steady phase: processing thread CPU "
+        "| per round (wall) | load average per round | checkpoint durations s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
         f"| checkpoints off | {t['off']['seconds']} | {t['off']['rate'] / 1e6:.2f} (whole run) | 100% | 100% "
-        "| 100% | 100% | 100% | 100% | | |",
+        "| 100% | 100% | 100% | 100% | 100% | 100% | | | |",
     ]
     for mode in ("full", "incremental"):
         r = t[mode]
@@ -453,7 +506,10 @@ def report(result: dict[str, Any]) -> str:
             f"{r['steady_ratio_during_to_off_median']:.0%} | "
             f"{r['steady_cpu_ratio_during_to_off_median']:.0%} | "
             f"{r['steady_thread_cpu_ratio_during_to_off_median']:.0%} | "
-            f"{r['ratio_whole_to_off_median']:.0%} | {per_round} "
+            f"{r['ratio_whole_to_off_median']:.0%} | "
+            f"{r['steady_whole_ratio_during_to_off_median']:.0%} | "
+            f"{r['steady_whole_thread_cpu_ratio_during_to_off_median']:.0%} | {per_round} "
+            f"| {', '.join(f'{a}-{b}' for a, b in r['load_rounds'])} "
             f"| {', '.join(str(d) for d in r['durations'])} |"
         )
     lines += ["", "![throughput](incremental_throughput.png)", ""]
@@ -470,7 +526,7 @@ def main() -> None:
         help="incremental checkpoints (140: two compaction cycles of 64 and more)",
     )
     parser.add_argument("--state-keys", type=int, default=1_000_000)
-    parser.add_argument("--words", type=int, default=6_000_000)
+    parser.add_argument("--words", type=int, default=15_000_000)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the throughput runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument(
@@ -489,10 +545,15 @@ def main() -> None:
                 figures = restore_chain(args.keys, args.intervals, tmp, args.repeats)
             else:
                 figures = throughput(args.state_keys, args.words, tmp, args.repeats)
-                for run in figures.values():
-                    run.pop("samples")
-                    run.pop("cpu")
-                    run.pop("thread_cpu")
+                figures = {
+                    mode: {
+                        k: v
+                        for k, v in run.items()
+                        if k.endswith(("_median", "_rounds"))
+                        or k in ("seconds", "durations", "steady_from_s", "steady_checkpoints", "load")
+                    }
+                    for mode, run in figures.items()
+                }
         print(json.dumps(figures, indent=1, default=str))
         print(f"load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end")
         return
