@@ -26,24 +26,13 @@ Failure injection (``fail_at`` is a record id):
 from __future__ import annotations
 
 import os
-import time
 
 from onceflow import DeltaSink, FileSink, FileSource, Job
+from tests.support.spin import csv_batch_parser
 
 
-def _parse_batch(delay_s: float):
-    def parse(lines: list) -> list:
-        if delay_s > 0:
-            end = time.perf_counter() + delay_s * len(lines)
-            while time.perf_counter() < end:
-                pass
-        out = []
-        for line in lines:
-            rid, key, value = line.split(",")
-            out.append((int(rid), key, int(value)))
-        return out
-
-    return parse
+def _fields(f: list[str]) -> tuple[int, str, int]:
+    return int(f[0]), f[1], int(f[2])
 
 
 def _failer(fail_at: int, fail_marker: str, fail_mode: str):
@@ -93,7 +82,7 @@ def build(
     job = Job(f"chaos-{mode}")
     stream = (
         job.source(FileSource(input), name="read", uid="read")
-        .map_batches(_parse_batch(float(delay_us) / 1e6), name="parse", uid="parse")
+        .map_batches(csv_batch_parser(_fields, float(delay_us) / 1e6), name="parse", uid="parse")
         .filter(lambda r: r[0] % 7 != 3, name="drop-7-3", uid="drop-7-3")
     )
     if int(fail_at) >= 0:

@@ -16,17 +16,13 @@ some are malformed on purpose. Pipeline:
 
 from __future__ import annotations
 
-import time
-
 from onceflow import FileSink, FileSource, Job
+from tests.support.spin import spin
 
 
 def _parser(delay_s: float):
     def parse(line: str) -> tuple[int, str, int]:
-        if delay_s > 0:
-            end = time.perf_counter() + delay_s
-            while time.perf_counter() < end:
-                pass
+        spin(delay_s)
         rid, key, value = line.split(",")
         return int(rid), key, int(value)
 

@@ -13,17 +13,13 @@ is ``"1"``.
 
 from __future__ import annotations
 
-import time
-
 from onceflow import FileSink, FileSource, Job
+from tests.support.spin import spin
 
 
 def _normalize(delay_s: float):
     def normalize(rows: list) -> list:
-        if delay_s > 0:
-            end = time.perf_counter() + delay_s * len(rows)
-            while time.perf_counter() < end:
-                pass
+        spin(delay_s * len(rows))
         return [(int(r["id"]), r["key"], int(r["value"])) for r in rows if int(r["id"]) % 7 != 3]
 
     return normalize

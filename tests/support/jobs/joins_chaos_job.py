@@ -11,25 +11,13 @@ and windows (``JoinWorkload.poison``), whose dead letters go to a second ``FileS
 
 from __future__ import annotations
 
-import time
-
 from onceflow import FileSink, FileSource, Job
 from tests.support.joins_reference import JoinWorkload, join_streams, output_line
+from tests.support.spin import csv_batch_parser
 
 
-def _parse_batch(delay_s: float):
-    def parse(lines: list) -> list:
-        if delay_s > 0:
-            end = time.perf_counter() + delay_s * len(lines)
-            while time.perf_counter() < end:
-                pass
-        out = []
-        for line in lines:
-            i, key, ts, value = line.split(",")
-            out.append((int(i), int(key), float(ts), int(value)))
-        return out
-
-    return parse
+def _fields(f: list[str]) -> tuple[int, int, float, int]:
+    return int(f[0]), int(f[1]), float(f[2]), int(f[3])
 
 
 def build(
@@ -41,7 +29,7 @@ def build(
     dead_letters: str = "",
 ) -> Job:
     job = Job("chaos-joins")
-    parse = _parse_batch(float(delay_us) / 1e6)
+    parse = csv_batch_parser(_fields, float(delay_us) / 1e6)
     if dead_letters:
         job.dead_letters(FileSink(dead_letters), name="dead", uid="dead")
     stream = join_streams(

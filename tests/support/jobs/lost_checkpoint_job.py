@@ -16,24 +16,12 @@ every test run has its own marker rows and Redis keys.
 
 from __future__ import annotations
 
-import time
-
 from onceflow import FileSink, FileSource, Job, PostgresSink, RedisStreamSink
+from tests.support.spin import csv_batch_parser
 
 
-def _parse_batch(delay_s: float):
-    def parse(lines: list) -> list:
-        if delay_s > 0:
-            end = time.perf_counter() + delay_s * len(lines)
-            while time.perf_counter() < end:
-                pass
-        out = []
-        for line in lines:
-            rid, key, value = line.split(",")
-            out.append((int(rid), key, int(value)))
-        return out
-
-    return parse
+def _fields(f: list[str]) -> tuple[int, str, int]:
+    return int(f[0]), f[1], int(f[2])
 
 
 def _running(state, record):
@@ -58,7 +46,7 @@ def build(
     the_job = Job(job)
     lines = (
         the_job.source(FileSource(input), name="read", uid="read")
-        .map_batches(_parse_batch(float(delay_us) / 1e6), name="parse", uid="parse")
+        .map_batches(csv_batch_parser(_fields, float(delay_us) / 1e6), name="parse", uid="parse")
         .filter(lambda r: r[0] % 7 != 3, name="drop-7-3", uid="drop-7-3")
         .key_by(lambda r: r[1])
         .stateful_map(_running, name="running", uid="running")

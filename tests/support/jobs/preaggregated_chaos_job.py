@@ -18,24 +18,12 @@ Window starts are written as whole seconds. All go to one ``FileSink``.
 
 from __future__ import annotations
 
-import time
-
 from onceflow import FileSink, FileSource, Job, SlidingEventTimeWindows, TumblingEventTimeWindows
+from tests.support.spin import csv_batch_parser
 
 
-def _parse_batch(delay_s: float):
-    def parse(lines: list) -> list:
-        if delay_s > 0:
-            end = time.perf_counter() + delay_s * len(lines)
-            while time.perf_counter() < end:
-                pass
-        out = []
-        for line in lines:
-            rid, key, ms = line.split(",")
-            out.append((int(rid), key, int(ms) / 1000))
-        return out
-
-    return parse
+def _fields(f: list[str]) -> tuple[int, str, float]:
+    return int(f[0]), f[1], int(f[2]) / 1000
 
 
 def _count(acc, event):
@@ -63,7 +51,7 @@ def build(
     job = Job("chaos-preaggregated")
     events = (
         job.source(FileSource(input, read_size=4096), name="read", uid="read")
-        .map_batches(_parse_batch(float(delay_us) / 1e6), name="parse", uid="parse")
+        .map_batches(csv_batch_parser(_fields, float(delay_us) / 1e6), name="parse", uid="parse")
         .assign_timestamps(lambda e: e[2], max_delay=float(max_delay), name="ts", uid="ts")
     )
     keyed = events.key_by(lambda e: e[1])

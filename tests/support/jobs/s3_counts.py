@@ -7,19 +7,15 @@ exactly ``1..n`` for some n at every moment.
 
 from __future__ import annotations
 
-import time
-
 from onceflow import FileSink, FileSource, Job
+from tests.support.spin import spin
 
 
 def build(input: str, output: str, delay_us: str = "0") -> Job:
     delay = int(delay_us) / 1e6
 
     def parse(line: str) -> tuple[str, int]:
-        if delay:
-            end = time.perf_counter() + delay
-            while time.perf_counter() < end:
-                pass
+        spin(delay)
         return (line.split(",", 1)[0], 1)
 
     job = Job("s3_counts")

@@ -23,6 +23,7 @@ import os
 import time
 
 from onceflow import FileSink, FileSource, Job, PostgresSink, RedisStreamSource
+from tests.support.spin import spin
 
 
 def _parse(line: str) -> tuple[int, str, int]:
@@ -43,10 +44,7 @@ class _SlowTotals(tuple):
 
 def _running(delay_s: float, slow: bool):
     def running(state, record):
-        if delay_s > 0:
-            end = time.perf_counter() + delay_s
-            while time.perf_counter() < end:
-                pass
+        spin(delay_s)
         rid, key, value = record
         count, total = state if state is not None else (0, 0)
         count += 1

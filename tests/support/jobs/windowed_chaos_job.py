@@ -21,8 +21,6 @@ All four streams go to one ``FileSink``.
 
 from __future__ import annotations
 
-import time
-
 from onceflow import (
     EventTimeSessionWindows,
     FileSink,
@@ -31,21 +29,11 @@ from onceflow import (
     KeyedProcessFunction,
     TumblingEventTimeWindows,
 )
+from tests.support.spin import csv_batch_parser
 
 
-def _parse_batch(delay_s: float):
-    def parse(lines: list) -> list:
-        if delay_s > 0:
-            end = time.perf_counter() + delay_s * len(lines)
-            while time.perf_counter() < end:
-                pass
-        out = []
-        for line in lines:
-            rid, key, ts = line.split(",")
-            out.append((int(rid), key, float(ts)))
-        return out
-
-    return parse
+def _fields(f: list[str]) -> tuple[int, str, float]:
+    return int(f[0]), f[1], float(f[2])
 
 
 class ExpireLater(KeyedProcessFunction):
@@ -95,7 +83,9 @@ def build(
     job = Job("chaos-windows")
     events = (
         job.source(FileSource(input, read_size=4096), name="read", uid="read", parallelism=1)
-        .map_batches(_parse_batch(float(delay_us) / 1e6), name="parse", uid="parse", parallelism=1)
+        .map_batches(
+            csv_batch_parser(_fields, float(delay_us) / 1e6), name="parse", uid="parse", parallelism=1
+        )
         .assign_timestamps(lambda e: e[2], max_delay=float(max_delay), name="ts", uid="ts", parallelism=1)
     )
     keyed = events.key_by(lambda e: e[1])
