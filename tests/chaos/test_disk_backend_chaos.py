@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from tests.chaos.test_incremental_chaos import INCREMENTAL
+from tests.chaos.test_incremental_chaos import CRASH_DELAY_US, INCREMENTAL
 from tests.chaos.test_incremental_chaos import _check_shared_files as check_shared_files
 from tests.support.chaos import ChaosRun, Workload
 
@@ -188,7 +188,7 @@ def test_named_crash_points_with_incremental_disk_checkpoints(
         workload,
         chaos_seed,
         parallelism=2,
-        delay_us=20,
+        delay_us=CRASH_DELAY_US,
         # --retain 1: deleting shared files starts at the second checkpoint, however slow the machine
         args=[
             "--state-backend",

@@ -21,6 +21,11 @@ from tests.support.chaos import ChaosRun, Workload
 
 pytestmark = pytest.mark.chaos
 
+CRASH_DELAY_US = 60
+"""Spin per record of the named-crash-point runs: about 3 s of work per subtask, so a run takes the
+handful of checkpoints its crash point needs (the 4th, or a compaction and its retention) even when
+a loaded machine makes each checkpoint slow."""
+
 INCREMENTAL = ["--incremental-checkpoints", "--max-deltas", "3", "--restart-delay", "0.05"]
 
 
@@ -92,7 +97,7 @@ def test_named_crash_points_with_incremental_checkpoints(
     # --retain 1: retention (and so the deletion of shared files a compaction
     # replaced) starts at the second checkpoint, however few a slow machine takes.
     args = [*INCREMENTAL, "--retain", "1"]
-    run = ChaosRun(chaos_dir, workload, chaos_seed, parallelism=2, delay_us=20, args=args)
+    run = ChaosRun(chaos_dir, workload, chaos_seed, parallelism=2, delay_us=CRASH_DELAY_US, args=args)
     outcome = run.run(crash_at=crash_at)
     assert f"crash point {crash_at} reached" in outcome.stderr, (
         f"run exited {outcome.returncode} without reaching {crash_at}: {outcome.stderr[-2000:]}"
