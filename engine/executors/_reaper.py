@@ -4,8 +4,9 @@ Ray ends a dead driver's actors, but some of the processes ``ray.init()``
 starts on this machine (its agents) outlive a driver killed with SIGKILL.
 The driver starts this watchdog with a pipe it never writes to; the watchdog
 records every process descended from the driver, once a second, and when
-the pipe ends (the driver is gone) it kills the recorded processes that are
-still the same processes (same start time). Linux only (``/proc``).
+the pipe ends (the driver is gone) it stops the recorded processes that are
+still the same processes (same start time) and everything they started
+since, then kills them all. Linux only (``/proc``).
 
 Run as ``python -m onceflow.engine.executors._reaper DRIVER_PID``.
 """
@@ -55,6 +56,19 @@ def _processes() -> dict[int, tuple[int, str]]:
     return found
 
 
+def _descendants(table: dict[int, tuple[int, str]], roots: dict[int, str]) -> dict[int, str]:
+    """Return ``roots`` still alive (same start time) plus every live process descended from them."""
+    found = {pid: started for pid, started in roots.items() if table.get(pid, (0, ""))[1] == started}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, started) in table.items():
+            if ppid in found and pid not in found:
+                found[pid] = started
+                grew = True
+    return found
+
+
 def _watch(driver: int) -> None:
     me = os.getpid()
     seen: dict[int, str] = {}
@@ -67,8 +81,32 @@ def _watch(driver: int) -> None:
         ready, _, _ = select.select([0], [], [], 1.0)
         if ready and not os.read(0, 1):
             break
+    _end(seen, me)
+
+
+def _end(seen: dict[int, str], me: int) -> None:
+    """Stop every recorded process and whatever they started since the last look, then kill them all.
+
+    A process started in the last second (a Ray worker the raylet was just
+    spawning) is not recorded yet but is still a child of a recorded one while
+    that one lives; stopping (SIGSTOP) before killing keeps the tree from
+    changing under the sweep, so the freshest worker is found too instead of
+    being orphaned, and an orphaned starting worker can retry reaching its
+    dead Ray for a minute.
+    """
+    stopped: dict[int, str] = {}
+    for _ in range(20):
+        found = _descendants(_processes(), {**seen, **stopped})
+        found.pop(me, None)
+        fresh = {pid: started for pid, started in found.items() if pid not in stopped}
+        if not fresh:
+            break
+        for pid in fresh:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped.update(fresh)
     table = _processes()
-    for pid, started in seen.items():
+    for pid, started in stopped.items():
         if table.get(pid, (0, ""))[1] == started:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
