@@ -101,7 +101,7 @@ def test_a_checkpoint_restores_on_the_other_backend_at_another_parallelism(
         chaos_dir,
         workload,
         chaos_seed,
-        delay_us=10,
+        delay_us=CRASH_DELAY_US,  # each run takes the checkpoints its crash point needs
         args=[
             "--state-backend",
             "heap",
