@@ -46,6 +46,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from onceflow.state_backends import _change_runs
 from onceflow.state_backends._key_filter import KeyFilter
 from onceflow.state_backends.errors import StateSerializationError
 from onceflow.state_backends.heap import BASE, DELTA, FULL, KeyedCapture
@@ -62,6 +63,8 @@ and keys looked up between two releases of the mapped pages they read."""
 _MAPPED_BUDGET = 256 << 20
 """Resident file-backed memory (this process's mapped files, the database's pages most of it) past
 which the database's pages are given back."""
+_SMALL_DELTA = 16 << 20
+"""Run files of a delta up to this size are read once, not once per segment."""
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _MISSING = object()
 _DIR_PREFIX = "onceflow-state-"
@@ -256,11 +259,9 @@ class DiskKeyedState:
         self.tables: dict[str, DiskTable] = {}
         self.incremental = False
         """Set by the operator in ``open`` when the run takes incremental checkpoints."""
-        self._written: dict[bytes, bytes | None] = {}
-        """Incremental: changes written out since the last capture, pickled (None: deleted), so a
-        delta needs no database read; at most ``4 * cache_entries``, then only keys, in :attr:`_changed`."""
-        self._changed: set[bytes] = set()
-        """Incremental: database keys written or deleted since the last capture, past :attr:`_written`."""
+        self._runs = _change_runs.ChangeRun(directory)
+        """Incremental: the changes written out since the last capture, pickled, in a file (a delta
+        needs no database read, and memory does not grow with the changes of an interval)."""
         self._base_needed = False
         """Only after :meth:`restore`: a fresh state starts empty, so its first delta is all of it."""
         self.stored = KeyFilter(4 * cache_entries)
@@ -346,7 +347,8 @@ class DiskKeyedState:
         known = table.db_keys
         record = self.incremental and not self._base_needed
         touched = table.touched
-        note = self._note
+        run_keys: list[bytes] = []
+        run_values: list[bytes | None] = []
         for key in keys:
             k = known.get(key)
             if k is None:
@@ -355,7 +357,8 @@ class DiskKeyedState:
             if value is _MISSING:
                 deletes.append(k)
                 if record and key in touched:
-                    note(k, None)
+                    run_keys.append(k)
+                    run_values.append(None)
                 continue
             try:
                 raw = dumps(value, protocol=_PICKLE_PROTOCOL)
@@ -365,7 +368,9 @@ class DiskKeyedState:
                 raise
             puts.append((k, raw))
             if record and key in touched:
-                note(k, raw)
+                run_keys.append(k)
+                run_values.append(raw)
+        self._runs.append(run_keys, run_values)
         puts.sort()
         self.stored.add([k for k, _ in puts])
         # One transaction per slice: LMDB copies every page a transaction changes into
@@ -377,13 +382,6 @@ class DiskKeyedState:
                 for k in deletes[start : start + _TXN_ENTRIES]:
                     txn.delete(k)
             self.pages.trim()  # the B-tree pages the puts read through the map
-
-    def _note(self, k: bytes, raw: bytes | None) -> None:
-        """Remember a change written out since the last capture, pickled while few enough, else by key."""
-        if len(self._written) < 4 * self.cache_entries:
-            self._written[k] = raw
-        else:
-            self._changed.add(k)
 
     def evict(self, table: DiskTable) -> None:
         """Shrink a full cache to the keys of the latest batches, writing out the changes of those leaving.
@@ -407,12 +405,11 @@ class DiskKeyedState:
 
         Incremental: the first capture after a restore is a base (like the
         heap's); every other one is a delta: the changes written out since
-        the previous capture, as pickled when written (past ``4 *
-        cache_entries`` of them, only their keys, read back from a view of the
-        database in the background; one no longer there is a tombstone), and
-        the changes still only in the cache, pickled now (they stay in the
-        cache, written out when they leave it). The synchronous cost is
-        proportional to the changes in the cache, with no database write.
+        the previous capture, as pickled when written (a run file, see
+        :mod:`~onceflow.state_backends._change_runs`), and the changes still
+        only in the cache, pickled now (they stay in the cache, written out
+        when they leave it). The synchronous cost is proportional to the
+        changes in the cache, with no database write.
         """
         if not self.incremental:
             return KeyedCapture(FULL, self.snapshot())
@@ -420,10 +417,8 @@ class DiskKeyedState:
             snapshot = self.snapshot()
             self._base_needed = False
             return KeyedCapture(BASE, snapshot)
-        changed, self._changed = self._changed, set()
-        overlay, self._written = self._written, {}
-        if changed:  # a key noted by key only was written out after its pickled note: the view wins
-            overlay = {k: v for k, v in overlay.items() if k not in changed}
+        run = self._runs.seal()
+        overlay: dict[bytes, bytes | None] = {}
         for table in self.tables.values():
             cache, known, tid = table.cache, table.db_keys, table.table_id
             for key in table.dirty & table.touched:
@@ -434,7 +429,8 @@ class DiskKeyedState:
                 overlay[k] = None if value is _MISSING else self._pickle(table, key, value)
             table.touched.clear()
         snapshot = self._open_view()
-        snapshot.changed = changed
+        snapshot.changes = [] if run is None else [run]
+        snapshot.run_files = [] if run is None else [run]
         snapshot.overlay = overlay
         return KeyedCapture(DELTA, snapshot)
 
@@ -449,8 +445,7 @@ class DiskKeyedState:
             if table.dirty:
                 self.write(table)
             table.touched.clear()
-        self._changed = set()
-        self._written = {}
+        self._runs.discard()
         return self._open_view()
 
     def _open_view(self) -> DiskSnapshot:
@@ -469,8 +464,7 @@ class DiskKeyedState:
 
     def restore(self, tables: dict[str, dict[Any, Any]]) -> None:
         """Replace all state with ``tables`` (this subtask's keys of a checkpoint); next capture: a base."""
-        self._changed = set()
-        self._written = {}
+        self._runs.discard()
         self._base_needed = True
         for table in self.tables.values():
             table.cache.clear()
@@ -519,11 +513,11 @@ class DiskKeyedState:
 
 
 def _columns(
-    raw_keys: Sequence[bytes], raw_values: Sequence[bytes | None]
+    raw_keys: Sequence[bytes] | pa.Array, raw_values: Sequence[bytes | None] | pa.Array
 ) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
     """Split database keys into the state file's key group, state index and key columns, by Arrow kernels."""
-    db_keys = pa.array(raw_keys, pa.large_binary())
-    values = pa.array(raw_values, pa.large_binary())
+    db_keys = raw_keys if isinstance(raw_keys, pa.Array) else pa.array(raw_keys, pa.large_binary())
+    values = raw_values if isinstance(raw_values, pa.Array) else pa.array(raw_values, pa.large_binary())
     # Every database key is longer than its prefix, so both slices are well defined
     # (an explicit stop: pyarrow's binary_slice without one fails on long arrays).
     keys = pc.binary_slice(db_keys, _PREFIX_BYTES, 1 << 40)
@@ -546,45 +540,55 @@ def _columns(
 class DiskSnapshot:
     """A consistent read view of a :class:`DiskKeyedState`, streamed into state files.
 
-    ``changed`` None: the view stands for every entry (a full or base
-    capture). Otherwise it is a delta: the database keys written out between
-    the previous capture and this one, each read from the view (one no
-    longer there is a tombstone, a null value), and ``overlay``, the changes
-    that were still only in the cache, pickled at the capture (None: a
-    delete), which win over the view. ``batches`` yields the columns of a
-    state file (sorted by key group) with values still pickled; call
-    :meth:`release` when done (the owning state defers its close until then).
+    ``changes`` None: the view stands for every entry (a full or base
+    capture). Otherwise it is a delta: ``changes`` are the layers of changes
+    written out since the previous capture (run files, oldest first, see
+    :mod:`~onceflow.state_backends._change_runs`; a null value is a
+    tombstone), and ``overlay``, the changes that were still only in the
+    cache, pickled at the capture (None: a delete), which win over them.
+    ``batches`` yields the columns of a state file (sorted by key group) with
+    values still pickled; call :meth:`release` when done (the owning state
+    defers its close until then, and the run files are deleted then).
     """
 
     value_encoding = "pickle"
 
     def __init__(self, state: DiskKeyedState, names: list[str], txn: Any) -> None:
         self.names = names
-        self.changed: set[bytes] | None = None
+        self.changes: list[_change_runs.Layer] | None = None
         self.overlay: dict[bytes, bytes | None] = {}
         self._sorted: list[bytes] | None = None
+        self._in_range: tuple[bytes, bytes, pa.Table] | None = None
+        """The newest changes of the last key-group range asked for (``has_rows``, then ``batches``)."""
+        self.run_files: list[_change_runs.Layer] = []
+        """The run files this view owns (deleted at release)."""
         self._state: DiskKeyedState | None = state
         self._txn = txn
+
+    def _delta_layers(self) -> list[_change_runs.Layer]:
+        assert self.changes is not None
+        return [*self.changes, _change_runs.as_layer(self.overlay)] if self.overlay else list(self.changes)
 
     def absorb(self, older: DiskSnapshot) -> None:
         """Take over the changes of an earlier view of the same state that was never written; release it.
 
         The newest value of a key is, in order: this view's overlay, this
-        view (for a key written out since ``older``), ``older``'s overlay (a
-        change still in the cache, never written out since), this view again
-        (every other key of ``older``). An older full view makes this one
-        full; a full view (all written out at its capture) needs no older overlay.
+        view's changes (written out since ``older``), ``older``'s overlay (a
+        change still in the cache then), ``older``'s changes, and for a key
+        none of them holds, the view. An older full view makes this one full
+        (the view holds every change written out since); a full view (all
+        written out at its capture) needs nothing of an older one.
         """
-        if self.changed is None:
+        if self.changes is None:
             pass
-        elif older.changed is None:
-            self.changed = None
+        elif older.changes is None:
+            self.changes = None
         else:
-            overlay = {k: v for k, v in older.overlay.items() if k not in self.changed}
-            overlay.update(self.overlay)
-            self.overlay = overlay
-            self.changed |= older.changed
+            self.changes = [*older._delta_layers(), *self.changes]
+            self.run_files.extend(older.run_files)
+            older.run_files = []
         self._sorted = None
+        self._in_range = None
         older.release()
 
     def _view(self) -> Any:
@@ -597,19 +601,19 @@ class DiskSnapshot:
         """Whether the view holds an entry (or a delta a change) in ``key_groups``."""
         txn = self._view()
         start, end = struct.pack(">H", key_groups.start), struct.pack(">H", key_groups.end)
-        if self.changed is not None or self.overlay:
+        if self.changes is not None:
+            return bool(self._changes_between(start, end).num_rows)
+        if self.overlay:
             keys = self._sorted_changes()
             at = bisect.bisect_left(keys, start)
             if at < len(keys) and keys[at] < end:
                 return True
-            if self.changed is not None:
-                return False
         cursor = txn.cursor()
         return bool(cursor.set_range(start)) and cursor.key() < end
 
     def _sorted_changes(self) -> list[bytes]:
         if self._sorted is None:
-            self._sorted = sorted((self.changed or set()).union(self.overlay))
+            self._sorted = sorted(self.overlay)
         return self._sorted
 
     def batches(
@@ -622,7 +626,7 @@ class DiskSnapshot:
         self._view()
         state = self._state
         assert state is not None
-        if self.changed is not None:
+        if self.changes is not None:
             chunks = self._changes(rows, key_groups)
         elif self.overlay:
             chunks = self._all_entries_with_overlay(rows, key_groups)
@@ -687,20 +691,47 @@ class DiskSnapshot:
         if keys:
             yield keys, values
 
-    def _changes(
-        self, rows: int, key_groups: KeyGroupRange | None
-    ) -> Iterator[tuple[Sequence[bytes], Sequence[bytes | None]]]:
-        keys = self._sorted_changes()
-        lo, hi = 0, len(keys)
-        if key_groups is not None:
-            lo = bisect.bisect_left(keys, struct.pack(">H", key_groups.start))
-            hi = bisect.bisect_left(keys, struct.pack(">H", key_groups.end))
-        cursor = self._txn.cursor()
-        overlay = self.overlay
-        for start in range(lo, hi, rows):
-            chunk = keys[start : min(start + rows, hi)]
-            found = dict(cursor.getmulti([k for k in chunk if k not in overlay]))
-            yield chunk, [overlay[k] if k in overlay else found.get(k) for k in chunk]
+    def _changes(self, rows: int, key_groups: KeyGroupRange | None) -> Iterator[tuple[pa.Array, pa.Array]]:
+        """Yield the newest row of each changed key in ``key_groups``, by key (no database read)."""
+        start, end = (0, 1 << 16) if key_groups is None else (key_groups.start, key_groups.end)
+        lo = struct.pack(">H", start)
+        hi = struct.pack(">H", end) if end < 1 << 16 else b"\xff" * (_PREFIX_BYTES + 1)
+        changes = self._changes_between(lo, hi)
+        keys = changes["key"].combine_chunks()
+        values = changes["value"].combine_chunks()
+        for at in range(0, changes.num_rows, rows):
+            yield keys.slice(at, rows), values.slice(at, rows)
+
+    def _changes_between(self, start: bytes, end: bytes) -> pa.Table:
+        """Return the newest changes in ``[start, end)``, sorted by key.
+
+        Few changes (run files under :data:`_SMALL_DELTA` bytes) are read and
+        sorted once, then sliced per range; more are read once per range, so
+        memory holds one range's share of them.
+        """
+        if self._in_range is None and self._small_delta():
+            everything = b"\xff" * (_PREFIX_BYTES + 1)
+            self._in_range = (b"", everything, self._newest(b"", everything))
+        if self._in_range is not None and self._in_range[0] <= start and end <= self._in_range[1]:
+            rows = self._in_range[2]
+            if self._in_range[:2] == (start, end):
+                return rows
+            keys = rows["key"]
+            lo = pc.sum(pc.less(keys, pa.scalar(start, pa.large_binary()))).as_py() or 0
+            hi = pc.sum(pc.less(keys, pa.scalar(end, pa.large_binary()))).as_py() or 0
+            return rows.slice(lo, hi - lo)
+        self._in_range = (start, end, self._newest(start, end))
+        return self._in_range[2]
+
+    def _small_delta(self) -> bool:
+        size = 0
+        for layer in self.changes or ():
+            with contextlib.suppress(OSError):
+                size += os.path.getsize(layer) if isinstance(layer, str) else layer.nbytes
+        return size < _SMALL_DELTA
+
+    def _newest(self, start: bytes, end: bytes) -> pa.Table:
+        return _change_runs.newest_rows(_change_runs.rows_in_range(self._delta_layers(), start, end))
 
     def to_dicts(self) -> dict[str, dict[Any, Any]]:
         """Decode the whole view into ``{state: {key: value}}``."""
@@ -715,6 +746,8 @@ class DiskSnapshot:
     def release(self) -> None:
         """End the read view; idempotent."""
         state, self._state = self._state, None
+        files, self.run_files = self.run_files, []
+        _change_runs.remove(files)
         if state is not None:
             with contextlib.suppress(Exception):
                 self._txn.abort()

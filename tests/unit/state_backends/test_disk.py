@@ -281,7 +281,14 @@ def test_incremental_disk_captures_write_only_changes_as_heap_format_deltas(make
 
 @pytest.mark.parametrize("cache_entries", [5, 10_000])
 @pytest.mark.parametrize("older_is_base", [False, True])
-def test_a_disk_capture_not_written_is_absorbed_by_the_next_one(make, cache_entries, older_is_base):
+@pytest.mark.parametrize("read_once", [True, False])
+def test_a_disk_capture_not_written_is_absorbed_by_the_next_one(
+    make, monkeypatch, cache_entries, older_is_base, read_once
+):
+    from onceflow.state_backends import disk
+
+    if not read_once:
+        monkeypatch.setattr(disk, "_SMALL_DELTA", 0)
     fs = fsspec.filesystem("memory")
     segments = segments_of(KeyGroupRange(0, 128), 128)
     state = make(cache_entries=cache_entries)
@@ -373,3 +380,44 @@ def test_new_keys_skip_the_database_and_the_filter_is_rebuilt_by_a_rescaled_rest
         table = restored.prepare("value", list(written))
         assert {k: table[k] for k in written if k in table} == mine
         restored.done("value", [])
+
+
+@pytest.mark.parametrize("read_once", [True, False])
+def test_changes_written_out_between_captures_wait_in_a_run_file_and_the_newest_wins(
+    make, monkeypatch, read_once
+):
+    from onceflow.state_backends import _change_runs, disk
+
+    monkeypatch.setattr(_change_runs, "BATCH_ROWS", 3)  # several record batches in the file
+    if not read_once:
+        monkeypatch.setattr(disk, "_SMALL_DELTA", 0)  # read once per segment, as a large delta is
+    fs = fsspec.filesystem("memory")
+    segments = segments_of(KeyGroupRange(0, 128), 128)
+    state = make(cache_entries=4)
+    state.incremental = True
+    rng = random.Random(5)
+    live: dict = {}
+    for step in range(40):  # a few keys rewritten and deleted many times, each write evicted
+        key = f"k{rng.randrange(12)}"
+        value = None if step % 7 == 3 else step
+        _apply(state, "v", {key: value, f"filler{step}": step})
+        live[key] = value
+        live[f"filler{step}"] = step
+    capture = state.capture()
+    assert capture.kind == DELTA
+    runs = [name for name in os.listdir(state.directory) if name.startswith("changes-")]
+    assert len(runs) == 1  # the changes of the interval are in a file, not in memory
+    written = write_view_segments(
+        fs, lambda s: f"/r/{s.start}.arrow", segments, view=capture.tables, operator_state=0
+    )
+    capture.tables.release()
+    assert not [name for name in os.listdir(state.directory) if name.startswith("changes-")]
+    upserts: dict = {}
+    deleted: set = set()
+    for handle in written.values():
+        _, tables, gone = read_changes(fs, handle)
+        upserts.update(tables.get("v", {}))
+        deleted.update(gone.get("v", []))
+    assert upserts == {k: v for k, v in live.items() if v is not None}
+    assert deleted <= {k for k, v in live.items() if v is None}  # a key deleted before it was written: no row
+    assert not deleted & set(upserts)
