@@ -45,19 +45,12 @@ def test_random_kills(
         executor=executor,
     )
     target = int(os.environ.get("CHAOS_KILLS", "6"))
-    finished = False
-    while sum(run.kills.values()) < target:
-        runner_only = executor == "process" and len(run.runs) % 2 == 1
-        outcome = run.run(kill_after=run.rng.uniform(0.2, 2.5), runner_only=runner_only)
-        if outcome.returncode == 0:
-            finished = True
-            break
-        run.expect_killed(outcome)
-    assert sum(run.kills.values()) >= 5, (
-        f"the job finished after only {sum(run.kills.values())} kills; {run.where()}"
+    run.kill_at_random(
+        target,
+        (0.2, 2.5),
+        at_least=min(5, target),
+        before_run=lambda: {"runner_only": executor == "process" and len(run.runs) % 2 == 1},
     )
-    if not finished:
-        run.run_to_completion()
     figures = run.check_final()
     run.report(f"test_random_kills[{executor},p={parallelism}]", figures)
 

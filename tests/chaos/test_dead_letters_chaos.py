@@ -94,11 +94,18 @@ def letter_identity(line: str) -> tuple:
 class DeadLetterChaosRun(ChaosRun):
     """Runs of ``dead_letters_job.py``: main output and dead letters checked against the oracle."""
 
+    BROKEN_ANY_TIME = (
+        *ChaosRun.BROKEN_ANY_TIME,
+        "letter_duplicates",
+        "letter_unexpected",
+        "letter_wrong_record",
+    )
+    BROKEN_AT_END = (*BROKEN_ANY_TIME, "lost", "letters_lost")
+    EQUAL_AT_END = (("committed", "expected"), ("letters", "letters_expected"))
+
     def __init__(self, root: Path, workload: Workload, seed: int, *, want: Oracle, **kwargs) -> None:
         self.want = want
         self.dead = root / "dead"
-        self.previous_letters: set[tuple] = set()
-        self.committed_at_kill: list[int] = []
         params = {"dead_letters": str(root / "dead"), "poison": str(POISON)}
         super().__init__(root, workload, seed, job_file=JOBS / "dead_letters_job.py", params=params, **kwargs)
 
@@ -107,12 +114,11 @@ class DeadLetterChaosRun(ChaosRun):
 
         return read_committed_lines(str(self.dead)) if self.dead.exists() else []
 
-    def check_intermediate(self, when: str) -> dict[str, int]:
-        lines = self.committed()
+    def figures(self, lines: list[str], final: bool) -> dict[str, int]:
         ids = Counter(line.split(",", 1)[0] for line in lines)
         letters = Counter(letter_identity(line) for line in self.letters())
         letter_records = {letter_identity(line): json.loads(line)["record"] for line in self.letters()}
-        figures = {
+        return {
             "committed": len(lines),
             "expected": len(self.want.main),
             "duplicates": sum(c - 1 for c in ids.values() if c > 1),
@@ -130,39 +136,10 @@ class DeadLetterChaosRun(ChaosRun):
             ),
             "letters_lost": sum(1 for k in self.want.letters if k not in letters),
         }
-        broken = {
-            k: figures[k]
-            for k in (
-                "duplicates",
-                "unexpected",
-                "wrong_value",
-                "letter_duplicates",
-                "letter_unexpected",
-                "letter_wrong_record",
-            )
-            if figures[k]
-        }
-        assert not broken, f"{when}: committed output broken {broken}; {self.where()}"
-        current = set(ids)
-        vanished = self.previous - current
-        assert not vanished, f"{when}: {len(vanished)} committed lines disappeared; {self.where()}"
-        self.previous = current
-        gone = self.previous_letters - set(letters)
-        assert not gone, f"{when}: {len(gone)} committed dead letters disappeared; {self.where()}"
-        self.previous_letters = set(letters)
-        if when.startswith("after run"):
-            self.committed_at_kill.append(len(lines))
-        return figures
 
-    def final_figures(self) -> dict[str, int]:
-        figures = self.check_intermediate("final")
-        assert figures["lost"] == 0 and figures["committed"] == figures["expected"], (
-            f"final main output differs from the oracle: {figures}; {self.where()}"
-        )
-        assert figures["letters_lost"] == 0 and figures["letters"] == figures["letters_expected"], (
-            f"final dead letters differ from the oracle: {figures}; {self.where()}"
-        )
-        return figures
+    def identities(self, lines: list[str]) -> set:
+        letters = {("letter", letter_identity(line)) for line in self.letters()}
+        return {line.split(",", 1)[0] for line in lines} | letters
 
 
 @pytest.mark.slow
@@ -182,21 +159,9 @@ def test_dead_letters_are_exact_under_random_kills(executor, tmp_path_factory, c
         executor=executor,
         delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
     )
-    finished = False
-    while sum(run.kills.values()) < 6:
-        after = run.checkpoint_completed_from_now()
-        outcome = run.run(kill_after=run.rng.uniform(0.1, 1.0), after=after)
-        if outcome.returncode == 0:
-            finished = True
-            break
-        run.expect_killed(outcome)
-    kills = sum(run.kills.values())
-    assert kills >= 6, f"the job finished after only {kills} kills; {run.where()}"
-    if not finished:
-        run.run_to_completion()
+    run.kill_at_random(6, (0.1, 1.0), from_checkpoint=True)
     figures = run.check_final()
-    mid_run = [c for c in run.committed_at_kill if 0 < c < figures["committed"]]
-    assert len(mid_run) >= 3, f"kills did not land mid-run: {run.committed_at_kill}; {run.where()}"
+    run.assert_kills_landed_mid_run(figures["committed"])
     run.summary(
         f"test_dead_letters_are_exact_under_random_kills[{executor}]",
         {"p": run.parallelism, "executor": run.executor, "repo": REPO.name},

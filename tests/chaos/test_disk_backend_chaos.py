@@ -60,23 +60,15 @@ def test_random_kills_with_the_disk_backend(
     )
     target = int(os.environ.get("CHAOS_KILLS", "6"))
     backends: list[tuple[str, int]] = []
-    finished = False
-    while sum(run.kills.values()) < target:
+
+    def draw_backend() -> None:
         if switch:
             backend, parallelism = run.rng.choice(["heap", "disk"]), run.rng.randint(1, 3)
             _set(run, "--state-backend", backend)
             _set(run, "--parallelism", str(parallelism))
             backends.append((backend, parallelism))
-        outcome = run.run(kill_after=run.rng.uniform(0.3, 2.5))
-        if outcome.returncode == 0:
-            finished = True
-            break
-        run.expect_killed(outcome)
-    assert sum(run.kills.values()) >= 5, (
-        f"the job finished after {sum(run.kills.values())} kills; {run.where()}"
-    )
-    if not finished:
-        run.run_to_completion()
+
+    run.kill_at_random(target, (0.3, 2.5), at_least=min(5, target), before_run=draw_backend)
     figures = run.check_final()
     print(f"backends and parallelisms of the runs: {backends}")
     run.report(f"test_random_kills_with_the_disk_backend[{executor},switch={switch}]", figures)
@@ -156,17 +148,12 @@ def test_random_kills_with_incremental_disk_checkpoints(
     )
     target = int(os.environ.get("CHAOS_KILLS", "6"))
     backends: list[str] = []
-    finished = False
-    while sum(run.kills.values()) < target:
-        backend = run.rng.choice(["disk", "disk", "heap"])
-        _set(run, "--state-backend", backend)
-        backends.append(backend)
-        outcome = run.run(kill_after=run.rng.uniform(0.3, 2.5))
-        if outcome.returncode == 0:
-            finished = True
-            break
-        run.expect_killed(outcome)
-    if not finished:
+
+    def draw_backend() -> None:
+        backends.append(run.rng.choice(["disk", "disk", "heap"]))
+        _set(run, "--state-backend", backends[-1])
+
+    if not run.kill_at_random(target, (0.3, 2.5), at_least=0, before_run=draw_backend, finish=False):
         _set(run, "--state-backend", "disk")
         run.run_to_completion()
     figures = run.check_final()

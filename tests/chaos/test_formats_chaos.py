@@ -144,23 +144,9 @@ def test_formats_in_and_out_are_exact_under_random_kills(
         params={"in_format": in_format, "out_format": out_format, "partition": partition},
         args=BATCH,
     )
-    committed_at_kill = []
-    finished = False
-    while sum(run.kills.values()) < 5:
-        outcome = run.run(kill_after=run.rng.uniform(0.8, 2.5))
-        if outcome.returncode == 0:
-            finished = True
-            break
-        run.expect_killed(outcome)
-        committed_at_kill.append(len(run.previous))
-    kills = sum(run.kills.values())
-    assert kills >= 5, f"the job finished after only {kills} kills; {run.where()}"
-    if not finished:
-        run.run_to_completion()
+    run.kill_at_random(5, (0.8, 2.5))
     figures = run.check_final()
-    assert any(0 < c < figures["expected"] for c in committed_at_kill), (
-        f"no kill landed mid-run: {committed_at_kill}; {run.where()}"
-    )
+    run.assert_kills_landed_mid_run(figures["expected"], at_least=1)
     run.summary(
         f"test_formats_in_and_out_are_exact_under_random_kills[{in_format}-{out_format}]",
         {"p": run.parallelism, "partition": partition, "repo": REPO.name},
@@ -168,7 +154,7 @@ def test_formats_in_and_out_are_exact_under_random_kills(
             k: figures[k]
             for k in ("committed", "expected", "duplicates", "lost", "unexpected", "wrong_value")
         },
-        committed_at_kills=committed_at_kill,
+        committed_at_kills=run.committed_at_kill,
     )
 
 

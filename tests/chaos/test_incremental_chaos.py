@@ -64,16 +64,7 @@ def test_random_kills_with_incremental_checkpoints(
         executor=executor,
         args=INCREMENTAL,
     )
-    target = int(os.environ.get("CHAOS_KILLS", "6"))
-    finished = False
-    while sum(run.kills.values()) < target:
-        outcome = run.run(kill_after=run.rng.uniform(0.2, 2.5))
-        if outcome.returncode == 0:
-            finished = True
-            break
-        run.expect_killed(outcome)
-    if not finished:
-        run.run_to_completion()
+    run.kill_at_random(int(os.environ.get("CHAOS_KILLS", "6")), (0.2, 2.5), at_least=0)
     figures = run.check_final()
     _check_shared_files(run)
     run.report(f"test_random_kills_with_incremental_checkpoints[{executor},p={parallelism}]", figures)

@@ -36,10 +36,9 @@ class JoinsChaosRun(ChaosRun):
 
     def __init__(self, root: Path, workload: Workload, seed: int, *, want: set[str], **kwargs) -> None:
         self.want = want
-        self.committed_at_kill: list[int] = []
         super().__init__(root, workload, seed, job_file=JOBS / "joins_chaos_job.py", mode="joins", **kwargs)
 
-    def figures(self, lines: list[str]) -> dict[str, int]:
+    def figures(self, lines: list[str], final: bool) -> dict[str, int]:
         got = Counter(lines)
         return {
             "committed": len(lines),
@@ -49,27 +48,6 @@ class JoinsChaosRun(ChaosRun):
             "unexpected": len(got.keys() - self.want),
             "wrong_value": 0,
         }
-
-    def check_intermediate(self, when: str) -> dict[str, int]:
-        lines = self.committed()
-        figures = self.figures(lines)
-        bad = {k: figures[k] for k in ("duplicates", "unexpected")}
-        assert not any(bad.values()), f"{when}: committed output broken {bad}; {self.where()}"
-        current = set(lines)
-        vanished = self.previous - current
-        assert not vanished, f"{when}: {len(vanished)} committed lines disappeared; {self.where()}"
-        self.previous = current
-        if when.startswith("after run"):
-            self.committed_at_kill.append(len(lines))
-        return figures
-
-    def final_figures(self) -> dict[str, int]:
-        self.check_intermediate("final")
-        figures = self.figures(self.committed())
-        assert figures["lost"] == 0 and figures["committed"] == figures["expected"], (
-            f"final output differs from the reference: {figures}; {self.where()}"
-        )
-        return figures
 
 
 @pytest.fixture(scope="module")
@@ -97,24 +75,15 @@ def test_joins_survive_random_kills_with_rescaling(executor, joins_workload, cha
         executor=executor,
         delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
     )
-    finished = False
     scales = [PARALLELISMS[0]]
-    while sum(run.kills.values()) < 5:
-        outcome = run.run(kill_after=run.rng.uniform(0.8, 2.5))
-        if outcome.returncode == 0:
-            finished = True
-            break
-        run.expect_killed(outcome)
+
+    def rescale() -> None:
         run.rescale(PARALLELISMS[len(scales) % len(PARALLELISMS)])
         scales.append(run.parallelism)
-    kills = sum(run.kills.values())
-    assert kills >= 4, f"the job finished after only {kills} kills; {run.where()}"
-    if not finished:
-        run.run_to_completion()
+
+    run.kill_at_random(5, (0.8, 2.5), at_least=4, after_each_kill=rescale)
     figures = run.check_final()
-    final = figures["committed"]
-    mid_run = [c for c in run.committed_at_kill if 0 < c < final]
-    assert len(mid_run) >= 3, f"kills did not land mid-run: {run.committed_at_kill} of {final}"
+    run.assert_kills_landed_mid_run(figures["committed"])
     line = run.report(f"test_joins_survive_random_kills_with_rescaling[{executor}]", figures)
     print(f"{line} parallelism_per_run={scales} committed_at_kills={run.committed_at_kill}")
 
@@ -126,10 +95,13 @@ POISON = 97
 class JoinDeadLettersChaosRun(JoinsChaosRun):
     """Runs of the poisoned join job: main lines and dead letters both checked against the reference."""
 
+    BROKEN_ANY_TIME = (*JoinsChaosRun.BROKEN_ANY_TIME, "letter_duplicates", "letter_unexpected")
+    BROKEN_AT_END = (*JoinsChaosRun.BROKEN_AT_END, "letter_duplicates", "letter_unexpected", "letters_lost")
+    EQUAL_AT_END = (*JoinsChaosRun.EQUAL_AT_END, ("letters", "letters_expected"))
+
     def __init__(self, root: Path, workload: Workload, seed: int, *, letters: Counter, **kwargs) -> None:
         self.dead = root / "dead"
         self.want_letters = letters
-        self.previous_letters: set[tuple] = set()
         params = {"poison": str(POISON), "dead_letters": str(self.dead)}
         super().__init__(root, workload, seed, params=params, **kwargs)
 
@@ -139,10 +111,10 @@ class JoinDeadLettersChaosRun(JoinsChaosRun):
         lines = read_committed_lines(str(self.dead)) if self.dead.exists() else []
         return Counter(letter_identity(line) for line in lines)
 
-    def figures(self, lines: list[str]) -> dict[str, int]:
+    def figures(self, lines: list[str], final: bool) -> dict[str, int]:
         got = self.letters()
         return {
-            **super().figures(lines),
+            **super().figures(lines, final),
             "letters": sum(got.values()),
             "letters_expected": sum(self.want_letters.values()),
             "letter_duplicates": sum(c - 1 for c in got.values()),
@@ -150,22 +122,8 @@ class JoinDeadLettersChaosRun(JoinsChaosRun):
             "letter_unexpected": len(got.keys() - self.want_letters.keys()),
         }
 
-    def check_intermediate(self, when: str) -> dict[str, int]:
-        figures = super().check_intermediate(when)
-        bad = {k: figures[k] for k in ("letter_duplicates", "letter_unexpected") if figures[k]}
-        assert not bad, f"{when}: committed dead letters broken {bad}; {self.where()}"
-        current = set(self.letters())
-        gone = self.previous_letters - current
-        assert not gone, f"{when}: {len(gone)} committed dead letters disappeared; {self.where()}"
-        self.previous_letters = current
-        return figures
-
-    def final_figures(self) -> dict[str, int]:
-        figures = super().final_figures()
-        assert figures["letters_lost"] == 0 and figures["letters"] == figures["letters_expected"], (
-            f"final dead letters differ from the reference: {figures}; {self.where()}"
-        )
-        return figures
+    def identities(self, lines: list[str]) -> set:
+        return {*super().identities(lines), *(("letter", k) for k in self.letters())}
 
 
 @pytest.fixture(scope="module")
@@ -199,24 +157,15 @@ def test_join_dead_letters_survive_random_kills_with_rescaling(
         executor=executor,
         delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
     )
-    finished = False
     scales = [PARALLELISMS[0]]
-    while sum(run.kills.values()) < 4:
-        after = run.checkpoint_completed_from_now()
-        outcome = run.run(kill_after=run.rng.uniform(0.3, 1.5), after=after)
-        if outcome.returncode == 0:
-            finished = True
-            break
-        run.expect_killed(outcome)
+
+    def rescale() -> None:
         run.rescale(PARALLELISMS[len(scales) % len(PARALLELISMS)])
         scales.append(run.parallelism)
-    kills = sum(run.kills.values())
-    assert kills >= 4, f"the job finished after only {kills} kills; {run.where()}"
-    if not finished:
-        run.run_to_completion()
+
+    run.kill_at_random(4, (0.3, 1.5), from_checkpoint=True, after_each_kill=rescale)
     figures = run.check_final()
-    mid_run = [c for c in run.committed_at_kill if 0 < c < figures["committed"]]
-    assert len(mid_run) >= 3, f"kills did not land mid-run: {run.committed_at_kill}; {run.where()}"
+    run.assert_kills_landed_mid_run(figures["committed"])
     line = run.report(f"test_join_dead_letters_survive_random_kills_with_rescaling[{executor}]", figures)
     print(
         f"{line} letters={figures['letters']} parallelism_per_run={scales} "

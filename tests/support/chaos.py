@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.oracles import compare, expected, identity
 
@@ -285,9 +286,16 @@ class ChaosRun(CliRuns):
 
     The command adds ``input``, ``output`` and ``delay_us`` to ``params`` and
     the checkpoint directory ``root/chk`` (interval 0.1 s), parallelism and
-    executor to ``args``. Subclasses for other jobs override
-    :meth:`check_intermediate` and :meth:`final_figures`.
+    executor to ``args``. Subclasses for other jobs override :meth:`figures`
+    (and :meth:`identities`, and the figure names below) and keep the checks.
     """
+
+    BROKEN_ANY_TIME: tuple[str, ...] = ("duplicates", "unexpected", "wrong_value", "not_prefix")
+    """Figures that must be 0 at every instant: committed output may lack records, never be wrong."""
+    BROKEN_AT_END: tuple[str, ...] = (*BROKEN_ANY_TIME, "lost")
+    """Figures that must be 0 once the job has finished."""
+    EQUAL_AT_END: tuple[tuple[str, str], ...] = (("committed", "expected"),)
+    """Pairs of figures that must be equal once the job has finished."""
 
     def __init__(
         self,
@@ -310,7 +318,9 @@ class ChaosRun(CliRuns):
         self.executor = executor or os.environ.get("CHAOS_EXECUTOR", "local")
         self.out = root / "out"
         self.chk = root / "chk"
-        self.previous: set[str] = set()
+        self.previous: set = set()
+        self.committed_at_kill: list[int] = []
+        """How many lines were committed after each kill (a kill that commits nothing proves little)."""
         self._oracle: dict[str, str] | None = None
         super().__init__(
             job_file,
@@ -362,6 +372,54 @@ class ChaosRun(CliRuns):
         self.args[at + 1] = str(parallelism)
         self.parallelism = parallelism
 
+    def kill_at_random(
+        self,
+        kills: int,
+        within: tuple[float, float],
+        *,
+        at_least: int | None = None,
+        from_checkpoint: bool = False,
+        before_run: Callable[[], dict[str, Any] | None] | None = None,
+        after_each_kill: Callable[[], None] | None = None,
+        finish: bool = True,
+    ) -> bool:
+        """Kill runs with SIGKILL at seeded moments until ``kills`` kills landed or a run finished.
+
+        ``within`` bounds the seconds from a run's start (or, with
+        ``from_checkpoint``, from the first checkpoint the run completes: a kill
+        then lands after the run committed something of its own, however busy
+        the machine is) to its kill. ``before_run`` may change the next run
+        and return extra arguments of :meth:`run`; ``after_each_kill`` runs
+        after every kill (a rescale, say). At least ``at_least`` (default
+        ``kills``) kills must land before the job finishes. With ``finish``,
+        runs without faults follow until the job finished. Returns whether a
+        killed-at-random run finished by itself.
+        """
+        finished = False
+        while sum(self.kills.values()) < kills:
+            extra = (before_run() if before_run is not None else None) or {}
+            after = self.checkpoint_completed_from_now() if from_checkpoint else None
+            outcome = self.run(kill_after=self.rng.uniform(*within), after=after, **extra)
+            if outcome.returncode == 0:
+                finished = True
+                break
+            self.expect_killed(outcome)
+            if after_each_kill is not None:
+                after_each_kill()
+        done = sum(self.kills.values())
+        wanted = kills if at_least is None else at_least
+        assert done >= wanted, f"the job finished after only {done} kills; {self.where()}"
+        if finish and not finished:
+            self.run_to_completion()
+        return finished
+
+    def assert_kills_landed_mid_run(self, final: int, at_least: int = 3) -> None:
+        """At least ``at_least`` kills came after something and before everything was committed."""
+        mid_run = [c for c in self.committed_at_kill if 0 < c < final]
+        assert len(mid_run) >= at_least, (
+            f"kills did not land mid-run: committed {self.committed_at_kill} of {final}; {self.where()}"
+        )
+
     def after_kill(self, outcome: RunOutcome) -> None:
         """Check the committed output after every kill."""
         self.check_intermediate(f"after run {outcome.index} ({outcome.label}, {outcome.seconds:.2f} s)")
@@ -373,30 +431,40 @@ class ChaosRun(CliRuns):
             return []
         return read_committed_lines(str(self.out))
 
-    def check_intermediate(self, when: str) -> dict[str, int]:
-        """Invariants on committed output that hold at every instant, not only at the end."""
+    def figures(self, lines: list[str], final: bool) -> dict[str, int]:
+        """Compare committed ``lines`` with the reference: the counts named in ``BROKEN_*``."""
         if self._oracle is None:
             self._oracle = expected(self.workload.n, self.workload.k, self.mode)
+        return compare(lines, self._oracle, self.mode)
+
+    def identities(self, lines: list[str]) -> set:
+        """What identifies each committed record (and anything else committed that may never vanish)."""
+        return {identity(line, self.mode) for line in lines}
+
+    def check_intermediate(self, when: str) -> dict[str, int]:
+        """Invariants on committed output that hold at every instant, not only at the end."""
         lines = self.committed()
-        figures = compare(lines, self._oracle, self.mode)
-        bad = {k: figures[k] for k in ("duplicates", "unexpected", "wrong_value", "not_prefix")}
-        assert not any(bad.values()), f"{when}: committed output broken {bad}; {self.where()}"
-        current = {identity(line, self.mode) for line in lines}
+        figures = self.figures(lines, final=False)
+        bad = {k: figures[k] for k in self.BROKEN_ANY_TIME if figures.get(k)}
+        assert not bad, f"{when}: committed output broken {bad}; {self.where()}"
+        current = self.identities(lines)
         vanished = self.previous - current
         assert not vanished, (
             f"{when}: {len(vanished)} committed records disappeared "
-            f"(e.g. {sorted(vanished)[:5]}); {self.where()}"
+            f"(e.g. {sorted(map(str, vanished))[:5]}); {self.where()}"
         )
         self.previous = current
+        if when.startswith("after run"):
+            self.committed_at_kill.append(len(lines))
         return figures
 
     def final_figures(self) -> dict[str, int]:
-        """Check that the committed output equals the oracle; return the figures."""
-        figures = self.check_intermediate("final")
-        bad = {k: v for k, v in figures.items() if k not in ("committed", "expected") and v}
-        assert not bad and figures["committed"] == figures["expected"], (
-            f"final output differs from the oracle: {figures}; {self.where()}"
-        )
+        """Check that the committed output equals the reference; return the figures."""
+        self.check_intermediate("final")
+        figures = self.figures(self.committed(), final=True)
+        bad = {k: figures[k] for k in self.BROKEN_AT_END if figures.get(k)}
+        unequal = [(a, b) for a, b in self.EQUAL_AT_END if figures[a] != figures[b]]
+        assert not bad and not unequal, f"final output differs from the reference: {figures}; {self.where()}"
         return figures
 
     def check_final(self) -> dict[str, int]:
