@@ -15,7 +15,7 @@
 | q4 | average winning price per category | interval join, timers, reduce |
 | q5 | hot items: most bids per 10 s window every 2 s | sliding window, then window_all |
 | q6 | average of each seller's last 10 winning prices | interval join, timers |
-| q7 | highest bids per 10 s | keyed tumbling window, then window_all |
+| q7 | highest bids per 10 s | keyed tumbling window, then window_all (both pre-aggregated) |
 | q8 | new persons who opened an auction in the same 10 s | window join |
 | q9 | winning bid of every auction | interval join, timers |
 | q11 | bids per bidder session (gap 10 s) | session window |
@@ -349,10 +349,15 @@ def _max_bids_merge(a: tuple, b: tuple) -> tuple:
     return (a[0], a[1] + b[1])
 
 
-def highest(window: Any, partials: list) -> list:
-    """q7: the bids with the highest price of one tumbling window, from each key's best bids."""
-    top = max(p[2][0] for p in partials)
-    return [f"{ms(window.start)},{bid_line(b)}" for p in partials if p[2][0] == top for b in p[2][1]]
+def _max_bids_of(acc: tuple, best: tuple) -> tuple:
+    """Fold one auction's window result ``(auction, window, (price, bids))`` into the window's best."""
+    return _max_bids_merge(acc, best[2])
+
+
+def highest_lines(best: tuple) -> list:
+    """q7: a line per bid with the highest price of one tumbling window (ties: all of them)."""
+    window, (_, bids) = best
+    return [f"{ms(window.start)},{bid_line(b)}" for b in bids]
 
 
 def q7(s: Sources, output: str) -> None:
@@ -362,7 +367,8 @@ def q7(s: Sources, output: str) -> None:
         .window(TumblingEventTimeWindows(10.0))
         .aggregate(_max_bids_add, _max_bids_merge, _same, _max_bids_init, name="q7-per-key", uid="q7-per-key")
         .window_all(TumblingEventTimeWindows(10.0))
-        .process(highest, name="q7-highest", uid="q7-highest")
+        .aggregate(_max_bids_of, _max_bids_merge, _same, _max_bids_init, name="q7-highest", uid="q7-highest")
+        .flat_map(highest_lines, name="q7-lines", uid="q7-lines")
     )
     _sink(best, output, "q7", str)
 
