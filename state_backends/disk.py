@@ -41,6 +41,7 @@ import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
@@ -371,7 +372,7 @@ class DiskKeyedState:
                 run_keys.append(k)
                 run_values.append(raw)
         self._runs.append(run_keys, run_values)
-        puts.sort()
+        puts.sort(key=itemgetter(0))  # keys are distinct: by key alone, half the time of comparing pairs
         self.stored.add([k for k, _ in puts])
         # One transaction per slice: LMDB copies every page a transaction changes into
         # process memory until it commits, so a slice bounds that copy (random keys touch
