@@ -41,6 +41,11 @@ def start_reaper() -> None:
 
 def _processes() -> dict[int, tuple[int, str]]:
     """Return ``pid -> (parent pid, start time)`` of every live process."""
+    return {pid: (ppid, started) for pid, (ppid, _, started) in _stats().items()}
+
+
+def _stats() -> dict[int, tuple[int, int, str]]:
+    """Return ``pid -> (parent pid, process group, start time)`` of every live process."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -52,7 +57,7 @@ def _processes() -> dict[int, tuple[int, str]]:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         if fields[0] != "Z":
-            found[int(entry)] = (int(fields[1]), fields[19])
+            found[int(entry)] = (int(fields[1]), int(fields[2]), fields[19])
     return found
 
 
@@ -71,6 +76,8 @@ def _descendants(table: dict[int, tuple[int, str]], roots: dict[int, str]) -> di
 
 def _watch(driver: int) -> None:
     me = os.getpid()
+    group = os.getpgid(driver)
+    born = _stats()[me][2]
     seen: dict[int, str] = {}
     while True:
         table = _processes()
@@ -81,7 +88,22 @@ def _watch(driver: int) -> None:
         ready, _, _ = select.select([0], [], [], 1.0)
         if ready and not os.read(0, 1):
             break
-    _end(seen, me)
+    _end({**seen, **_orphans(group, born, seen)}, me)
+
+
+def _orphans(group: int, born: str, seen: dict[int, str]) -> dict[int, str]:
+    """Return the processes the driver started in its last second: orphans now, not its children.
+
+    They are recognised as what the driver's process group holds that started
+    after this watchdog (so not the shell pipeline the driver was started in)
+    and whose parent is gone (they were reparented to init or a subreaper).
+    """
+    stats = _stats()
+    return {
+        pid: started
+        for pid, (ppid, pgid, started) in stats.items()
+        if pgid == group and pid not in seen and int(started) > int(born) and ppid not in seen
+    }
 
 
 def _end(seen: dict[int, str], me: int) -> None:

@@ -1,9 +1,10 @@
 """The local-Ray watchdog ends everything a driver killed with SIGKILL started, even what it started last.
 
-A stand-in driver starts the watchdog and a child that starts a new
-grandchild every 20 ms (as a raylet starts workers); the driver is killed
+A stand-in driver starts the watchdog, then either a child that starts a new
+grandchild every 20 ms (as a raylet starts workers) or a new child itself
+every 20 ms (as ``ray.init`` starts Ray's processes); the driver is killed
 with SIGKILL at a seeded moment. No descendant may survive it, including the
-grandchild started after the watchdog's last once-a-second look.
+ones started after the watchdog's last once-a-second look.
 """
 
 from __future__ import annotations
@@ -27,9 +28,14 @@ DRIVER = """
 import subprocess, sys, time
 from onceflow.engine.executors._reaper import start_reaper
 start_reaper()
-subprocess.Popen(["bash", "-c", "while true; do sleep 60 & sleep 0.02; done"])
+if sys.argv[1] == "child":
+    subprocess.Popen(["bash", "-c", "while true; do sleep 60 & sleep 0.02; done"])
+    print("ready", flush=True)
+    time.sleep(120)
 print("ready", flush=True)
-time.sleep(120)
+while True:  # the driver itself starts processes until it dies (ray.init starting Ray's)
+    subprocess.Popen(["sleep", "60"])
+    time.sleep(0.02)
 """
 
 
@@ -47,13 +53,13 @@ def _marked(marker: str) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.parametrize("seed", [11, 12, 13])
-def test_a_killed_driver_leaves_no_descendant_behind(seed: int) -> None:
+@pytest.mark.parametrize(("starter", "seed"), [("child", 11), ("child", 12), ("driver", 13), ("driver", 14)])
+def test_a_killed_driver_leaves_no_descendant_behind(starter: str, seed: int) -> None:
     rng = random.Random(seed)
     marker = uuid.uuid4().hex
     env = {**os.environ, "REAPER_TEST": marker, "PYTHONPATH": str(REPO)}
     driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER], env=env, stdout=subprocess.PIPE, start_new_session=True
+        [sys.executable, "-c", DRIVER, starter], env=env, stdout=subprocess.PIPE, start_new_session=True
     )
     try:
         assert driver.stdout is not None and driver.stdout.readline().strip() == b"ready"
