@@ -197,7 +197,8 @@ class CliRuns:
                     proc.wait()
                     survivors = _wait_for_group_exit(proc.pid, group_exit_timeout)
                     assert not survivors, (
-                        f"run {index}: workers {survivors} outlived their killed runner; {self.where()}"
+                        f"run {index}: workers {_described(survivors)} outlived their killed runner; "
+                        f"{self.where()}"
                     )
                 _kill_group(proc)
                 if kill_after is None:
@@ -524,6 +525,18 @@ def _group_members(pgid: int) -> list[int]:
         fields = stat[stat.rindex(")") + 2 :].split()
         if fields[0] != "Z" and int(fields[2]) == pgid:
             found.append(int(entry.name))
+    return found
+
+
+def _described(pids: list[int]) -> list[str]:
+    """``pid command line`` of each process still there, to tell which one outlived its runner."""
+    found = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found.append(f"{pid} {cmdline[:160].strip()}")
     return found
 
 
