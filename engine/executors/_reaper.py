@@ -5,8 +5,9 @@ starts on this machine (its agents) outlive a driver killed with SIGKILL.
 The driver starts this watchdog with a pipe it never writes to; the watchdog
 records every process descended from the driver, once a second, and when
 the pipe ends (the driver is gone) it stops the recorded processes that are
-still the same processes (same start time) and everything they started
-since, then kills them all. Linux only (``/proc``).
+still the same processes (same start time), everything they started since,
+and what the driver itself started since the last look (orphans of its
+process group), then kills them all. Linux only (``/proc``).
 
 Run as ``python -m onceflow.engine.executors._reaper DRIVER_PID``.
 """
@@ -39,11 +40,6 @@ def start_reaper() -> None:
     )
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """Return ``pid -> (parent pid, start time)`` of every live process."""
-    return {pid: (ppid, started) for pid, (ppid, _, started) in _stats().items()}
-
-
 def _stats() -> dict[int, tuple[int, int, str]]:
     """Return ``pid -> (parent pid, process group, start time)`` of every live process."""
     found = {}
@@ -61,13 +57,13 @@ def _stats() -> dict[int, tuple[int, int, str]]:
     return found
 
 
-def _descendants(table: dict[int, tuple[int, str]], roots: dict[int, str]) -> dict[int, str]:
+def _descendants(table: dict[int, tuple[int, int, str]], roots: dict[int, str]) -> dict[int, str]:
     """Return ``roots`` still alive (same start time) plus every live process descended from them."""
-    found = {pid: started for pid, started in roots.items() if table.get(pid, (0, ""))[1] == started}
+    found = {pid: started for pid, started in roots.items() if table.get(pid, (0, 0, ""))[2] == started}
     grew = True
     while grew:
         grew = False
-        for pid, (ppid, started) in table.items():
+        for pid, (ppid, _, started) in table.items():
             if ppid in found and pid not in found:
                 found[pid] = started
                 grew = True
@@ -80,30 +76,27 @@ def _watch(driver: int) -> None:
     born = _stats()[me][2]
     seen: dict[int, str] = {}
     while True:
-        table = _processes()
+        table = _stats()
         roots = {driver, *seen}
-        for pid, (ppid, started) in table.items():
+        for pid, (ppid, _, started) in table.items():
             if pid != me and ppid in roots and pid not in seen:
                 seen[pid] = started
         ready, _, _ = select.select([0], [], [], 1.0)
         if ready and not os.read(0, 1):
             break
-    _end({**seen, **_orphans(group, born, seen)}, me)
+    _end({**seen, **_orphans(group, born)}, me)
 
 
-def _orphans(group: int, born: str, seen: dict[int, str]) -> dict[int, str]:
+def _orphans(group: int, born: str) -> dict[int, str]:
     """Return the processes the driver started in its last second: orphans now, not its children.
 
     They are recognised as what the driver's process group holds that started
-    after this watchdog (so not the shell pipeline the driver was started in)
-    and whose parent is gone (they were reparented to init or a subreaper).
+    after this watchdog (so not the shell pipeline the driver was started in);
+    their parent, the driver, is gone, so the recorded tree no longer leads to them.
     """
-    stats = _stats()
-    return {
-        pid: started
-        for pid, (ppid, pgid, started) in stats.items()
-        if pgid == group and pid not in seen and int(started) > int(born) and ppid not in seen
-    }
+    after = int(born)
+    found = _stats().items()
+    return {pid: started for pid, (_, pgid, started) in found if pgid == group and int(started) > after}
 
 
 def _end(seen: dict[int, str], me: int) -> None:
@@ -118,7 +111,7 @@ def _end(seen: dict[int, str], me: int) -> None:
     """
     stopped: dict[int, str] = {}
     for _ in range(20):
-        found = _descendants(_processes(), {**seen, **stopped})
+        found = _descendants(_stats(), {**seen, **stopped})
         found.pop(me, None)
         fresh = {pid: started for pid, started in found.items() if pid not in stopped}
         if not fresh:
@@ -127,9 +120,9 @@ def _end(seen: dict[int, str], me: int) -> None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGSTOP)
         stopped.update(fresh)
-    table = _processes()
+    table = _stats()
     for pid, started in stopped.items():
-        if table.get(pid, (0, ""))[1] == started:
+        if table.get(pid, (0, 0, ""))[2] == started:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
 
