@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -78,6 +79,36 @@ class PendingCheckpoint:
         )
 
 
+Completer = Callable[[Callable[[], None]], "Future[None]"]
+"""Runs a checkpoint's completion I/O and returns its future: at once (the default) or on a thread."""
+
+
+def complete_now(work: Callable[[], None]) -> Future[None]:
+    """Run ``work`` on the calling thread; its exception, if any, is in the returned (done) future."""
+    future: Future[None] = Future()
+    try:
+        work()
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
+    return future
+
+
+@dataclass
+class _Completion:
+    """A fully acknowledged checkpoint whose ``_metadata`` and retention are being written."""
+
+    pending: PendingCheckpoint
+    meta: CheckpointMetadata
+    completed: dict[int, CheckpointMetadata]
+    """The completed checkpoints once this one is in and retention is done."""
+    duration_s: float
+    reserved: int
+    """The checkpoint id the completion takes ahead for the next trigger (0: none)."""
+    future: Future[None]
+
+
 @dataclass(frozen=True)
 class CompletedCheckpoint:
     """What progress displays and tests want to know about a completed checkpoint."""
@@ -108,6 +139,14 @@ class CheckpointCoordinator:
     3. retention removes checkpoints beyond the newest ``retain``;
     4. every subtask is notified, so sinks commit n's output.
 
+    Steps 2 and 3 are I/O (fsyncs, deletes) that ``complete`` runs: on the
+    calling thread by default, on a background thread for the local executor,
+    whose processing thread would otherwise wait on them. Either way the
+    checkpoint stays pending until they are done, so step 4 follows them and
+    no checkpoint is triggered or aborted meanwhile. The same I/O takes the
+    next checkpoint's id ahead (writes the id mark), so the trigger need not
+    wait on that fsync either.
+
     Three kinds of checkpoint end the same way: periodic ones (every
     ``interval``), the *final* one (every subtask drained; ``finished`` after
     it, and its metadata says ``final``), and the *stop* one (``request_stop``
@@ -128,6 +167,7 @@ class CheckpointCoordinator:
         notify_complete: Callable[[int], None],
         notify_abort: Callable[[int], None],
         clock: Callable[[], float] = time.monotonic,
+        complete: Completer = complete_now,
     ) -> None:
         self.store = store
         self.job = job
@@ -139,7 +179,11 @@ class CheckpointCoordinator:
         self._notify_complete = notify_complete
         self._notify_abort = notify_abort
         self.clock = clock
+        self._complete_io = complete
         self.pending: PendingCheckpoint | None = None
+        self._completion: _Completion | None = None
+        self._reserved = 0
+        """The highest checkpoint id known to be in the id mark (taken ahead by a completion)."""
         self.last_completed: CompletedCheckpoint | None = None
         self.recent_completed: deque[CompletedCheckpoint] = deque(maxlen=64)
         """The latest completed checkpoints, newest last (metrics read each one once)."""
@@ -163,6 +207,12 @@ class CheckpointCoordinator:
         After ``request_stop`` (and unless drained), the stop checkpoint is
         triggered the same way, again after an abort of it.
         """
+        if self._completion is not None:
+            if not self._completion.future.done():
+                return
+            self._finish_completion()
+            if self.finished:
+                return
         pending = self.pending
         if pending is not None:
             if now - pending.started > self.settings.timeout:
@@ -189,8 +239,11 @@ class CheckpointCoordinator:
         if final:
             CRASH_POINTS.hit("end_of_input_before_final_checkpoint")
         checkpoint_id = self.next_id
-        # The id is taken before anything of it exists, so no rerun reuses it (see restore).
-        self.store.write_checkpoint_id_mark(checkpoint_id)
+        # The id is taken before anything of it exists, so no rerun reuses it (see restore);
+        # the previous completion usually took it already.
+        if checkpoint_id > self._reserved:
+            self.store.write_checkpoint_id_mark(checkpoint_id)
+            self._reserved = checkpoint_id
         self.next_id += 1
         now = self.clock()
         self._last_trigger = now
@@ -224,7 +277,7 @@ class CheckpointCoordinator:
         if pending is None or pending.checkpoint_id != checkpoint_id:
             return AckResult.UNKNOWN
         result = pending.acknowledge(key, handles)
-        if pending.fully_acknowledged:
+        if result is AckResult.SUCCESS and pending.fully_acknowledged:
             self._complete(pending)
         return result
 
@@ -237,8 +290,8 @@ class CheckpointCoordinator:
     def abort(self, reason: CheckpointFailureReason) -> None:
         """Abort the pending checkpoint; the next one covers its data."""
         pending = self.pending
-        if pending is None:
-            return
+        if pending is None or self._completion is not None:
+            return  # a checkpoint whose _metadata is being written is no longer abortable
         self.pending = None
         self._last_end = self.clock()
         self.aborted_count += 1
@@ -253,34 +306,63 @@ class CheckpointCoordinator:
             raise CheckpointError(msg, reason)
 
     def _complete(self, pending: PendingCheckpoint) -> None:
+        """Hand steps 2 and 3 to ``complete``, deciding here, on the calling thread, what they write."""
         # Step 1: every subtask acknowledged (the caller checked).
         checkpoint_id = pending.checkpoint_id
         duration = self.clock() - pending.started
         meta = pending.to_metadata(self.job, duration)
-        size = meta.size_bytes
-        # Step 2: metadata last and atomically.
-        CRASH_POINTS.hit("after_task_snapshots_before_metadata")
-        # Fencing: a runner that lost its lease (object stores) must not complete a checkpoint.
-        self.store.verify_lock(f"completing checkpoint {checkpoint_id}")
-        self.store.write_metadata(meta)
+        completed = {**self.completed, checkpoint_id: meta}
+        deletions = plan_deletions(completed, retain=self.settings.retain)
+        incremental = any(completed[d.checkpoint_id].format > FULL_ONLY_FORMAT for d in deletions)
+        for deletion in deletions:
+            completed.pop(deletion.checkpoint_id, None)
+        referenced = None
+        if incremental or meta.format > FULL_ONLY_FORMAT:
+            referenced = surviving_references(completed, ())
+        finishing = pending.final or checkpoint_id == self._stop_checkpoint_id
+        reserved = 0 if finishing else self.next_id
+        store = self.store
+
+        def write() -> None:
+            # Step 2: metadata last and atomically.
+            CRASH_POINTS.hit("after_task_snapshots_before_metadata")
+            # Fencing: a runner that lost its lease (object stores) must not complete a checkpoint.
+            store.verify_lock(f"completing checkpoint {checkpoint_id}")
+            store.write_metadata(meta)
+            CRASH_POINTS.hit("after_metadata_before_notify")
+            # Step 3: retention.
+            store.delete_checkpoints(deletions)
+            if referenced is not None:
+                store.collect_shared(referenced, written_up_to=checkpoint_id)
+            if reserved:
+                store.write_checkpoint_id_mark(reserved)
+
+        future = self._complete_io(write)
+        self._completion = _Completion(pending, meta, completed, duration, reserved, future)
+        if future.done():
+            self._finish_completion()
+
+    def _finish_completion(self) -> None:
+        """Step 4 once the I/O is done: count the checkpoint complete and notify; its error is raised here."""
+        completion = self._completion
+        assert completion is not None
+        self._completion = None
+        completion.future.result()
+        pending, meta = completion.pending, completion.meta
+        checkpoint_id = pending.checkpoint_id
         self.pending = None
+        self._reserved = max(self._reserved, completion.reserved)
         self._last_end = self.clock()
         self.failures_in_a_row = 0
         self.completed_count += 1
-        self.completed[checkpoint_id] = meta
-        self.last_completed = CompletedCheckpoint(checkpoint_id, duration, size, pending.final)
+        self.completed = completion.completed
+        self.last_completed = CompletedCheckpoint(
+            checkpoint_id, completion.duration_s, meta.size_bytes, pending.final
+        )
         self.recent_completed.append(self.last_completed)
-        log.debug("checkpoint %d complete (%.3f s, %d bytes)", checkpoint_id, duration, size)
-        CRASH_POINTS.hit("after_metadata_before_notify")
-        # Step 3: retention.
-        deletions = plan_deletions(self.completed, retain=self.settings.retain)
-        incremental = any(self.completed[d.checkpoint_id].format > FULL_ONLY_FORMAT for d in deletions)
-        self.store.delete_checkpoints(deletions)
-        for deletion in deletions:
-            self.completed.pop(deletion.checkpoint_id, None)
-        if incremental or meta.format > FULL_ONLY_FORMAT:
-            referenced = surviving_references(self.completed, ())
-            self.store.collect_shared(referenced, written_up_to=checkpoint_id)
+        log.debug(
+            "checkpoint %d complete (%.3f s, %d bytes)", checkpoint_id, completion.duration_s, meta.size_bytes
+        )
         # Step 4: notify; sinks commit.
         self._notify_complete(checkpoint_id)
         if pending.final:

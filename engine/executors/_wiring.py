@@ -16,7 +16,7 @@ from onceflow.engine.channels import BroadcastGate, ForwardGate, HashGate, Outpu
 from onceflow.engine.checkpoint.metadata import CheckpointMetadata, JobDescription
 from onceflow.engine.checkpoint.store import CheckpointStore
 from onceflow.engine.context import SubtaskContext
-from onceflow.engine.coordinator import CheckpointCoordinator, CoordinatorSettings
+from onceflow.engine.coordinator import CheckpointCoordinator, Completer, CoordinatorSettings, complete_now
 from onceflow.engine.graph import OperatorKind, Partitioning
 from onceflow.engine.plan import PhysicalPlan, TaskSpec
 from onceflow.engine.stopping import StopRequest
@@ -115,8 +115,12 @@ class Attempt:
         trigger_sources: Callable[[int, bool], None],
         notify_complete: Callable[[int], None],
         notify_abort: Callable[[int], None],
+        complete: Completer = complete_now,
     ) -> CheckpointCoordinator:
-        """Return this attempt's checkpoint coordinator, wired to the executor's callbacks."""
+        """Return this attempt's checkpoint coordinator, wired to the executor's callbacks.
+
+        ``complete`` runs each checkpoint's completion I/O (see :class:`CheckpointCoordinator`).
+        """
         return CheckpointCoordinator(
             store=self.store,
             job=JobDescription.of_plan(self.plan, self.params),
@@ -127,6 +131,7 @@ class Attempt:
             trigger_sources=trigger_sources,
             notify_complete=notify_complete,
             notify_abort=notify_abort,
+            complete=complete,
         )
 
 

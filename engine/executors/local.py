@@ -3,13 +3,16 @@
 The embedded default, deterministic enough for tests and debugging. Channels
 are in-process deques (:mod:`onceflow.engine.transport.local`), the
 coordinator is called directly, and state files are written by a background
-writer thread, so processing continues meanwhile.
+writer thread, so processing continues meanwhile. A checkpoint's completion
+(its ``_metadata``, retention and the next id's mark: fsyncs and deletes)
+runs on another background thread for the same reason.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from onceflow.engine.checkpoint.writer import SnapshotWriter
@@ -39,12 +42,14 @@ class LocalExecutor(Executor):
         self._on_tick = on_tick
         self._stop = attempt.stop
         self._closed = False
+        self._completer = ThreadPoolExecutor(1, thread_name_prefix="onceflow-checkpoint-complete")
         self._build(attempt)
         self.coordinator = attempt.coordinator(
             [st.key for st in self.subtasks],
             trigger_sources=self._trigger_sources,
             notify_complete=self._notify_complete,
             notify_abort=self._notify_abort,
+            complete=self._completer.submit,
         )
         self.scheduler = Scheduler(
             self.subtasks,
@@ -150,6 +155,7 @@ class LocalExecutor(Executor):
         self._closed = True
         for subtask in self.subtasks:
             subtask.close()
+        self._completer.shutdown(wait=True)
         self.writer.shutdown()
 
     def metrics(self) -> list[SubtaskMetrics]:

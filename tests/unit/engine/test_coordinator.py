@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import pytest
@@ -14,7 +15,13 @@ from onceflow.engine.checkpoint.metadata import (
     StateHandle,
 )
 from onceflow.engine.checkpoint.store import CheckpointStore
-from onceflow.engine.coordinator import AckResult, CheckpointCoordinator, CoordinatorSettings
+from onceflow.engine.coordinator import (
+    AckResult,
+    CheckpointCoordinator,
+    Completer,
+    CoordinatorSettings,
+    complete_now,
+)
 from onceflow.engine.errors import CheckpointError, CheckpointFailureReason
 from onceflow.state_backends.key_groups import HASH_FUNCTION_ID
 
@@ -87,6 +94,7 @@ def make(store: CheckpointStore, clock: FakeClock, calls: Calls) -> Callable[...
         store_: CheckpointStore | None = None,
         first_checkpoint_id: int = 1,
         subtasks: list[tuple[int, int]] | None = None,
+        complete: Completer = complete_now,
     ) -> CheckpointCoordinator:
         return CheckpointCoordinator(
             store=store_ or store,
@@ -99,6 +107,7 @@ def make(store: CheckpointStore, clock: FakeClock, calls: Calls) -> Callable[...
             notify_complete=calls.completed.append,
             notify_abort=calls.aborted.append,
             clock=clock,
+            complete=complete,
         )
 
     return build
@@ -284,6 +293,80 @@ def test_completion_applies_retention_before_notifying(
     assert store.checkpoint_ids() == [3, 4]
     assert sorted(coordinator.completed) == [3, 4]
     assert seen_at_notify == [[1], [1, 2], [2, 3], [3, 4]]
+
+
+class HeldCompletion:
+    """A completer that runs the completion I/O only when the test says so, as a slow thread would."""
+
+    def __init__(self) -> None:
+        self.work: list[tuple[Callable[[], None], Future[None]]] = []
+
+    def __call__(self, work: Callable[[], None]) -> Future[None]:
+        future: Future[None] = Future()
+        self.work.append((work, future))
+        return future
+
+    def release(self) -> None:
+        work, future = self.work.pop(0)
+        try:
+            work()
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+
+def test_a_checkpoint_completing_in_the_background_stays_pending_until_its_metadata_is_written(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, calls: Calls, store: CheckpointStore
+) -> None:
+    held = HeldCompletion()
+    coordinator = make(settings=CoordinatorSettings(interval=1.0, timeout=5.0, retain=3), complete=held)
+    coordinator.tick(clock.advance(1))
+    ack_all(coordinator, 1)
+
+    # Acknowledged, _metadata not yet written: not complete, not abortable, nothing new triggered.
+    coordinator.tick(clock.advance(10))
+    assert store.read_metadata(1) is None
+    assert coordinator.pending is not None and calls.completed == [] and calls.aborted == []
+    assert calls.triggered == [(1, False)]
+    assert coordinator.acknowledge(1, (0, 0), [handle("op0", 0, 1)]) is AckResult.DUPLICATE
+    assert len(held.work) == 1
+
+    held.release()
+    assert store.read_metadata(1) is not None and calls.completed == []
+    # The completion took the next id ahead, so triggering it writes no mark.
+    assert store.read_checkpoint_id_mark() == 2
+    coordinator.tick(clock.advance(1))
+    assert calls.completed == [1] and coordinator.completed_count == 1
+    assert calls.triggered == [(1, False), (2, False)], "the next checkpoint is due in the same tick"
+
+
+def test_an_error_of_the_background_completion_is_raised_on_the_next_tick(
+    make: Callable[..., CheckpointCoordinator],
+    clock: FakeClock,
+    calls: Calls,
+    memory_dir: str,
+) -> None:
+    held = HeldCompletion()
+    coordinator = make(store_=MetadataWriteFails(memory_dir, "wc"), complete=held)
+    coordinator.tick(clock.advance(10))
+    ack_all(coordinator, 1)
+    held.release()
+
+    with pytest.raises(OSError, match="simulated crash before _metadata"):
+        coordinator.tick(clock.advance(0.1))
+    assert calls.completed == [] and coordinator.completed_count == 0
+
+
+def test_the_final_checkpoint_takes_no_id_ahead(
+    make: Callable[..., CheckpointCoordinator], clock: FakeClock, store: CheckpointStore
+) -> None:
+    coordinator = make()
+    coordinator.tick(clock.advance(0), drained=True)
+    ack_all(coordinator, 1)
+
+    assert coordinator.finished
+    assert store.read_checkpoint_id_mark() == 1
 
 
 # --------------------------------------------------------------------------- abort
