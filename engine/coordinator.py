@@ -267,6 +267,11 @@ class CheckpointCoordinator:
         self._stop_requested = True
 
     @property
+    def completing(self) -> bool:
+        """Whether a checkpoint's completion I/O (``complete``) is under way."""
+        return self._completion is not None
+
+    @property
     def stop_requested(self) -> bool:
         """Whether ``request_stop`` was called."""
         return self._stop_requested

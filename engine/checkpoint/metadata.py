@@ -399,7 +399,7 @@ def encode_metadata(meta: CheckpointMetadata) -> bytes:
         value = entry[key]
         if key == "handles" and value:
             files = ",\n  ".join(json.dumps(h, sort_keys=True) for h in value)
-            lines.append(f'{json.dumps(key)}: [\n  {files}\n ]')
+            lines.append(f"{json.dumps(key)}: [\n  {files}\n ]")
         else:
             lines.append(f"{json.dumps(key)}: {json.dumps(value, sort_keys=True)}")
     return ("{\n " + ",\n ".join(lines) + "\n}\n").encode()
