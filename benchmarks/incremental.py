@@ -387,6 +387,12 @@ def throughput(state_keys: int, words: int, tmp: str, repeats: int = 3) -> dict[
                     samples, spans, state_keys, run["thread_cpu"], until=total, since=steady_from
                 )
                 run[f"{prefix}thread_cpu_ratio_during_to_off"] = thread_rate / off["thread_cpu_rate"]
+            # What a steady checkpoint costs processing, whatever its span: the span's length times the
+            # share of the off run's rate it did not reach, in ms per checkpoint.
+            span_s = sum(e - s for s, e in steady)
+            run["steady_lost_ms_per_checkpoint"] = (
+                1000 * span_s * (1 - run["steady_ratio_during_to_off"]) / len(steady) if steady else 0.0
+            )
             run["rate_during_checkpoints"] = _rate(samples, run["tick_spans"], state_keys, until=total)
             run["ratio_during_to_off"] = run["rate_during_checkpoints"] / off["rate"]
             cpu_rate = _rate(samples, run["tick_spans"], state_keys, run["cpu"], until=total)
@@ -404,6 +410,7 @@ def throughput(state_keys: int, words: int, tmp: str, repeats: int = 3) -> dict[
             "steady_whole_ratio_during_to_off",
             "steady_whole_cpu_ratio_during_to_off",
             "steady_whole_thread_cpu_ratio_during_to_off",
+            "steady_lost_ms_per_checkpoint",
         ):
             runs[mode] = {
                 **runs[mode],
@@ -484,7 +491,9 @@ def report(result: dict[str, Any]) -> str:
         "thread that processes records only (the barrier's capture, not the writer's work; a writer "
         "holding the GIL shows in wall, not here). Whole: the whole phase, checkpoints or not. "
         "Steady phase: every record after the end of the first checkpoint started once the state is "
-        "filled, checkpoints or not. Spans run from the scheduler round that first sees a checkpoint "
+        "filled, checkpoints or not. Lost per checkpoint: a steady span's length times the share of "
+        "the off run's rate it did not reach (ms of processing a checkpoint costs, however long its span). "
+        "Spans run from the scheduler round that first sees a checkpoint "
         "pending to the one that first sees it completed (sampled at both). Records read after the "
         "last one (the final checkpoint) count in no rate. "
         "The other columns are the middle round's.",
@@ -492,10 +501,11 @@ def report(result: dict[str, Any]) -> str:
         "| run | wall s | M rec/s inside checkpoint spans | wall, of off (median) | CPU, of off (median) | "
         "wall, spans after the fill | CPU, spans after the fill | processing thread CPU, after the fill "
         "| whole, of off (median) | steady phase: wall | steady phase: processing thread CPU "
-        "| per round (wall) | load average per round | checkpoint durations s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
+        "| lost per steady checkpoint ms (median) | per round (wall) | load average per round "
+        "| checkpoint durations s |",
+        "| --- " + "| ---: " * 11 + "| --- | --- | --- |",
         f"| checkpoints off | {t['off']['seconds']} | {t['off']['rate'] / 1e6:.2f} (whole run) | 100% | 100% "
-        "| 100% | 100% | 100% | 100% | 100% | 100% | | | |",
+        "| 100% | 100% | 100% | 100% | 100% | 100% | | | | |",
     ]
     for mode in ("full", "incremental"):
         r = t[mode]
@@ -508,7 +518,8 @@ def report(result: dict[str, Any]) -> str:
             f"{r['steady_thread_cpu_ratio_during_to_off_median']:.0%} | "
             f"{r['ratio_whole_to_off_median']:.0%} | "
             f"{r['steady_whole_ratio_during_to_off_median']:.0%} | "
-            f"{r['steady_whole_thread_cpu_ratio_during_to_off_median']:.0%} | {per_round} "
+            f"{r['steady_whole_thread_cpu_ratio_during_to_off_median']:.0%} | "
+            f"{r['steady_lost_ms_per_checkpoint_median']:.0f} | {per_round} "
             f"| {', '.join(f'{a}-{b}' for a, b in r['load_rounds'])} "
             f"| {', '.join(str(d) for d in r['durations'])} |"
         )
