@@ -228,22 +228,23 @@ def _key_value_schema(part: pa.Table) -> pa.Schema:
     return pa.schema([pa.field("key", pa.large_binary()), pa.field("value", part.schema.field("value").type)])
 
 
-def _first_occurrences(keys: pa.Array | pa.ChunkedArray) -> pa.BooleanArray:
-    """Return, for each row, whether its key occurs in no earlier row.
+def _first_occurrences(keys: pa.Array | pa.ChunkedArray) -> tuple[pa.BooleanArray, pa.Array]:
+    """Return, for each row, whether its key occurs in no earlier row; and the distinct keys.
 
     A dictionary encoding numbers keys in order of first occurrence, so a row
     is a first occurrence exactly when its number exceeds every number before
-    it (a running maximum): one hash pass, no aggregation.
+    it (a running maximum): one hash pass, no aggregation. Its dictionary is
+    the distinct keys, so a caller that needs them hashes nothing again.
     """
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()  # one dictionary for all rows
     if not len(keys):
-        return pa.array([], pa.bool_())
-    if isinstance(keys, pa.Array):
-        keys = pa.chunked_array([keys])
+        return pa.array([], pa.bool_()), keys
     encoded = pc.dictionary_encode(keys)
-    numbers = pa.chunked_array([chunk.indices for chunk in encoded.chunks], pa.int32()).combine_chunks()
+    numbers = encoded.indices
     seen = pc.cumulative_max(numbers)
-    before = pa.concat_arrays([pa.array([-1], pa.int32()), seen.slice(0, len(seen) - 1)])
-    return pc.greater(numbers, before)
+    before = pa.concat_arrays([pa.array([-1], numbers.type), seen.slice(0, len(seen) - 1)])
+    return pc.greater(numbers, before), encoded.dictionary
 
 
 def _newest_rows(chain: list[tuple[str, pa.Table]]) -> list[tuple[str, pa.Table]]:
@@ -255,8 +256,9 @@ def _newest_rows(chain: list[tuple[str, pa.Table]]) -> list[tuple[str, pa.Table]
     each merged on its own. Within a group the oldest file (the base, usually
     nearly all the rows) is never hashed as a whole: the newer files' keys are
     deduplicated among themselves (first occurrences, newest first, see
-    :func:`_first_occurrences`), and the oldest file keeps the rows whose key
-    no newer file holds (``is_in`` against those keys: one probe per row).
+    :func:`_first_occurrences`, which also yields them without repeats), and
+    the oldest file keeps the rows whose key none of those is (``is_in``: one
+    probe per row).
     """
     kept: list[tuple[str, pa.Table]] = []
     for group in _overlapping(chain):
@@ -268,15 +270,14 @@ def _newest_rows(chain: list[tuple[str, pa.Table]]) -> list[tuple[str, pa.Table]
                 [chunk for _, part in newest_first for chunk in part["key"].cast(pa.large_binary()).chunks],
                 pa.large_binary(),
             )
-            first = _first_occurrences(keys)
+            first, distinct = _first_occurrences(keys)
             offset = 0
             for path, part in newest_first:
                 rows = part.num_rows
                 newest = pc.and_(first.slice(offset, rows), pc.is_valid(part["value"]))
                 kept.append((path, part.filter(newest)))
                 offset += rows
-            unique = pc.unique(keys)
-            shadowed = pc.is_in(oldest["key"].cast(pa.large_binary()), value_set=unique)
+            shadowed = pc.is_in(oldest["key"].cast(pa.large_binary()), value_set=distinct)
             oldest = oldest.filter(pc.and_(pc.invert(shadowed), pc.is_valid(oldest["value"])))
         else:
             oldest = oldest.filter(pc.is_valid(oldest["value"]))
@@ -360,7 +361,8 @@ def compact(
             )
         )
     merged = pa.concat_tables(parts[::-1], promote_options="permissive")  # newest first
-    merged = merged.filter(pc.and_(_first_occurrences(_state_and_key(merged)), pc.is_valid(merged["value"])))
+    first, _ = _first_occurrences(_state_and_key(merged))
+    merged = merged.filter(pc.and_(first, pc.is_valid(merged["value"])))
     merged = merged.take(pc.sort_indices(merged["key_group"]))
     state = pc.dictionary_encode(merged["state"]).cast(_STATE_TYPE)
     schema = pa.schema(
