@@ -13,6 +13,7 @@ import pickle
 import sys
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -103,39 +104,87 @@ def _pickle_operator_state(operator_state: Any) -> bytes:
         raise StateSerializationError(msg) from exc
 
 
-def _fixed_width_view(column: pa.Array, start: int, width: int, value_type: pa.DataType) -> pa.Array:
-    """Bytes ``start:start+width`` of every row as one fixed-width number (little-endian), no copy per row."""
-    sliced = pc.binary_slice(column, start, start + width).cast(pa.binary(width))
-    return pa.Array.from_buffers(value_type, len(sliced), [None, sliced.buffers()[1]], offset=sliced.offset)
+_STR_TAG = ord("S")
+_INT_TAG = ord("i")
 
 
-def _decode_keys(column: pa.ChunkedArray) -> list[Any]:
-    """Decode a key column: in Arrow when every key is a str or every key an int64, else one by one.
+def _decode_keys(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """Decode a key column: in bulk when every key is a str or every key an int64, else one by one.
 
     Restoring millions of keys is dominated by decoding them; the two common
     shapes of :func:`~onceflow.state_backends.key_groups.encode_key` (``S`` +
-    length + UTF-8, ``i`` + 8 bytes) are checked and cut out as whole columns.
-    Anything else, including a str that is not valid UTF-8 (a lone
-    surrogate), goes through ``decode_key``.
+    4-byte little-endian length + UTF-8, ``i`` + 8 bytes) are recognised from
+    the column's offsets and bytes in NumPy (:func:`_key_shape`, one gather
+    per check, no Arrow array per check) and cut out as whole columns: a str
+    column is sliced past its headers and cast to UTF-8 strings by Arrow (the
+    cast validates the UTF-8), an int64 column is read in place. Anything
+    else, including a str that is not valid UTF-8 (a lone surrogate), goes
+    through ``decode_key``, which also names what is malformed.
     """
-    keys = column.combine_chunks()
-    if len(keys) and keys.null_count == 0 and sys.byteorder == "little":
-        tags = pc.binary_slice(keys, 0, 1)
-        lengths = pc.binary_length(keys)
-        if pc.all(pc.equal(tags, pa.scalar(b"S", keys.type))).as_py():
-            declared = _fixed_width_view(keys, 1, 4, pa.uint32()).cast(pa.int64())
-            if pc.all(pc.equal(declared, pc.subtract(lengths.cast(pa.int64()), 5))).as_py():
-                longest = pc.max(lengths).as_py()
-                try:
-                    return pc.binary_slice(keys, 5, longest).cast(pa.large_string()).to_pylist()
-                except pa.ArrowInvalid:
-                    pass  # not UTF-8: a lone surrogate, decoded with surrogatepass below
-        elif (
-            pc.all(pc.equal(tags, pa.scalar(b"i", keys.type))).as_py()
-            and pc.all(pc.equal(lengths, 9)).as_py()
-        ):
-            return _fixed_width_view(keys, 1, 8, pa.int64()).to_pylist()
-    return list(map(decode_key, keys.to_pylist()))
+    chunks = [chunk for chunk in _chunks(column) if len(chunk)]
+    shapes = [_key_shape(chunk) for chunk in chunks]
+    tags = {tag for tag, _ in shapes}
+    if tags == {_STR_TAG}:
+        longest = max(length for _, length in shapes)  # an explicit stop: a sliced chunk needs one
+        bodies = pc.binary_slice(column, 5, longest)
+        try:
+            strings = bodies.cast(pa.large_string())
+        except pa.ArrowInvalid:
+            pass  # not UTF-8: a lone surrogate, decoded with surrogatepass below
+        else:
+            return strings.to_pylist()
+    elif tags == {_INT_TAG}:
+        if len(chunks) == 1:
+            return _int64_keys(chunks[0]).tolist()
+        return np.concatenate([_int64_keys(chunk) for chunk in chunks]).tolist()
+    return list(map(decode_key, column.to_pylist()))
+
+
+def _chunks(column: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    return list(column.chunks) if isinstance(column, pa.ChunkedArray) else [column]
+
+
+def _offsets(chunk: pa.Array) -> np.ndarray:
+    """Return the chunk's ``len + 1`` offsets into its data buffer, without a copy."""
+    dtype = np.dtype("<i8") if pa.types.is_large_binary(chunk.type) else np.dtype("<i4")
+    return np.frombuffer(chunk.buffers()[1], dtype, len(chunk) + 1, chunk.offset * dtype.itemsize)
+
+
+def _key_shape(chunk: pa.Array) -> tuple[int, int]:
+    """Return the shape of every key of a (non-empty) chunk, and the longest key's length.
+
+    The shape is :data:`_STR_TAG` when every key is one whole encoded str,
+    :data:`_INT_TAG` when every key is an encoded int64, else 0.
+
+    A str key is ``S``, its UTF-8 length as 4 bytes, then exactly that many
+    bytes (a str followed by more bytes fails the length check); an
+    int64 key is ``i`` and 8 bytes. Only the offsets and the bytes at them
+    are read.
+    """
+    if chunk.null_count or not (pa.types.is_binary(chunk.type) or pa.types.is_large_binary(chunk.type)):
+        return 0, 0
+    offsets = _offsets(chunk)
+    lengths = np.diff(offsets)
+    data = chunk.buffers()[2]
+    shortest, longest = int(lengths.min()), int(lengths.max())
+    if data is None or shortest < 1:
+        return 0, longest
+    starts = offsets[:-1]
+    tags = np.frombuffer(data, np.uint8)[starts]
+    if shortest == longest == 9 and (tags == _INT_TAG).all():
+        return _INT_TAG, longest
+    if shortest < 5 or not (tags == _STR_TAG).all():
+        return 0, longest
+    # Every key has 5 bytes from its start, so a 4-byte read at start + 1 stays inside the data.
+    words = np.ndarray((data.size - 3,), np.dtype("<u4"), data, strides=(1,))
+    declared = words[starts + 1]
+    return (_STR_TAG if (declared == lengths - 5).all() else 0), longest
+
+
+def _int64_keys(chunk: pa.Array) -> np.ndarray:
+    """Return the numbers of a chunk of :data:`_INT_TAG` keys (9 bytes each, back to back), in place."""
+    start = int(_offsets(chunk)[0]) + 1
+    return np.ndarray((len(chunk),), np.dtype("<i8"), chunk.buffers()[2], start, strides=(9,))
 
 
 def _encode_keys(keys: list[Any]) -> tuple[pa.Array, list[bytes]]:

@@ -21,9 +21,9 @@ from onceflow.state_backends import (
     read_state_file,
     write_state_file,
 )
-from onceflow.state_backends._state_values import _encode_keys
+from onceflow.state_backends._state_values import _decode_keys, _encode_keys
 from onceflow.state_backends.arrow_snapshot import BATCH_ROWS
-from onceflow.state_backends.key_groups import encode_key
+from onceflow.state_backends.key_groups import decode_key, encode_key
 
 
 @pytest.fixture(params=["file", "memory"])
@@ -341,3 +341,50 @@ def test_writer_does_not_mutate_the_snapshot(fs_and_root):
 def test_bulk_key_encoding_equals_encode_key(keys: list) -> None:
     column, encoded = _encode_keys(list(keys))
     assert encoded == [encode_key(k) for k in keys] == column.to_pylist()
+
+
+_KEY_SETS = [
+    ["a", "", "héllo", "x" * 300, "日本"],
+    ["a", "\ud800"],  # a lone surrogate: not UTF-8, decoded one by one
+    [0, -1, 2**63 - 1, -(2**63)],
+    [1, 2**70],  # beyond int64
+    ["x", 1, None, 1.5, b"b", ("t", 2)],
+    [("a", 1), ("b", 2)],
+    [b"S", b"i"],
+]
+
+
+@pytest.mark.parametrize("keys", _KEY_SETS)
+@pytest.mark.parametrize("key_type", [pa.large_binary(), pa.binary()])
+def test_bulk_key_decoding_equals_decode_key(keys: list, key_type: pa.DataType) -> None:
+    """Whole columns, sliced and filtered ones (offsets not at 0) and chunked ones decode like decode_key."""
+    encoded = [encode_key(k) for k in keys * 3]
+    column = pa.array(encoded, key_type)
+    expected = [decode_key(e) for e in encoded]
+    assert _decode_keys(column) == expected
+    assert _decode_keys(pa.chunked_array([column.slice(0, 2), column.slice(2)])) == expected
+    assert _decode_keys(column.slice(1)) == expected[1:]
+    mask = pa.array([i % 2 == 1 for i in range(len(encoded))])
+    assert _decode_keys(column.filter(mask)) == [e for e, m in zip(expected, mask.to_pylist()) if m]
+    assert _decode_keys(pa.chunked_array([], key_type)) == []
+
+
+def test_a_column_of_str_and_int64_chunks_decodes_each_key_as_written() -> None:
+    strs, _ = _encode_keys(["a", "bc"])
+    ints, _ = _encode_keys([7, -8])
+    assert _decode_keys(pa.chunked_array([strs, ints, strs.slice(1)])) == ["a", "bc", 7, -8, "bc"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"S\x02\x00\x00\x00abc",  # a str followed by another byte
+        b"S\x04\x00\x00\x00abc",  # a str shorter than its length
+        b"i\x01\x00",  # a truncated int64
+        b"",
+    ],
+)
+def test_a_malformed_key_among_well_formed_ones_is_a_value_error(bad: bytes) -> None:
+    good = [encode_key(k) for k in ["a", "b"]] if bad[:1] != b"i" else [encode_key(k) for k in [1, 2]]
+    with pytest.raises(ValueError, match="malformed key encoding"):
+        _decode_keys(pa.array([*good, bad], pa.large_binary()))
