@@ -47,6 +47,7 @@ from onceflow.state_backends._state_values import (
     _decode_keys,
     _encode_keys,
     _pickle_operator_state,
+    _restored_table,
     _unpicklable_value,
     _value_array,
 )
@@ -520,7 +521,7 @@ def _decode_tables(
         except ValueError as exc:
             msg = f"state file {path!r}: state {name!r} holds a malformed key: {exc}"
             raise CorruptStateError(msg) from exc
-        result[name] = dict(zip(keys, decode_values(part["value"]), strict=True))
+        result[name] = _restored_table(keys, decode_values(part["value"]))
     return result
 
 

@@ -28,7 +28,13 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from onceflow.state_backends._state_values import _ENC_PICKLE, _PICKLE_PROTOCOL, _as_bytes, _decode_keys
+from onceflow.state_backends._state_values import (
+    _ENC_PICKLE,
+    _PICKLE_PROTOCOL,
+    _as_bytes,
+    _decode_keys,
+    _restored_table,
+)
 from onceflow.state_backends.arrow_snapshot import (
     _META_VALUE_ENCODING,
     _STATE_TYPE,
@@ -194,7 +200,7 @@ def merge_changes(tables: Sequence[tuple[str, pa.Table]]) -> dict[str, dict[Any,
             if live:
                 live.update(zip(keys, values, strict=True))
             else:
-                live = dict(zip(keys, values, strict=True))
+                live = _restored_table(keys, values)
         if live:
             result[name] = live
     return result

@@ -21,7 +21,7 @@ from onceflow.state_backends import (
     read_state_file,
     write_state_file,
 )
-from onceflow.state_backends._state_values import _decode_keys, _encode_keys
+from onceflow.state_backends._state_values import _decode_keys, _encode_keys, _restored_table
 from onceflow.state_backends.arrow_snapshot import BATCH_ROWS
 from onceflow.state_backends.key_groups import decode_key, encode_key
 
@@ -388,3 +388,20 @@ def test_a_malformed_key_among_well_formed_ones_is_a_value_error(bad: bytes) -> 
     good = [encode_key(k) for k in ["a", "b"]] if bad[:1] != b"i" else [encode_key(k) for k in [1, 2]]
     with pytest.raises(ValueError, match="malformed key encoding"):
         _decode_keys(pa.array([*good, bad], pa.large_binary()))
+
+
+def test_a_restored_table_is_a_plain_dict_that_copies_and_changes_like_one() -> None:
+    keys = [f"k{i}" for i in range(1000)]
+    table = _restored_table(keys, list(range(1000)))
+    assert type(table) is dict and table == dict(zip(keys, range(1000)))
+    assert list(table) == keys
+    live: dict = {}
+    live.update(table)
+    assert live == table
+    del live["k3"]
+    live["new"] = -1
+    live[("t", 1)] = 2
+    assert len(live) == 1001 and live["new"] == -1 and "k3" not in live and table["k3"] == 3
+    assert _restored_table([], []) == {}
+    with pytest.raises(ValueError):
+        _restored_table(["a"], [])
