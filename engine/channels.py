@@ -16,7 +16,7 @@ from typing import Any
 from onceflow.engine.elements import Batch
 from onceflow.engine.errors import KeyEncodingError, OperatorError
 from onceflow.state_backends.errors import ErrorDomain
-from onceflow.state_backends.key_groups import key_group_for, subtask_for_key_group
+from onceflow.state_backends.key_groups import key_group_for, key_groups_for, subtask_for_key_group
 
 
 class OutputGate:
@@ -85,7 +85,9 @@ class HashGate(OutputGate):
     """Route each record by the stable hash of its key; keys travel with the batch.
 
     Cost per record: one ``key_fn`` call and one dict lookup (key -> channel),
-    with the canonical hash computed once per distinct key.
+    with the canonical hash computed once per distinct key, in bulk for the new
+    keys of a batch (:meth:`_learn`): behind a combiner nearly every partial
+    carries a key not seen before, so a call per new key would be a call per record.
     """
 
     def __init__(
@@ -123,6 +125,20 @@ class HashGate(OutputGate):
         target = subtask_for_key_group(self.max_parallelism, len(self.channels), kg)
         self._route[key] = target
         return target
+
+    def _learn(self, new: list) -> None:
+        """Route the distinct, uncached keys ``new`` at once; a key without encoding raises in ``_miss``."""
+        try:
+            groups = key_groups_for(new, self.max_parallelism)
+        except KeyEncodingError:
+            for key in new:
+                self._miss(key)  # raises the error naming the operator, for the first bad key
+            raise
+        route = self._route
+        if len(route) + len(new) > self.cache_size:
+            route.clear()
+        mp, n = self.max_parallelism, len(self.channels)
+        route.update(zip(new, [subtask_for_key_group(mp, n, kg) for kg in groups]))
 
     def _error(self, msg: str, exc: BaseException) -> OperatorError:
         err = OperatorError(
@@ -170,17 +186,10 @@ class HashGate(OutputGate):
                 # 0/1, so they select target 1 themselves and their negation target 0.
                 targets = list(map(get, keys))
                 if None in targets:
-                    # New keys: hash each distinct one once, then route the batch again at C
-                    # speed. Only a cache cleared while doing so leaves a key to look up singly.
-                    miss = self._miss
-                    for key in {k for k in set(keys) if k not in route}:
-                        miss(key)
+                    # New keys: hash each distinct one once (in bulk), then route the batch
+                    # again at C speed.
+                    self._learn([k for k in set(keys) if k not in route])
                     targets = list(map(get, keys))
-                if None in targets:
-                    targets = [
-                        t if t is not None else (route[k] if k in route else miss(k))
-                        for t, k in zip(targets, keys)
-                    ]
                 others = list(map(not_, targets))
                 out_records = [list(compress(records, others)), list(compress(records, targets))]
                 out_keys = [list(compress(keys, others)), list(compress(keys, targets))]
@@ -189,6 +198,9 @@ class HashGate(OutputGate):
             else:
                 out_records = [[] for _ in range(n)]
                 out_keys = [[] for _ in range(n)]
+                new = [k for k in set(keys) if k not in route]
+                if new:
+                    self._learn(new)
                 miss = self._miss
                 for record, key in zip(records, keys):
                     target = get(key)

@@ -188,15 +188,15 @@ def test_a_key_new_to_a_batch_is_hashed_once_however_often_it_comes(parallelism:
     """Hot keys that appear first in a batch (new auction ids, say) must not cost a hash per record."""
     out = channels(parallelism, capacity=100)
     gate = hash_gate(out, key_fn=lambda r: r[0])
-    misses = []
-    real_miss = gate._miss
-    gate._miss = lambda key: misses.append(key) or real_miss(key)  # type: ignore[method-assign]
+    learned: list = []
+    real_learn = gate._learn
+    gate._learn = lambda keys: learned.extend(keys) or real_learn(keys)  # type: ignore[method-assign]
     records = [(k, i) for i in range(50) for k in ("hot", 7, "cold")]
 
     gate.emit(records[:75])
     gate.emit(records[75:])
 
-    assert sorted(misses, key=str) == [7, "cold", "hot"]
+    assert sorted(learned, key=str) == [7, "cold", "hot"]
     assert len(routed(out)) == len(records)
 
 

@@ -22,6 +22,7 @@ from onceflow.state_backends import (
     stable_hash,
     subtask_for_key_group,
 )
+from onceflow.state_backends.key_groups import key_groups_for
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -246,6 +247,24 @@ def test_assigner_matches_uncached_function_and_subtask_formula():
         assert assigner.key_group(key) == key_group  # cached hit
         assert assigner.subtask(key) == subtask_for_key_group(128, 3, key_group)
         assert key_group in key_group_range_for_subtask(128, 3, assigner.subtask(key))
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        list(range(-5, 300)),  # ints only: the bulk encoding
+        [2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 7],  # ints past int64 take the long encoding
+        ROUND_TRIP_KEYS,
+        [True, 1, 1.0, "1", b"1", None, (1, "a")],
+    ],
+)
+def test_bulk_key_groups_equal_one_by_one(keys):
+    assert key_groups_for(keys, 128) == [key_group_for(key, 128) for key in keys]
+
+
+def test_bulk_key_groups_reject_a_key_without_encoding():
+    with pytest.raises(KeyEncodingError, match="NaN"):
+        key_groups_for([1, float("nan")], 128)
 
 
 def test_assigner_cache_clears_past_cache_size_and_stays_correct():
