@@ -75,7 +75,7 @@ class ProcessExecutor(WorkerPoolExecutor):
     def _start_workers(self, attempt: Attempt) -> None:
         ctx = multiprocessing.get_context("fork")
         n = self.workers_count
-        ends = connect_workers(ctx, n)
+        ends = connect_workers(n)
         subtask_settings = attempt.subtask_settings()
         # Frozen objects are left out of garbage collections. A worker's first full
         # collection would otherwise visit every object it inherits from this process,

@@ -24,6 +24,7 @@ import faulthandler
 import logging
 import os
 import signal
+import socket
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -171,11 +172,7 @@ class Worker:
 
     def _idle(self, idle_rounds: int) -> None:
         """Sleep until a message arrives; poll sooner while state writes or timers are pending."""
-        wakeup = self.transport.wakeup
-        # A message arriving after this clear sets it again and wakes the next wait; one
-        # that arrived before is already queued and is handled by the next round.
-        wakeup.wait(0.005 if self.writer.outstanding or self.scheduler.ticking else 0.05)
-        wakeup.clear()
+        self.transport.wait(0.005 if self.writer.outstanding or self.scheduler.ticking else 0.05)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -200,7 +197,7 @@ def worker_main(
     subtask_settings: SubtaskSettings,
     store_url: str,
     control: Connection,
-    peers: dict[int, Connection],
+    peers: dict[int, socket.socket],
     parent_pid: int,
 ) -> None:
     """Entry point of a forked worker: run, report ``stopped`` or ``error``, then exit."""

@@ -10,7 +10,6 @@ placement, nothing else.
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
@@ -65,12 +64,11 @@ class WorkerTransport(Protocol):
     """What a worker outside the runner needs of its transport besides channel ends.
 
     ``commands`` holds the runner's control messages in the order sent,
-    ``wakeup`` is set whenever anything arrived, ``send`` reports to the runner,
-    and ``closed`` says the runner is gone (send nothing more).
+    ``wait`` sleeps until anything may have arrived, ``send`` reports to the
+    runner, and ``closed`` says the runner is gone (send nothing more).
     """
 
     commands: deque
-    wakeup: threading.Event
     closed: bool
 
     def channel(self, cid: ChannelId) -> ChannelEnd:
@@ -84,6 +82,9 @@ class WorkerTransport(Protocol):
 
     def start(self) -> None:
         """Start taking elements in; every channel end was taken before."""
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until something may have arrived (elements, credits, commands), at most ``timeout`` s."""
 
     def send(self, message: tuple) -> None:
         """Send a report to the runner."""

@@ -190,6 +190,16 @@ class PeerTransport(Transport):
                 credits.clear()
                 yield peer, messages
 
+    def wait(self, timeout: float) -> None:
+        """Sleep until ``wakeup`` is set (a transport that takes messages in on a thread of its own sets it).
+
+        A message arriving after the clear sets it again and wakes the next
+        wait; one that arrived before is already applied, and the next round
+        handles it.
+        """
+        self.wakeup.wait(timeout)
+        self.wakeup.clear()
+
     def take_in(self) -> bool:
         """Apply the peers' messages that arrived but are not applied yet; return whether there were any.
 

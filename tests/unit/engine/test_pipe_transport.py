@@ -1,4 +1,4 @@
-"""PipeTransport over real socket pipes: a message per peer and round, merged watermarks, bulk credits."""
+"""PipeTransport over real socket pairs: a message per peer and round, merged watermarks, bulk credits."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from onceflow.engine.transport.pipes import PipeTransport, connect_workers
 
 def _pair(capacity: int = 4) -> tuple[dict[int, PipeTransport], list]:
     ctx = multiprocessing.get_context("fork")
-    ends = connect_workers(ctx, 2)
+    ends = connect_workers(2)
     controls = [ctx.Pipe(duplex=True) for _ in range(2)]
     transports = {
         w: PipeTransport(
@@ -32,7 +32,7 @@ def _until(condition, timeout: float = 5.0) -> None:
 
 
 def _arrived(transport: PipeTransport, condition) -> bool:
-    """Let the worker's loop take in what its receiver read, then check ``condition``."""
+    """Take in what arrived, as the worker's loop does once per round, then check ``condition``."""
     transport.take_in()
     return condition()
 
@@ -115,5 +115,56 @@ def test_runner_commands_are_queued_in_order() -> None:
     transports[1].start()
     controls[1][0].send(("trigger", 1, False))
     controls[1][0].send(("stop",))
-    _until(lambda: len(transports[1].commands) == 2)
+    _until(lambda: _arrived(transports[1], lambda: len(transports[1].commands) == 2))
     assert list(transports[1].commands) == [("trigger", 1, False), ("stop",)]
+
+
+def test_two_workers_sending_more_than_their_sockets_hold_to_each_other_never_block() -> None:
+    """Each ship returns at once; what the kernel did not take goes out as the loops read and wait."""
+    transports, _controls = _pair()
+    cids = {0: ChannelId(0, 0, 1), 1: ChannelId(0, 1, 0)}
+    outs = {w: transports[w].channel(cids[w]) for w in (0, 1)}
+    inps = {w: transports[1 - w].channel(cids[w]) for w in (0, 1)}
+    for t in transports.values():
+        t.start()
+    payload = [b"x" * 1024] * (16 * 1024)  # 16 MiB each way: more than both socket buffers
+    started = time.monotonic()
+    for w in (0, 1):
+        outs[w].put(Batch(payload))
+        transports[w].flush()
+    assert time.monotonic() - started < 5.0
+    deadline = time.monotonic() + 30.0
+    while not (len(inps[0]) and len(inps[1])):
+        assert time.monotonic() < deadline, "the frames did not get through"
+        for t in transports.values():
+            t.take_in()
+            t.wait(0.01)
+    assert [len(inps[w].poll().records) for w in (0, 1)] == [len(payload), len(payload)]
+
+
+def test_wait_returns_when_a_peer_sends_and_a_closed_runner_pipe_means_stop() -> None:
+    transports, controls = _pair()
+    cid = ChannelId(0, 0, 1)
+    out = transports[0].channel(cid)
+    inp = transports[1].channel(cid)
+    for t in transports.values():
+        t.start()
+    out.put(Watermark(1.0))
+    transports[0].flush()
+    started = time.monotonic()
+    transports[1].wait(10.0)
+    assert time.monotonic() - started < 5.0
+    _until(lambda: _arrived(transports[1], lambda: len(inp) == 1))
+    controls[1][0].close()
+    _until(lambda: _arrived(transports[1], lambda: transports[1].closed))
+    assert list(transports[1].commands) == [("stop",)]
+
+
+def test_a_peer_that_closed_its_end_is_let_go() -> None:
+    transports, _controls = _pair()
+    for t in transports.values():
+        t.start()
+    transports[0].peers[1].close()
+    assert transports[1].take_in() is False
+    transports[1].wait(0.01)  # no longer woken by the closed socket
+    assert transports[1].take_in() is False
