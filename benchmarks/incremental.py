@@ -13,7 +13,10 @@ Three measurements:
   ``HeapKeyedState`` through the restore code; the full checkpoint likewise.
 * ``restore`` (``--only restore``): chains of ``--keys`` keys after
   ``--intervals`` incremental checkpoints restored ``--repeats`` times, wall
-  and CPU seconds each (the full checkpoint is not written).
+  and CPU seconds each (the full checkpoint is not written). With
+  ``--record`` its figures are kept in ``incremental.json`` under
+  ``restore_chain`` (with the command and the load average), which a full
+  run carries over.
 * ``throughput``: the engine's keyed count (``benchmarks.cases``) over
   1,000,000 distinct words (the state), then 15,000,000 words of a
   10,000-word vocabulary, checkpoints every 1 s: full, incremental, and off.
@@ -527,6 +530,12 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _recorded(out: Path) -> dict[str, Any]:
+    """Return the figures last written to ``out/incremental.json`` (none yet: empty)."""
+    path = out / "incremental.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=10_000_000)
@@ -545,7 +554,14 @@ def main() -> None:
         choices=("bytes", "throughput", "restore"),
         help="run one measurement and print its figures, writing no results (for development)",
     )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="with --only restore: also keep its figures in <out>/incremental.json under restore_chain",
+    )
     args = parser.parse_args()
+    if args.record and args.only != "restore":
+        parser.error("--record goes with --only restore")
     load_start = os.getloadavg()[0]
     if args.only is not None:
         with tempfile.TemporaryDirectory(prefix="onceflow-incremental-") as tmp:
@@ -567,12 +583,21 @@ def main() -> None:
                 }
         print(json.dumps(figures, indent=1, default=str))
         print(f"load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end")
+        if args.record:
+            figures["command"] = "python benchmarks/incremental.py " + " ".join(sys.argv[1:])
+            figures["load"] = (load_start, os.getloadavg()[0])
+            args.out.mkdir(parents=True, exist_ok=True)
+            recorded = _recorded(args.out)
+            recorded["restore_chain"] = figures
+            (args.out / "incremental.json").write_text(json.dumps(recorded, indent=1, default=str))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onceflow-incremental-") as tmp:
         result: dict[str, Any] = {"throughput": throughput(args.state_keys, args.words, tmp, args.repeats)}
         result["bytes"] = bytes_and_restore(args.keys, args.intervals, tmp)
     result["load"] = (load_start, os.getloadavg()[0])
+    if "restore_chain" in _recorded(args.out):
+        result["restore_chain"] = _recorded(args.out)["restore_chain"]
     plot(result["throughput"], args.out / "incremental_throughput.png")
     (args.out / "incremental.json").write_text(json.dumps(result, indent=1, default=str))
     (args.out / "incremental.md").write_text(report(result))
