@@ -38,6 +38,14 @@ class CreditedOutput:
     forwards a watermark for each input batch that advanced it; within one
     round only the last of them leaves the worker. Idle markers are never
     merged. Cost per element: one append, or one comparison and a replacement.
+
+    A watermark (not an idle marker) takes no credit: it carries no records,
+    and the consumer's inbox replaces a queued watermark with a later one
+    (:meth:`PeerTransport.apply`), so at most one follows each credited
+    element there and what is in flight stays bounded. Spent on watermarks,
+    credits stalled producers that send one per source batch while a combiner
+    holds the records: the consumer's worker had to read and answer every one
+    before the producer could step again.
     """
 
     __slots__ = ("cid", "capacity", "sent", "acked", "outbox", "_watermark_at")
@@ -60,8 +68,9 @@ class CreditedOutput:
                 outbox[at] = ("d", self.cid, element)
                 return
             self._watermark_at = len(outbox)
-        else:
-            self._watermark_at = -1
+            outbox.append(("d", self.cid, element))
+            return
+        self._watermark_at = -1
         outbox.append(("d", self.cid, element))
         self.sent += 1
 
@@ -70,7 +79,7 @@ class CreditedOutput:
         self._watermark_at = -1
 
     def has_room(self) -> bool:
-        """Whether fewer than ``capacity`` elements are put and unread by the consumer."""
+        """Whether fewer than ``capacity`` credited elements are put and unread by the consumer."""
         return self.sent - self.acked < self.capacity
 
     def poll(self) -> Any:
@@ -85,7 +94,8 @@ class CreditedOutput:
 class CreditedInput:
     """The consumer end of a channel from another worker; every element read earns its producer a credit.
 
-    Credits go back with the next flush to the producer's worker, in bulk.
+    Except a watermark, which took none (see :class:`CreditedOutput`). Credits
+    go back with the next flush to the producer's worker, in bulk.
     """
 
     __slots__ = ("queue", "cid", "credits")
@@ -109,6 +119,8 @@ class CreditedInput:
         if not self.queue:
             return None
         element = self.queue.popleft()
+        if type(element) is Watermark and not element.idle:
+            return element
         cid = self.cid
         self.credits[cid] = self.credits.get(cid, 0) + 1
         return element
@@ -213,12 +225,28 @@ class PeerTransport(Transport):
         """Send one round's ``messages`` to worker ``peer``, after every earlier message to it."""
 
     def apply(self, messages: list) -> None:
-        """Take one message of a peer (or the runner): elements to inboxes, credits, commands."""
+        """Take one message of a peer (or the runner): elements to inboxes, credits, commands.
+
+        A watermark whose inbox ends with a watermark replaces it (idle markers
+        excepted), as on the producer's side: that bounds the watermarks
+        queued, which take no credit.
+        """
         inboxes = self.inboxes
         for message in messages:
             kind = message[0]
             if kind == "d":
-                inboxes[message[1]].append(message[2])
+                element = message[2]
+                inbox = inboxes[message[1]]
+                if (
+                    type(element) is Watermark
+                    and not element.idle
+                    and inbox
+                    and type(inbox[-1]) is Watermark
+                    and not inbox[-1].idle
+                ):
+                    inbox[-1] = element
+                else:
+                    inbox.append(element)
             elif kind == "c":
                 self.outputs[message[1]].acked += message[2]
             else:

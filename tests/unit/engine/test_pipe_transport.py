@@ -63,7 +63,7 @@ def test_a_round_leaves_as_one_message_with_consecutive_watermarks_merged() -> N
     out.put(Barrier(1))
     out.put(Watermark(3.0))  # a barrier in between: kept apart
     out.put(Watermark(4.0, idle=True))  # idleness is never merged
-    assert len(out) == 5
+    assert len(out) == 3  # watermarks take no credit; the batch, the barrier and the idle marker do
     transports[0].flush()
     assert len(shipped) == 1
     _until(lambda: _arrived(transports[1], lambda: len(inp) == 5))
@@ -94,20 +94,41 @@ def test_credits_come_back_in_bulk_with_the_consumers_flush_and_bound_what_is_un
     assert len(out) == 0
 
 
-def test_a_watermark_after_a_flush_is_sent_again_not_merged_into_the_sent_one() -> None:
+def test_a_watermark_after_a_flush_is_sent_again_and_the_inbox_keeps_the_later_one() -> None:
     transports, _controls = _pair()
     cid = ChannelId(0, 0, 1)
     out = transports[0].channel(cid)
     inp = transports[1].channel(cid)
     for t in transports.values():
         t.start()
+    shipped = _count_ships(transports[0])
     out.put(Watermark(1.0))
     transports[0].flush()
     out.put(Watermark(2.0))
     transports[0].flush()
-    _until(lambda: _arrived(transports[1], lambda: len(inp) == 2))
-    assert [inp.poll(), inp.poll()] == [Watermark(1.0), Watermark(2.0)]
-    assert len(out) == 2
+    assert shipped == [[("d", cid, Watermark(1.0))], [("d", cid, Watermark(2.0))]]
+    _until(lambda: _arrived(transports[1], lambda: inp.queue and inp.queue[-1] == Watermark(2.0)))
+    assert list(inp.queue) == [Watermark(2.0)]  # queued after 1.0 with nothing between: replaced it
+
+
+def test_watermarks_take_no_credit_so_a_stream_of_them_never_stalls_the_producer() -> None:
+    transports, _controls = _pair(capacity=2)
+    cid = ChannelId(0, 0, 1)
+    out = transports[0].channel(cid)
+    inp = transports[1].channel(cid)
+    for t in transports.values():
+        t.start()
+    for n in range(50):  # one per round, as a source step sends them, none read yet
+        out.put(Watermark(float(n)))
+        transports[0].flush()
+        assert out.has_room()
+    out.put(Batch([1]))
+    out.put(Watermark(50.0))
+    transports[0].flush()
+    _until(lambda: _arrived(transports[1], lambda: inp.queue and inp.queue[-1] == Watermark(50.0)))
+    assert [type(e).__name__ for e in inp.queue] == ["Watermark", "Batch", "Watermark"]
+    assert [inp.poll(), inp.poll().records, inp.poll()] == [Watermark(49.0), [1], Watermark(50.0)]
+    assert transports[1].credits == {0: {cid: 1}}  # only the batch earns one
 
 
 def test_runner_commands_are_queued_in_order() -> None:
