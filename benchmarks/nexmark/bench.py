@@ -57,6 +57,23 @@ BYTEWAX_Q5 = (
     "on a slow run the second stage sees windows as late); at 100,000 events it took 5.2 s with the "
     "right 75 lines (plain loop 0.14 s). `--bytewax-q5` puts it back."
 )
+EVENTS_PER_FILE = 125_000
+"""Events per generated file beyond 1,000,000 events (8 files below).
+
+The files hold consecutive stretches of event time, and a ``FileSource`` at
+parallelism 2 reads every other file in each subtask, so its two subtasks are
+about one file apart in event time: the window operators downstream hold (and
+checkpoint) the windows of that stretch until the slower subtask's watermark
+reaches them. Files of a fixed size keep that stretch at 125 s whatever ``--n``;
+eight files of 5,000,000 events would make it 625 s.
+"""
+
+
+def files_for(n: int) -> int:
+    """How many files the generator writes ``n`` events into."""
+    return max(8, -(-n // EVENTS_PER_FILE))
+
+
 TARGETS = [
     ("q0", "p1", "plain", 0.9),
     ("q1", "p1", "plain", 0.9),
@@ -223,7 +240,7 @@ def run_all(n: int, reps: int, out: Path, tmp: str, queries: list[str], log: Any
     # in a child process: peak RSS survives exec, so every measurement would inherit the generator's
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     subprocess.run(
-        [sys.executable, "-m", "benchmarks.nexmark.generator", str(data), str(n), "1"],
+        [sys.executable, "-m", "benchmarks.nexmark.generator", str(data), str(n), "1", str(files_for(n))],
         cwd=REPO, env=env, check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     counts = count_events(data)
@@ -248,6 +265,7 @@ def run_all(n: int, reps: int, out: Path, tmp: str, queries: list[str], log: Any
                     raise RuntimeError(msg)
     report = {
         "events": counts.total,
+        "files": files_for(n),
         "bids": counts.bids,
         "reps": reps,
         "python": platform.python_version(),
@@ -333,7 +351,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         "# Nexmark: onceflow, plain Python, Bytewax",
         "",
-        f"{report['events']:,} events ({report['bids']:,} bids), median of {report['reps']} interleaved runs "
+        f"{report['events']:,} events ({report['bids']:,} bids) in {report.get('files', 8)} files per kind, "
+        f"median of {report['reps']} interleaved runs "
         f"each in a fresh process; Python {report['python']}, {report['machine']}, "
         f"Bytewax {report['bytewax']}, "
         f"git {report['git']}; load average {report['load_start']} at start, {report['load_end']} at end.",

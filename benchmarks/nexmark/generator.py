@@ -146,11 +146,13 @@ def count_events(directory: Path | str) -> Counts:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.nexmark.generator DIR N [SEED]``: write N events under DIR."""
+    """``python -m benchmarks.nexmark.generator DIR N [SEED [FILES]]``: write N events under DIR."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    counts = generate(args[0], int(args[1]), seed=int(args[2]) if len(args) > 2 else 1)
+    seed = int(args[2]) if len(args) > 2 else 1
+    files = int(args[3]) if len(args) > 3 else 8
+    counts = generate(args[0], int(args[1]), seed=seed, files=files)
     print(
         f"wrote {counts.total} events: {counts.persons} persons, {counts.auctions} auctions, "
         f"{counts.bids} bids"
