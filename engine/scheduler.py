@@ -51,8 +51,7 @@ class Scheduler:
        the channels ahead of the rest), any other subtask consumes input until
        it has none or its outputs are full;
     2. tick processing-time subtasks (timers, idleness);
-    3. drain the snapshot writer's acks into ``acknowledge``, and while
-       it has work, let go of the GIL once (its file writes need it back);
+    3. drain the snapshot writer's acks into ``acknowledge``;
     4. ``end_round(now)``: the executor's part (coordinator or control pipe);
     5. when neither the subtasks nor ``end_round`` progressed, ``idle(n)``
        for the ``n``-th idle round in a row; the executor decides how to wait.
@@ -101,9 +100,6 @@ class Scheduler:
             # Step 3
             if writer.outstanding:
                 self.drain_acks()
-                # Hand the GIL to the writer thread once a round: after each write it would otherwise
-                # wait up to the switch interval (5 ms) for this thread to let go.
-                time.sleep(0)
             # Step 4
             outcome = end_round(now)
             if outcome is Round.STOP:
