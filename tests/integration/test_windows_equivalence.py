@@ -158,7 +158,7 @@ def test_windows_commit_the_reference(workload, parallelism, mode, executor):
     events, dropped, expected = workload
     sink, late = TestingSink(), TestingSink()
     items = with_crash(events, 0.6) if mode == "crash" else events
-    interval = 3600 if mode == "uninterrupted" else 0.1
+    interval = 3600 if mode == "uninterrupted" else 0.02
     result = run_job_for_test(
         windows_job(items, sink, late),
         parallelism=parallelism,
