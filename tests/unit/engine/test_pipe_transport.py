@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from typing import Any
 
 from onceflow.engine.elements import Barrier, Batch, Watermark
 from onceflow.engine.transport.base import ChannelId
@@ -22,6 +23,17 @@ def _pair(capacity: int = 4) -> tuple[dict[int, PipeTransport], list]:
         for w in (0, 1)
     }
     return transports, controls
+
+
+def _one_channel(capacity: int = 4) -> tuple[dict[int, PipeTransport], ChannelId, Any, Any]:
+    """Two started transports and one channel from worker 0 to worker 1: its id, output and input ends."""
+    transports, _controls = _pair(capacity)
+    cid = ChannelId(0, 0, 1)
+    out = transports[0].channel(cid)
+    inp = transports[1].channel(cid)
+    for t in transports.values():
+        t.start()
+    return transports, cid, out, inp
 
 
 def _until(condition, timeout: float = 5.0) -> None:
@@ -50,12 +62,7 @@ def _count_ships(transport: PeerTransport) -> list:
 
 
 def test_a_round_leaves_as_one_message_with_consecutive_watermarks_merged() -> None:
-    transports, _controls = _pair()
-    cid = ChannelId(0, 0, 1)
-    out = transports[0].channel(cid)
-    inp = transports[1].channel(cid)
-    for t in transports.values():
-        t.start()
+    transports, cid, out, inp = _one_channel()
     shipped = _count_ships(transports[0])
     out.put(Batch([1, 2], [1, 2]))
     out.put(Watermark(1.0))
@@ -74,12 +81,7 @@ def test_a_round_leaves_as_one_message_with_consecutive_watermarks_merged() -> N
 
 
 def test_credits_come_back_in_bulk_with_the_consumers_flush_and_bound_what_is_unread() -> None:
-    transports, _controls = _pair(capacity=3)
-    cid = ChannelId(0, 0, 1)
-    out = transports[0].channel(cid)
-    inp = transports[1].channel(cid)
-    for t in transports.values():
-        t.start()
+    transports, cid, out, inp = _one_channel(capacity=3)
     for n in range(3):
         out.put(Batch([n]))
     assert not out.has_room()
@@ -95,12 +97,7 @@ def test_credits_come_back_in_bulk_with_the_consumers_flush_and_bound_what_is_un
 
 
 def test_a_watermark_after_a_flush_is_sent_again_and_the_inbox_keeps_the_later_one() -> None:
-    transports, _controls = _pair()
-    cid = ChannelId(0, 0, 1)
-    out = transports[0].channel(cid)
-    inp = transports[1].channel(cid)
-    for t in transports.values():
-        t.start()
+    transports, cid, out, inp = _one_channel()
     shipped = _count_ships(transports[0])
     out.put(Watermark(1.0))
     transports[0].flush()
@@ -112,12 +109,7 @@ def test_a_watermark_after_a_flush_is_sent_again_and_the_inbox_keeps_the_later_o
 
 
 def test_watermarks_take_no_credit_so_a_stream_of_them_never_stalls_the_producer() -> None:
-    transports, _controls = _pair(capacity=2)
-    cid = ChannelId(0, 0, 1)
-    out = transports[0].channel(cid)
-    inp = transports[1].channel(cid)
-    for t in transports.values():
-        t.start()
+    transports, cid, out, inp = _one_channel(capacity=2)
     for n in range(50):  # one per round, as a source step sends them, none read yet
         out.put(Watermark(float(n)))
         transports[0].flush()
