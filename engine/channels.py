@@ -126,17 +126,23 @@ class HashGate(OutputGate):
         self._route[key] = target
         return target
 
-    def _learn(self, new: list) -> None:
-        """Route the distinct, uncached keys ``new`` at once; a key without encoding raises in ``_miss``."""
+    def _learn(self, batch_keys: set) -> None:
+        """Route the batch's distinct uncached keys at once; a key without encoding raises in ``_miss``.
+
+        When they would overflow the cache, it starts again with every key of
+        the batch, so the batch's known keys stay routable too.
+        """
+        route = self._route
+        new = [k for k in batch_keys if k not in route]
+        if len(route) + len(new) > self.cache_size:
+            route.clear()
+            new = list(batch_keys)
         try:
             groups = key_groups_for(new, self.max_parallelism)
         except KeyEncodingError:
             for key in new:
                 self._miss(key)  # raises the error naming the operator, for the first bad key
             raise
-        route = self._route
-        if len(route) + len(new) > self.cache_size:
-            route.clear()
         mp, n = self.max_parallelism, len(self.channels)
         route.update(zip(new, [subtask_for_key_group(mp, n, kg) for kg in groups]))
 
@@ -188,7 +194,7 @@ class HashGate(OutputGate):
                 if None in targets:
                     # New keys: hash each distinct one once (in bulk), then route the batch
                     # again at C speed.
-                    self._learn([k for k in set(keys) if k not in route])
+                    self._learn(set(keys))
                     targets = list(map(get, keys))
                 others = list(map(not_, targets))
                 out_records = [list(compress(records, others)), list(compress(records, targets))]
@@ -198,9 +204,8 @@ class HashGate(OutputGate):
             else:
                 out_records = [[] for _ in range(n)]
                 out_keys = [[] for _ in range(n)]
-                new = [k for k in set(keys) if k not in route]
-                if new:
-                    self._learn(new)
+                if None in map(get, keys):
+                    self._learn(set(keys))
                 miss = self._miss
                 for record, key in zip(records, keys):
                     target = get(key)

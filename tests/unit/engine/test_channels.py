@@ -209,6 +209,21 @@ def test_two_gates_with_fresh_caches_route_identically() -> None:
     assert routed(first) == routed(second)
 
 
+@pytest.mark.parametrize("parallelism", [2, 3])
+def test_a_cache_cleared_by_a_batch_of_new_keys_misroutes_none_of_its_known_keys(parallelism: int) -> None:
+    """Known keys in a batch whose new keys overflow the route cache keep their channel."""
+    first, second = channels(parallelism), channels(parallelism)
+    gate = hash_gate(second, cache_size=10)
+    gate.emit(KEYS[:8])  # cached
+    for ch in second:
+        drain(ch)
+
+    gate.emit(list(KEYS))  # the first 8 known, the rest new: more than the cache holds
+    hash_gate(first).emit(list(KEYS))
+
+    assert routed(second) == routed(first)
+
+
 def test_keys_travel_with_the_batch_parallel_to_the_records() -> None:
     out = channels(3)
     records = [{"user": u, "n": i} for i, u in enumerate(["ann", "bob", "cy", "ann", "dee", "bob"])]
