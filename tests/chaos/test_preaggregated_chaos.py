@@ -78,7 +78,7 @@ def test_preaggregated_windows_survive_kills_and_a_rescale(executor, chaos_dir, 
         parallelism=2,
         executor=executor,
         mode="preaggregated",
-        delay_us=SLOW_US,
+        delay_us=SLOW_US * 2 if executor == "process" else SLOW_US,
     )
     # Parallelism of each run: every restore rescales; the run after the last kill finishes at 2.
     plan = [2, 1, 2, 1, 2]
