@@ -405,3 +405,27 @@ def test_a_restored_table_is_a_plain_dict_that_copies_and_changes_like_one() -> 
     assert _restored_table([], []) == {}
     with pytest.raises(ValueError):
         _restored_table(["a"], [])
+
+
+def test_a_large_state_file_is_streamed_with_the_same_bytes_and_checksum(fs_and_root, monkeypatch):
+    """Above the streaming threshold the file is hashed on its way out: same bytes, same handle."""
+    import hashlib  # noqa: PLC0415
+
+    from onceflow.state_backends import arrow_snapshot  # noqa: PLC0415
+
+    fs, root = fs_and_root
+    table = {f"key-{i}": f"value-{i:07d}-" * 4 for i in range(30_000)}
+    small = write_state_file(
+        fs, f"{root}/in-memory.arrow", keyed_state={"s": table}, operator_state=("op", 1), max_parallelism=128
+    )
+    monkeypatch.setattr(arrow_snapshot, "_STREAM_BYTES", 1)
+    streamed = write_state_file(
+        fs, f"{root}/streamed.arrow", keyed_state={"s": table}, operator_state=("op", 1), max_parallelism=128
+    )
+
+    in_memory = fs.cat_file(f"{root}/in-memory.arrow")
+    assert fs.cat_file(f"{root}/streamed.arrow") == in_memory
+    assert (streamed.sha256, streamed.bytes, streamed.rows) == (small.sha256, small.bytes, small.rows)
+    assert streamed.sha256 == hashlib.sha256(in_memory).hexdigest()
+    assert (streamed.key_group_start, streamed.key_group_end) == (small.key_group_start, small.key_group_end)
+    assert read_state_file(fs, streamed) == (("op", 1), {"s": table})
