@@ -21,10 +21,11 @@ snapshot writer (``onceflow.engine.checkpoint.writer``).
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -43,6 +44,7 @@ from onceflow.state_backends.arrow_snapshot import (
     _value_decoder,
     read_state_table,
     state_table,
+    write_batches,
     write_table,
     write_view,
 )
@@ -332,6 +334,12 @@ def _state_and_key(table: pa.Table) -> pa.Array | pa.ChunkedArray:
     return pc.binary_join_element_wise(_as_bytes(numbers, 4), keys, pa.scalar(b"", pa.large_binary()))
 
 
+_COMPACT_ROWS = 1 << 18
+"""Rows of a chain merged at once: a compaction holds its input files and one such slice of key
+groups in flight, not copies of the whole segment (at 10,000,000 keys on the disk backend, merging
+a segment whole took ~400 MiB beside ~60 MiB of input)."""
+
+
 def compact(
     fs: fsspec.AbstractFileSystem,
     chain: Sequence[StateFileHandle],
@@ -342,7 +350,9 @@ def compact(
     The newest row of each (state, key) wins and tombstones drop out, all in
     Arrow (:func:`_first_occurrences` over the files newest first), so no key or value is decoded
     unless the files disagree on the value encoding (then values become
-    pickles). The operator state is the newest file's.
+    pickles). The operator state is the newest file's. A key lives in one key
+    group, so the chain is merged a slice of key groups at a time
+    (:data:`_COMPACT_ROWS`) and written as it goes.
     """
     tables = [read_state_table(fs, handle)[1] for handle in chain]
     newest = tables[-1].schema.metadata
@@ -356,31 +366,65 @@ def compact(
     parts = []
     for handle, t in zip(chain, tables, strict=True):
         values = _as_pickles(handle.path, t, value_type) if len(encodings) > 1 else t["value"]
-        parts.append(
-            pa.table(
-                {
-                    "key_group": t["key_group"],
-                    "state": pc.cast(t["state"], pa.string()),
-                    "key": t["key"],
-                    "value": values,
-                }
-            )
-        )
-    merged = pa.concat_tables(parts[::-1], promote_options="permissive")  # newest first
-    first, _ = _first_occurrences(_state_and_key(merged))
-    merged = merged.filter(pc.and_(first, pc.is_valid(merged["value"])))
-    merged = merged.take(pc.sort_indices(merged["key_group"]))
-    state = pc.dictionary_encode(merged["state"]).cast(_STATE_TYPE)
+        state = pc.cast(t["state"], pa.string())
+        part = pa.table({"key_group": t["key_group"], "state": state, "key": t["key"], "value": values})
+        if part.num_rows and not _sorted_by_key_group(part):
+            part = part.take(pc.sort_indices(part["key_group"]))
+        parts.append(part)
+    del tables
+    key_groups = [p["key_group"].to_numpy() for p in parts]  # sorted: a slice's rows by binary search
+    names = pc.unique(pa.chunked_array([p["state"] for p in parts], pa.string()))
     schema = pa.schema(
         [
             pa.field("key_group", pa.int32(), nullable=False),
             pa.field("state", _STATE_TYPE, nullable=False),
-            pa.field("key", merged.schema.field("key").type, nullable=False),
+            pa.field("key", parts[-1].schema.field("key").type, nullable=False),
             pa.field("value", value_type),
         ],
         metadata=metadata,
     )
-    result = pa.Table.from_arrays(
-        [merged["key_group"], state, merged["key"], merged["value"].cast(value_type)], schema=schema
-    )
-    return write_table(fs, path, result)
+
+    def merged_slices() -> Iterator[pa.Table]:
+        for lo, hi in _key_group_slices(parts, _COMPACT_ROWS):
+            pieces = [  # newest first
+                p.slice(at, end - at)
+                for p, groups in zip(reversed(parts), reversed(key_groups), strict=True)
+                for at, end in [np.searchsorted(groups, (lo, hi)).tolist()]
+            ]
+            merged = pa.concat_tables(pieces, promote_options="permissive")
+            first, _ = _first_occurrences(_state_and_key(merged))
+            # The live rows, by key group, gathered in one take (filtering first would copy them twice).
+            live = pc.indices_nonzero(pc.and_(first, pc.is_valid(merged["value"])))
+            if hi - lo > 1:
+                live = live.take(pc.sort_indices(pc.take(merged["key_group"], live)))
+            merged = merged.take(live)
+            ids = pc.index_in(merged["state"], names).combine_chunks()
+            state = pa.DictionaryArray.from_arrays(ids, names)
+            yield pa.Table.from_arrays(
+                [merged["key_group"], state, merged["key"], merged["value"].cast(value_type)], schema=schema
+            )
+
+    return write_batches(fs, path, schema, merged_slices())
+
+
+def _sorted_by_key_group(table: pa.Table) -> bool:
+    column = table["key_group"].combine_chunks()
+    return len(column) < 2 or pc.all(pc.less_equal(column[:-1], column[1:])).as_py()
+
+
+def _key_group_slices(parts: Sequence[pa.Table], rows: int) -> list[tuple[int, int]]:
+    """Cut the key groups present in ``parts`` into ranges ``[lo, hi)`` of about ``rows`` rows each."""
+    counts = pc.value_counts(pa.chunked_array([p["key_group"] for p in parts], pa.int32()).combine_chunks())
+    if not len(counts):
+        return []
+    groups, sizes = counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+    per_group = sorted(zip(groups, sizes, strict=True))
+    slices: list[tuple[int, int]] = []
+    lo, held = per_group[0][0], 0
+    for group, count in per_group:
+        if held and held + count > rows:
+            slices.append((lo, group))
+            lo, held = group, 0
+        held += count
+    slices.append((lo, per_group[-1][0] + 1))
+    return slices

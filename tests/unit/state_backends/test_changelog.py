@@ -193,3 +193,50 @@ def test_merging_files_of_overlapping_and_disjoint_key_group_spans_equals_applyi
         )
         tables.append((f"/o/{n}", read_state_table(fs, written[span])[1]))
     assert merge_changes(tables) == {"v": live}, f"seed {seed}"
+
+
+@pytest.mark.parametrize("slice_rows", [1, 37, 1 << 18])
+def test_compaction_merged_a_slice_of_key_groups_at_a_time_equals_the_live_state(
+    slice_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However the chain is cut into key-group slices, the base holds the newest live row of each key."""
+    from onceflow.state_backends import changelog  # noqa: PLC0415
+
+    monkeypatch.setattr(changelog, "_COMPACT_ROWS", slice_rows)
+    fs = fsspec.filesystem("memory")
+    segment = [KeyGroupRange(0, 128)]
+    rng = random.Random(11)
+    live: dict[str, dict] = {"a": {}, "b": {}}
+    chain = []
+    for n in range(6):
+        changed: dict[str, dict] = {"a": {}, "b": {}}
+        deleted: dict[str, list] = {"a": [], "b": []}
+        for _ in range(400):
+            name, key = rng.choice("ab"), f"k{rng.randrange(600)}"
+            if rng.random() < 0.2 and key not in changed[name]:
+                deleted[name].append(key)
+                live[name].pop(key, None)
+            else:
+                changed[name][key] = live[name][key] = n * 1000 + rng.randrange(1000) if n % 2 else (n, key)
+                if key in deleted[name]:
+                    deleted[name].remove(key)
+        written = write_segments(
+            fs,
+            lambda s, n=n: f"/s/{n}.arrow",
+            segment,
+            keyed_state=changed,
+            deleted=deleted,
+            operator_state=n,
+            max_parallelism=128,
+            always=segment[0],
+        )
+        chain.append(written[segment[0]])
+
+    handle = compact(fs, chain, "/s/compacted.arrow")
+
+    op_state, upserts, deleted_keys = read_changes(fs, handle)
+    assert op_state == 5 and not deleted_keys
+    assert upserts == {name: table for name, table in live.items() if table}
+    groups = read_state_table(fs, handle)[1]["key_group"].to_pylist()
+    assert groups == sorted(groups) and handle.rows == sum(map(len, live.values()))
+    assert (handle.key_group_start, handle.key_group_end) == (groups[0], groups[-1] + 1)
