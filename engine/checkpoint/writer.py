@@ -42,6 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from onceflow.engine.checkpoint.metadata import StateHandle
 from onceflow.engine.checkpoint.paths import CheckpointPaths
 from onceflow.engine.checkpoint.store import CheckpointStore
@@ -182,6 +184,9 @@ class SnapshotWriter:
                 log.warning(
                     "compacting the state of %r subtask %d failed; retried later", uid, sub, exc_info=True
                 )
+        # Arrow's allocator keeps what a write or a compaction freed for reuse; a compacted segment of
+        # a 10,000,000-key state left ~300 MiB resident until the next one. Handing it back costs ~1 us.
+        pa.default_memory_pool().release_unused()
 
     def _carry(self, uid: str, subtask: int, snap: OperatorSnapshot) -> None:
         """Keep a snapshot that was not written, to merge into the next one of the same subtask."""
