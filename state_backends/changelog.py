@@ -363,6 +363,12 @@ def compact(
         key_type = tables[0].schema.field("key").type
         value_type = pa.binary() if pa.types.is_binary(key_type) else pa.large_binary()
         metadata[_META_VALUE_ENCODING] = _ENC_PICKLE.encode()
+    # The state names: the files' dictionaries (a few strings), not their rows.
+    names = pc.unique(
+        pa.concat_arrays(
+            [c.dictionary for t in tables for c in t["state"].chunks] or [pa.array([], pa.string())]
+        )
+    )
     parts = []
     for handle, t in zip(chain, tables, strict=True):
         values = _as_pickles(handle.path, t, value_type) if len(encodings) > 1 else t["value"]
@@ -373,7 +379,6 @@ def compact(
         parts.append(part)
     del tables
     key_groups = [p["key_group"].to_numpy() for p in parts]  # sorted: a slice's rows by binary search
-    names = pc.unique(pa.chunked_array([p["state"] for p in parts], pa.string()))
     schema = pa.schema(
         [
             pa.field("key_group", pa.int32(), nullable=False),
@@ -385,7 +390,7 @@ def compact(
     )
 
     def merged_slices() -> Iterator[pa.Table]:
-        for lo, hi in _key_group_slices(parts, _COMPACT_ROWS):
+        for lo, hi in _key_group_slices(key_groups, _COMPACT_ROWS):
             pieces = [  # newest first
                 p.slice(at, end - at)
                 for p, groups in zip(reversed(parts), reversed(key_groups), strict=True)
@@ -412,19 +417,26 @@ def _sorted_by_key_group(table: pa.Table) -> bool:
     return len(column) < 2 or pc.all(pc.less_equal(column[:-1], column[1:])).as_py()
 
 
-def _key_group_slices(parts: Sequence[pa.Table], rows: int) -> list[tuple[int, int]]:
-    """Cut the key groups present in ``parts`` into ranges ``[lo, hi)`` of about ``rows`` rows each."""
-    counts = pc.value_counts(pa.chunked_array([p["key_group"] for p in parts], pa.int32()).combine_chunks())
-    if not len(counts):
+def _key_group_slices(key_groups: Sequence[np.ndarray], rows: int) -> list[tuple[int, int]]:
+    """Cut the key groups present in ``key_groups`` into ranges ``[lo, hi)`` of about ``rows`` rows each."""
+    present = [groups for groups in key_groups if len(groups)]
+    if not present:
         return []
-    groups, sizes = counts.field("values").to_pylist(), counts.field("counts").to_pylist()
-    per_group = sorted(zip(groups, sizes, strict=True))
+    width = max(int(groups[-1]) for groups in present) + 1  # each sorted
+    per_group = np.zeros(width, dtype=np.int64)
+    for groups in present:
+        per_group += np.bincount(groups, minlength=width)
     slices: list[tuple[int, int]] = []
-    lo, held = per_group[0][0], 0
-    for group, count in per_group:
-        if held and held + count > rows:
+    lo: int | None = None
+    held = 0
+    for group in np.flatnonzero(per_group).tolist():
+        count = int(per_group[group])
+        if lo is None:
+            lo = group
+        elif held + count > rows:
             slices.append((lo, group))
             lo, held = group, 0
         held += count
-    slices.append((lo, per_group[-1][0] + 1))
+    assert lo is not None
+    slices.append((lo, width))
     return slices
