@@ -7,7 +7,7 @@ import random
 import fsspec
 import pytest
 
-from onceflow.state_backends.arrow_snapshot import read_state_table
+from onceflow.state_backends.arrow_snapshot import StateFileHandle, read_state_table
 from onceflow.state_backends.changelog import (
     compact,
     merge_changes,
@@ -131,9 +131,26 @@ def test_segments_of_a_subtask_range_follow_the_global_boundaries(
     assert all(c.start // 16 == (c.end - 1) // 16 for c in cuts)
 
 
+def _write_one_segment(
+    fs: fsspec.AbstractFileSystem, path: str, changed: dict, deleted: dict, operator_state: object
+) -> StateFileHandle:
+    """Write one capture of every key group (one segment of ``max_parallelism`` 128) to ``path``."""
+    segment = KeyGroupRange(0, 128)
+    written = write_segments(
+        fs,
+        lambda _: path,
+        [segment],
+        keyed_state=changed,
+        deleted=deleted,
+        operator_state=operator_state,
+        max_parallelism=128,
+        always=segment,
+    )
+    return written[segment]
+
+
 def test_merging_and_compacting_keep_the_newest_row_drop_tombstones_and_keep_states_apart() -> None:
     fs = fsspec.filesystem("memory")
-    segment = [KeyGroupRange(0, 128)]
     steps = [
         ({"a": {"x": 1, "y": 2, "z": 3}, "b": {"x": "bx"}}, {}),
         ({"a": {"x": 10}}, {"a": ["y"], "b": ["x"]}),
@@ -143,18 +160,9 @@ def test_merging_and_compacting_keep_the_newest_row_drop_tombstones_and_keep_sta
     tables = []
     written_handles = []
     for n, (changed, deleted) in enumerate(steps):
-        written = write_segments(
-            fs,
-            lambda s, n=n: f"/m/{n}.arrow",
-            segment,
-            keyed_state=changed,
-            deleted=deleted,
-            operator_state=n,
-            max_parallelism=128,
-            always=segment[0],
-        )
-        tables.append((f"/m/{n}.arrow", read_state_table(fs, written[segment[0]])[1]))
-        written_handles.append(written[segment[0]])
+        handle = _write_one_segment(fs, f"/m/{n}.arrow", changed, deleted, n)
+        tables.append((f"/m/{n}.arrow", read_state_table(fs, handle)[1]))
+        written_handles.append(handle)
     assert merge_changes(tables) == {"a": {"x": 10, "y": (2,)}, "b": {"w": 1.5}}
     _, compacted, deleted = read_changes(fs, compact(fs, written_handles, "/m/compacted.arrow"))
     assert compacted == {"a": {"x": 10, "y": (2,)}, "b": {"w": 1.5}} and not deleted
@@ -204,7 +212,6 @@ def test_compaction_merged_a_slice_of_key_groups_at_a_time_equals_the_live_state
 
     monkeypatch.setattr(changelog, "_COMPACT_ROWS", slice_rows)
     fs = fsspec.filesystem("memory")
-    segment = [KeyGroupRange(0, 128)]
     rng = random.Random(11)
     live: dict[str, dict] = {"a": {}, "b": {}}
     chain = []
@@ -220,17 +227,7 @@ def test_compaction_merged_a_slice_of_key_groups_at_a_time_equals_the_live_state
                 changed[name][key] = live[name][key] = n * 1000 + rng.randrange(1000) if n % 2 else (n, key)
                 if key in deleted[name]:
                     deleted[name].remove(key)
-        written = write_segments(
-            fs,
-            lambda s, n=n: f"/s/{n}.arrow",
-            segment,
-            keyed_state=changed,
-            deleted=deleted,
-            operator_state=n,
-            max_parallelism=128,
-            always=segment[0],
-        )
-        chain.append(written[segment[0]])
+        chain.append(_write_one_segment(fs, f"/s/{n}.arrow", changed, deleted, n))
 
     handle = compact(fs, chain, "/s/compacted.arrow")
 
