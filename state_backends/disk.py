@@ -388,9 +388,10 @@ class DiskKeyedState:
                 for at in range(start, min(start + _TXN_ENTRIES, len(puts)), _TRIM_KEYS):
                     cursor.putmulti(puts[at : at + _TRIM_KEYS])
                     trim()  # the B-tree pages the puts read through the map
-                for k in deletes[start : start + _TXN_ENTRIES]:
-                    txn.delete(k)
-            trim()
+                for at in range(start, min(start + _TXN_ENTRIES, len(deletes)), _TRIM_KEYS):
+                    for k in deletes[at : at + _TRIM_KEYS]:
+                        txn.delete(k)
+                    trim()  # and those the deletes read
 
     def evict(self, table: DiskTable) -> None:
         """Shrink a full cache to the keys of the latest batches, writing out the changes of those leaving.
