@@ -2,7 +2,8 @@
 
 ``arrow_snapshot`` (full state files) and ``changelog`` (incremental deltas)
 write and read the same columns; this module is the one home of the value
-encodings (typed Arrow where every value has exactly one plain type, pickle
+encodings (typed Arrow where every value has exactly one plain type, a struct
+column where every value is a flat tuple of one shape of plain types, pickle
 otherwise), the messages for values that cannot be pickled, and the fast
 decoding of key columns.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,16 @@ _ENC_FLOAT64 = "float64"
 _ENC_STRING = "string"
 _ENC_BINARY = "binary"
 _ENC_PICKLE = "pickle"
+_ENC_TUPLE = "tuple"
+"""Flat tuples, all of one length, each position of one plain type: a struct column of typed fields.
+
+Keyed state is most often such tuples (a reduce's ``(word, count)``, an
+aggregate's ``(sum, n)``). As a struct, 10,000 ``(str, int)`` took 42-65% of
+the time of one pickle per value to write (on the writer thread, which holds
+the GIL for it), about 40% to decode, and 63% of the bytes; a reader of the
+file without onceflow sees their fields. The type of the column is the file's own (the
+fields' types differ between states and files), not in ``_ARROW_TYPES``.
+"""
 
 _ARROW_TYPES = {
     _ENC_INT64: pa.int64(),
@@ -35,6 +47,11 @@ _ARROW_TYPES = {
     _ENC_BINARY: pa.large_binary(),
     _ENC_PICKLE: pa.large_binary(),
 }
+_ENCODINGS = frozenset([*_ARROW_TYPES, _ENC_TUPLE])
+"""Every value encoding a state file may name."""
+_FIELD_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.large_string(), bytes: pa.large_binary()}
+"""The plain types a position of a tuple may hold in a struct column (exact types, as for values)."""
+_MAX_TUPLE_FIELDS = 64
 
 
 def _value_encoding(values: list[Any]) -> str:
@@ -56,11 +73,18 @@ def _value_encoding(values: list[Any]) -> str:
             return _ENC_STRING
         if only is bytes:
             return _ENC_BINARY
+        if only is tuple:
+            return _ENC_TUPLE  # if every tuple has one shape of plain types (see _tuple_array)
     return _ENC_PICKLE
 
 
 def _value_array(values: list[Any]) -> tuple[str, pa.Array]:
     encoding = _value_encoding(values)
+    if encoding == _ENC_TUPLE:
+        array = _tuple_array(values)
+        if array is not None:
+            return encoding, array
+        encoding = _ENC_PICKLE
     if encoding == _ENC_INT64:
         try:
             return encoding, pa.array(values, pa.int64())
@@ -70,6 +94,56 @@ def _value_array(values: list[Any]) -> tuple[str, pa.Array]:
         dumps = pickle.dumps
         return encoding, pa.array([dumps(v, protocol=_PICKLE_PROTOCOL) for v in values], pa.large_binary())
     return encoding, pa.array(values, _ARROW_TYPES[encoding])
+
+
+def _tuple_array(values: list[tuple]) -> pa.StructArray | None:
+    """Flat tuples as a struct column (field ``"i"`` for position ``i``); None if they do not fit one.
+
+    They fit when every tuple has the same length (1 to 64) and each position
+    holds one exact type of int (within int64), float, str (valid UTF-8) or
+    bytes, so every value comes back equal and of the same types. One C-level
+    pass per position checks the types; anything else (a bool, None, a nested
+    tuple, a namedtuple, a huge int) is left to pickle.
+    """
+    lengths = set(map(len, values))
+    if len(lengths) != 1:
+        return None
+    n = lengths.pop()
+    if not 0 < n <= _MAX_TUPLE_FIELDS:
+        return None
+    fields = []
+    for i in range(n):
+        items = list(map(itemgetter(i), values))
+        types = set(map(type, items))
+        arrow_type = _FIELD_TYPES.get(types.pop()) if len(types) == 1 else None
+        if arrow_type is None:
+            return None
+        try:
+            fields.append(pa.array(items, arrow_type))
+        except (OverflowError, UnicodeError, pa.ArrowInvalid):  # beyond int64, a lone surrogate
+            return None
+    return pa.StructArray.from_arrays(fields, names=[str(i) for i in range(n)])
+
+
+def _decode_tuples(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """Decode a struct column of :data:`_ENC_TUPLE` back into tuples (a null row, a tombstone, is None)."""
+    out: list[Any] = []
+    for chunk in _chunks(column):
+        if (
+            not pa.types.is_struct(chunk.type)
+            or not chunk.type.num_fields
+            or not all(
+                chunk.type.field(i).type in _FIELD_TYPES.values() for i in range(chunk.type.num_fields)
+            )
+        ):
+            msg = f"a tuple-encoded value column must be a struct of plain types, not {chunk.type}"
+            raise ValueError(msg)
+        rows: list[Any] = list(zip(*(chunk.field(i).to_pylist() for i in range(chunk.type.num_fields))))
+        if chunk.null_count:
+            for i in np.flatnonzero(chunk.is_null().to_numpy(zero_copy_only=False)).tolist():
+                rows[i] = None
+        out += rows
+    return out
 
 
 _PICKLE_HINT = (

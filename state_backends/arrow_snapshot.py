@@ -44,7 +44,10 @@ import pyarrow.ipc as ipc
 from onceflow.state_backends._state_values import (
     _ARROW_TYPES,
     _ENC_PICKLE,
+    _ENC_TUPLE,
+    _ENCODINGS,
     _decode_keys,
+    _decode_tuples,
     _encode_keys,
     _pickle_operator_state,
     _restored_table,
@@ -64,7 +67,10 @@ _META_PYTHON = b"onceflow.python"
 _META_OPERATOR_STATE = b"onceflow.operator_state"
 _META_FORMAT = b"onceflow.format"
 _FORMAT_VERSION = b"2"
-_READABLE_FORMATS = (b"1", b"2")
+_TUPLE_FORMAT_VERSION = b"3"
+"""Format 3 is format 2 plus the ``tuple`` value encoding (a struct column): only files that use it
+say 3, so an onceflow that predates it refuses them naming the format, and reads every other file."""
+_READABLE_FORMATS = (b"1", b"2", b"3")
 """Format 1 had 32-bit offsets (``binary``/``string``); its files decode the same way."""
 _PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -213,7 +219,7 @@ def state_table(
     if tombstones:
         value_array = pa.concat_arrays([value_array, pa.nulls(tombstones, value_array.type)])
     state_array = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(names, pa.string()))
-    schema = _schema(encoding, operator_state)
+    schema = _schema(encoding, operator_state, value_array.type)
     table = pa.Table.from_arrays([key_groups, state_array, encoded_keys, value_array], schema=schema)
     if table.num_rows:
         table = table.take(pc.sort_indices(table["key_group"]))
@@ -364,9 +370,10 @@ def write_view(
     return write_batches(fs, path, schema, batches)
 
 
-def _schema(encoding: str, operator_state: Any) -> pa.Schema:
+def _schema(encoding: str, operator_state: Any, value_type: pa.DataType | None = None) -> pa.Schema:
+    """Return a state file's schema; ``value_type`` is for encodings without a fixed value type."""
     metadata = {
-        _META_FORMAT: _FORMAT_VERSION,
+        _META_FORMAT: _TUPLE_FORMAT_VERSION if encoding == _ENC_TUPLE else _FORMAT_VERSION,
         _META_VALUE_ENCODING: encoding.encode(),
         _META_PYTHON: _PYTHON_VERSION.encode(),
         _META_OPERATOR_STATE: _pickle_operator_state(operator_state),
@@ -376,7 +383,7 @@ def _schema(encoding: str, operator_state: Any) -> pa.Schema:
             pa.field("key_group", pa.int32(), nullable=False),
             pa.field("state", _STATE_TYPE, nullable=False),
             pa.field("key", pa.large_binary(), nullable=False),
-            pa.field("value", _ARROW_TYPES[encoding]),
+            pa.field("value", value_type if value_type is not None else _ARROW_TYPES[encoding]),
         ],
         metadata=metadata,
     )
@@ -442,9 +449,19 @@ def _load_operator_state(path: str, metadata: dict[bytes, bytes]) -> Any:
 
 def _value_decoder(path: str, metadata: dict[bytes, bytes]) -> Callable[[pa.ChunkedArray], list]:
     encoding = metadata.get(_META_VALUE_ENCODING, b"").decode()
-    if encoding not in _ARROW_TYPES:
+    if encoding not in _ENCODINGS:
         msg = f"state file {path!r} has unknown value encoding {encoding!r}"
         raise CorruptStateError(msg)
+    if encoding == _ENC_TUPLE:
+
+        def tuples(column: pa.ChunkedArray) -> list:
+            try:
+                return _decode_tuples(column)
+            except ValueError as exc:
+                msg = f"state file {path!r}: {exc}"
+                raise CorruptStateError(msg) from exc
+
+        return tuples
     if encoding != _ENC_PICKLE:
         return pa.ChunkedArray.to_pylist
     written_by = metadata.get(_META_PYTHON, b"?").decode()

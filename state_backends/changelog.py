@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from onceflow.state_backends._state_values import (
     _ENC_PICKLE,
+    _ENC_TUPLE,
     _PICKLE_PROTOCOL,
     _as_bytes,
     _decode_keys,
@@ -356,7 +357,12 @@ def compact(
     """
     tables = [read_state_table(fs, handle)[1] for handle in chain]
     newest = tables[-1].schema.metadata
-    encodings = {t.schema.metadata.get(_META_VALUE_ENCODING) for t in tables}
+    # tuple-encoded files agree only if their structs do: ((str, int) in one, (str, float) in another)
+    encodings = {
+        (enc, t.schema.field("value").type if enc == _ENC_TUPLE.encode() else None)
+        for t in tables
+        for enc in [t.schema.metadata.get(_META_VALUE_ENCODING)]
+    }
     value_type = tables[-1].schema.field("value").type
     metadata = dict(newest)
     if len(encodings) > 1:

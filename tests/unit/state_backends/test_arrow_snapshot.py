@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import random
 import sys
 import uuid
@@ -45,6 +46,9 @@ def _value_encoding(fs, path):
     return reader.schema.metadata[b"onceflow.value_encoding"].decode(), reader.schema
 
 
+Point = collections.namedtuple("Point", "x y")
+"""A tuple subclass: pickled, so it comes back a ``Point``, not a plain tuple."""
+
 VALUE_CASES = {
     "int64": ({f"k{i}": i * 7 - 50 for i in range(300)}, "int64"),
     "float64": (
@@ -57,6 +61,21 @@ VALUE_CASES = {
     "dicts": ({f"k{i}": {"n": i, "l": [i, "x"]} for i in range(50)}, "pickle"),
     "bools": ({"t": True, "f": False}, "pickle"),
     "bigint": ({"small": 1, "huge": 2**80}, "pickle"),
+    "tuples": ({f"w{i}": (f"w{i}", i) for i in range(300)}, "tuple"),
+    "tuples of every field type": (
+        {i: (i - 150, i / 7, f"s{i}-✓", bytes([i % 256]), -0.0, 2**63 - 1) for i in range(300)},
+        "tuple",
+    ),
+    "one-tuples": ({i: (float("inf"),) for i in range(10)}, "tuple"),
+    "tuples of two lengths": ({"a": (1, 2), "b": (1, 2, 3)}, "pickle"),
+    "tuples with a bool": ({"a": (1, True), "b": (1, 2)}, "pickle"),
+    "tuples with None": ({"a": ("x", None), "b": ("y", 1)}, "pickle"),
+    "tuples mixing int and float": ({"a": (1, 2), "b": (1, 2.5)}, "pickle"),
+    "nested tuples": ({"a": (1, (2, 3))}, "pickle"),
+    "namedtuples": ({"a": Point(1, 2), "b": Point(3, 4)}, "pickle"),
+    "tuples with a huge int": ({"a": (1, 2**64), "b": (1, 2)}, "pickle"),
+    "tuples with a lone surrogate": ({"a": ("\ud800",), "b": ("ok",)}, "pickle"),
+    "empty tuples": ({"a": (), "b": ()}, "pickle"),
 }
 
 
@@ -78,6 +97,45 @@ def test_round_trip_for_each_value_encoding(fs_and_root, case):
     assert keyed == {"s": table}
     for key, value in keyed["s"].items():
         assert type(value) is type(table[key])
+        if type(value) is tuple:  # every item comes back as its own type (1 stays int, 1.0 float)
+            assert list(map(type, value)) == list(map(type, table[key]))
+
+
+def test_tuples_are_a_struct_column_of_typed_fields_in_a_format_3_file(fs_and_root):
+    """Readable by field without onceflow (DuckDB, pandas); an older onceflow refuses it by its format."""
+    fs, root = fs_and_root
+    path = f"{root}/op-0.arrow"
+    write_state_file(
+        fs, path, keyed_state={"s": {"a": ("x", 1, 0.5)}}, operator_state=None, key_group_of=key_group_for
+    )
+    encoding, schema = _value_encoding(fs, path)
+    assert encoding == "tuple"
+    assert schema.field("value").type == pa.struct(
+        [("0", pa.large_string()), ("1", pa.int64()), ("2", pa.float64())]
+    )
+    assert schema.metadata[b"onceflow.format"] == b"3"
+    write_state_file(fs, f"{root}/op-1.arrow", keyed_state={"s": {"a": 1}}, operator_state=None,
+                     key_group_of=key_group_for)  # fmt: skip
+    assert _value_encoding(fs, f"{root}/op-1.arrow")[1].metadata[b"onceflow.format"] == b"2"
+
+
+def test_a_tuple_column_that_is_not_a_struct_of_plain_types_is_corrupt(fs_and_root):
+    fs, root = fs_and_root
+    path = f"{root}/op-0.arrow"
+    handle = write_state_file(
+        fs, path, keyed_state={"s": {"a": ("x", 1)}}, operator_state=None, key_group_of=key_group_for
+    )
+    table = ipc.open_file(pa.py_buffer(fs.cat_file(path))).read_all()
+    nested = pa.array([{"0": [1, 2]}], pa.struct([("0", pa.list_(pa.int64()))]))
+    bad = table.set_column(3, pa.field("value", nested.type), pa.chunked_array([nested]))
+    bad = bad.replace_schema_metadata(table.schema.metadata)
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, bad.schema) as writer:
+        writer.write_table(bad)
+    forged = _rewrite_and_rehandle(fs, handle, sink.getvalue().to_pybytes())
+    with pytest.raises(CorruptStateError, match="struct of plain types") as info:
+        read_state_file(fs, forged)
+    assert path in str(info.value)
 
 
 def test_several_states_and_operator_state_round_trip(fs_and_root):

@@ -237,3 +237,37 @@ def test_compaction_merged_a_slice_of_key_groups_at_a_time_equals_the_live_state
     groups = read_state_table(fs, handle)[1]["key_group"].to_pylist()
     assert groups == sorted(groups) and handle.rows == sum(map(len, live.values()))
     assert (handle.key_group_start, handle.key_group_end) == (groups[0], groups[-1] + 1)
+
+
+@pytest.mark.parametrize("second", ["same struct", "other struct"])
+def test_compacted_tuple_deltas_keep_their_struct_or_become_pickles_when_structs_differ(second: str) -> None:
+    """Files whose tuples have different field types cannot share one column: their values become pickles."""
+    fs = fsspec.filesystem("memory")
+    rng = random.Random(5)
+    live: dict = {}
+    chain = []
+    for n in range(4):
+        changed: dict = {}
+        deleted: list = []
+        for _ in range(300):
+            key = f"k{rng.randrange(400)}"
+            if rng.random() < 0.2 and key not in changed:
+                deleted.append(key)
+                live.pop(key, None)
+                continue
+            count = rng.randrange(1000)
+            changed[key] = live[key] = (key, count / 4 if second == "other struct" and n == 2 else count)
+            if key in deleted:
+                deleted.remove(key)
+        chain.append(_write_one_segment(fs, f"/t/{n}.arrow", {"v": changed}, {"v": deleted}, n))
+
+    handle = compact(fs, chain, "/t/compacted.arrow")
+
+    encoding = read_state_table(fs, handle)[1].schema.metadata[b"onceflow.value_encoding"]
+    assert encoding == (b"tuple" if second == "same struct" else b"pickle")
+    op_state, upserts, deleted_keys = read_changes(fs, handle)
+    assert op_state == 3 and not deleted_keys
+    assert upserts == {"v": live}
+    assert all(type(v[1]) is type(live[k][1]) for k, v in upserts["v"].items())
+    tables = [(h.path, read_state_table(fs, h)[1]) for h in chain]
+    assert merge_changes(tables) == {"v": live}
