@@ -17,6 +17,10 @@ Three measurements:
   ``--record`` its figures are kept in ``incremental.json`` under
   ``restore_chain`` (with the command and the load average), which a full
   run carries over.
+* ``anatomy`` (``--only anatomy``): one incremental run of ``throughput``'s
+  job; the rate in 10 ms bins around each steady checkpoint's trigger, against
+  the same run's rate just before the triggers, and the processing a
+  checkpoint costs (what inside spans cannot show: how deep and how long).
 * ``throughput``: the engine's keyed count (``benchmarks.cases``) over
   1,000,000 distinct words (the state), then 15,000,000 words of a
   10,000-word vocabulary, checkpoints every 1 s: full, incremental, and off.
@@ -30,6 +34,7 @@ it writes ``incremental.md``, ``incremental.json`` and ``incremental_throughput.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -424,6 +429,92 @@ def throughput(state_keys: int, words: int, tmp: str, repeats: int = 3) -> dict[
     return runs
 
 
+class _RoundSampler:
+    """An ``on_tick`` hook for :func:`anatomy`: every scheduler round's time, records read and thread CPU."""
+
+    def __init__(self) -> None:
+        self.rounds: list[tuple[float, int, float]] = []
+        self.triggered: dict[int, float] = {}
+        self.completed: dict[int, float] = {}
+
+    def __call__(self, executor: Any, now: float) -> None:
+        coordinator = executor.coordinator
+        records = sum(m.source_records for m in executor.metrics())
+        self.rounds.append((now, records, time.thread_time()))
+        pending, done = coordinator.pending, coordinator.last_completed
+        if pending is not None and pending.checkpoint_id not in self.triggered:
+            self.triggered[pending.checkpoint_id] = now
+        if done is not None and done.checkpoint_id not in self.completed:
+            self.completed[done.checkpoint_id] = now
+
+
+def anatomy(state_keys: int, words: int, tmp: str, bin_s: float = 0.01) -> dict[str, Any]:
+    """Where a steady incremental checkpoint costs processing: the rate in ``bin_s`` bins after its trigger.
+
+    One run, checkpoints every 1 s. Each bin's rate is compared with the same
+    run's rate in the 200 ms before the triggers (median over the steady
+    checkpoints), so a machine whose speed drifts between runs does not skew
+    it; ``thread_cpu`` is the processing thread's CPU seconds per wall second
+    in the bin (below 1: it waited, for the GIL or the CPU). The processing a
+    checkpoint costs is the sum over its span of the rate it did not reach.
+    """
+    data = vocabulary(state_keys) + make_words(words)
+    sampler = _RoundSampler()
+    settings = ExecutionSettings(
+        batch_size=1024,
+        checkpoint=CoordinatorSettings(interval=1.0, timeout=120.0),
+        incremental_checkpoints=True,
+    )
+    JobRunner(
+        _keyed_count_job(SliceSource(data), CountingSink()),
+        checkpoint_dir=tempfile.mkdtemp(prefix="anatomy-", dir=tmp),
+        settings=settings,
+        on_tick=sampler,
+    ).run()
+    rounds = sampler.rounds
+    times = [r[0] for r in rounds]
+
+    def rate(a: float, b: float) -> tuple[float, float] | None:
+        i, j = bisect.bisect_left(times, a), bisect.bisect_left(times, b) - 1
+        if j <= i:
+            return None
+        dt = rounds[j][0] - rounds[i][0]
+        return (rounds[j][1] - rounds[i][1]) / dt, (rounds[j][2] - rounds[i][2]) / dt
+
+    # steady: triggered once the state is filled and the fill's checkpoints are done, before the input ends
+    filled = next(t for t, n, _ in rounds if n >= state_keys + 2_000_000)
+    last = next(t for t, n, _ in rounds if n >= len(data) - 200_000)
+    steady = [
+        (t, sampler.completed[c])
+        for c, t in sorted(sampler.triggered.items())
+        if filled <= t <= last - 1.0 and c in sampler.completed
+    ]
+    before = [r[0] for t, _ in steady if (r := rate(t - 0.2, t)) is not None]
+    baseline = statistics.median(before)
+    bins = []
+    for k in range(-5, 31):
+        found = [r for t, _ in steady if (r := rate(t + k * bin_s, t + (k + 1) * bin_s)) is not None]
+        if found:
+            bins.append(
+                {
+                    "from_ms": round(k * bin_s * 1000),
+                    "rate_of_before": statistics.median(r[0] for r in found) / baseline,
+                    "thread_cpu": statistics.median(r[1] for r in found),
+                }
+            )
+    lost = []
+    for t, end in steady:
+        bins_in = [rate(t + k * bin_s, t + (k + 1) * bin_s) for k in range(int((end - t) / bin_s) + 1)]
+        lost.append(sum(bin_s * (1 - r[0] / baseline) for r in bins_in if r is not None))
+    return {
+        "steady_checkpoints": len(steady),
+        "rate_before_triggers": round(baseline),
+        "span_ms_median": round(1000 * statistics.median(e - t for t, e in steady)),
+        "lost_ms_per_checkpoint_median": round(1000 * statistics.median(lost), 1),
+        "bins": bins,
+    }
+
+
 def plot(runs: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -551,7 +642,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument(
         "--only",
-        choices=("bytes", "throughput", "restore"),
+        choices=("bytes", "throughput", "restore", "anatomy"),
         help="run one measurement and print its figures, writing no results (for development)",
     )
     parser.add_argument(
@@ -570,6 +661,8 @@ def main() -> None:
                 figures.pop("incremental")
             elif args.only == "restore":
                 figures = restore_chain(args.keys, args.intervals, tmp, args.repeats)
+            elif args.only == "anatomy":
+                figures = anatomy(args.state_keys, args.words, tmp)
             else:
                 figures = throughput(args.state_keys, args.words, tmp, args.repeats)
                 figures = {
@@ -581,7 +674,13 @@ def main() -> None:
                     }
                     for mode, run in figures.items()
                 }
-        print(json.dumps(figures, indent=1, default=str))
+        if args.only == "anatomy":
+            print(json.dumps({k: v for k, v in figures.items() if k != "bins"}))
+            print("ms after trigger | rate, of the 200 ms before | processing thread CPU per wall s")
+            for b in figures["bins"]:
+                print(f"{b['from_ms']:>16} | {b['rate_of_before']:26.2f} | {b['thread_cpu']:.2f}")
+        else:
+            print(json.dumps(figures, indent=1, default=str))
         print(f"load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end")
         if args.record:
             figures["command"] = "python benchmarks/incremental.py " + " ".join(sys.argv[1:])
