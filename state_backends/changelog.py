@@ -38,8 +38,11 @@ from onceflow.state_backends._state_values import (
     _restored_table,
 )
 from onceflow.state_backends.arrow_snapshot import (
+    _FORMAT_VERSION,
+    _META_FORMAT,
     _META_VALUE_ENCODING,
     _STATE_TYPE,
+    _TUPLE_FORMAT_VERSION,
     StateFileHandle,
     _decode_tables,
     _value_decoder,
@@ -369,6 +372,8 @@ def compact(
         key_type = tables[0].schema.field("key").type
         value_type = pa.binary() if pa.types.is_binary(key_type) else pa.large_binary()
         metadata[_META_VALUE_ENCODING] = _ENC_PICKLE.encode()
+        if metadata.get(_META_FORMAT) == _TUPLE_FORMAT_VERSION:  # no tuple column left in it
+            metadata[_META_FORMAT] = _FORMAT_VERSION
     # The state names: the files' dictionaries (a few strings), not their rows.
     names = pc.unique(
         pa.concat_arrays(

@@ -263,8 +263,9 @@ def test_compacted_tuple_deltas_keep_their_struct_or_become_pickles_when_structs
 
     handle = compact(fs, chain, "/t/compacted.arrow")
 
-    encoding = read_state_table(fs, handle)[1].schema.metadata[b"onceflow.value_encoding"]
-    assert encoding == (b"tuple" if second == "same struct" else b"pickle")
+    metadata = read_state_table(fs, handle)[1].schema.metadata
+    expected = (b"tuple", b"3") if second == "same struct" else (b"pickle", b"2")
+    assert (metadata[b"onceflow.value_encoding"], metadata[b"onceflow.format"]) == expected
     op_state, upserts, deleted_keys = read_changes(fs, handle)
     assert op_state == 3 and not deleted_keys
     assert upserts == {"v": live}
