@@ -285,9 +285,11 @@ class _CpuSampler(TimelineSampler):
             self.tick_ends[done] = self.samples[-1][0]
 
 
-def _timeline(mode: str, words: list[str], tmp: str) -> dict[str, Any]:
+def _timeline(mode: str, words: list[str], tmp: str, every: float = 0.05) -> dict[str, Any]:
+    """Run the keyed count with checkpoints ``mode`` (off, full, incremental), sampled every ``every`` s."""
     sink = CountingSink()
     sampler = _CpuSampler()
+    sampler.every = every
     interval = 1e9 if mode == "off" else 1.0
     settings = ExecutionSettings(
         batch_size=1024,
@@ -429,25 +431,6 @@ def throughput(state_keys: int, words: int, tmp: str, repeats: int = 3) -> dict[
     return runs
 
 
-class _RoundSampler:
-    """An ``on_tick`` hook for :func:`anatomy`: every scheduler round's time, records read and thread CPU."""
-
-    def __init__(self) -> None:
-        self.rounds: list[tuple[float, int, float]] = []
-        self.triggered: dict[int, float] = {}
-        self.completed: dict[int, float] = {}
-
-    def __call__(self, executor: Any, now: float) -> None:
-        coordinator = executor.coordinator
-        records = sum(m.source_records for m in executor.metrics())
-        self.rounds.append((now, records, time.thread_time()))
-        pending, done = coordinator.pending, coordinator.last_completed
-        if pending is not None and pending.checkpoint_id not in self.triggered:
-            self.triggered[pending.checkpoint_id] = now
-        if done is not None and done.checkpoint_id not in self.completed:
-            self.completed[done.checkpoint_id] = now
-
-
 def anatomy(state_keys: int, words: int, tmp: str, bin_s: float = 0.01) -> dict[str, Any]:
     """Where a steady incremental checkpoint costs processing: the rate in ``bin_s`` bins after its trigger.
 
@@ -459,19 +442,8 @@ def anatomy(state_keys: int, words: int, tmp: str, bin_s: float = 0.01) -> dict[
     checkpoint costs is the sum over its span of the rate it did not reach.
     """
     data = vocabulary(state_keys) + make_words(words)
-    sampler = _RoundSampler()
-    settings = ExecutionSettings(
-        batch_size=1024,
-        checkpoint=CoordinatorSettings(interval=1.0, timeout=120.0),
-        incremental_checkpoints=True,
-    )
-    JobRunner(
-        _keyed_count_job(SliceSource(data), CountingSink()),
-        checkpoint_dir=tempfile.mkdtemp(prefix="anatomy-", dir=tmp),
-        settings=settings,
-        on_tick=sampler,
-    ).run()
-    rounds = sampler.rounds
+    run = _timeline("incremental", data, tmp, every=0.0)  # a sample every scheduler round
+    rounds = [(t, n, cpu) for (t, n), cpu in zip(run["samples"], run["thread_cpu"])]
     times = [r[0] for r in rounds]
 
     def rate(a: float, b: float) -> tuple[float, float] | None:
@@ -484,11 +456,7 @@ def anatomy(state_keys: int, words: int, tmp: str, bin_s: float = 0.01) -> dict[
     # steady: triggered once the state is filled and the fill's checkpoints are done, before the input ends
     filled = next(t for t, n, _ in rounds if n >= state_keys + 2_000_000)
     last = next(t for t, n, _ in rounds if n >= len(data) - 200_000)
-    steady = [
-        (t, sampler.completed[c])
-        for c, t in sorted(sampler.triggered.items())
-        if filled <= t <= last - 1.0 and c in sampler.completed
-    ]
+    steady = [(t, end) for t, end in run["tick_spans"] if filled <= t <= last - 1.0]
     before = [r[0] for t, _ in steady if (r := rate(t - 0.2, t)) is not None]
     baseline = statistics.median(before)
     bins = []
