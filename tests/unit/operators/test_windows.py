@@ -16,7 +16,7 @@ from onceflow import (
     TumblingProcessingTimeWindows,
     Window,
 )
-from onceflow.operators.base import Capability
+from onceflow.operators.base import Capability, OperatorSnapshot
 from onceflow.operators.testing import FakeClock
 from onceflow.operators.window_slices import window_operator
 from onceflow.operators.windows import WindowOperator
@@ -288,6 +288,27 @@ def test_open_windows_restore_into_a_fresh_operator_and_fire_exactly_once(contex
     assert fresh.watermark(5.0) == [] and fresh.watermark(10.0) == []
     after_restore = fresh.feed([("a", 12.0, 4)]) + fresh.watermark(20.0) + fresh.finish()
     assert after_restore == after_original == [("a", Window(10.0, 20.0), (2, 7))]
+
+
+def test_windows_are_stored_as_plain_tuples_and_the_earlier_window_tuples_still_restore(context_factory):
+    make = lambda: counting(TumblingEventTimeWindows(10.0), lateness=5.0)  # noqa: E731
+    h = harness(make(), context_factory)
+    h.feed([("a", 1.0, 1), ("a", 11.0, 3)])
+    snap = h.snapshot(1)
+    entries = snap.keyed_state["windows"]["a"]
+    # a plain (start, end) tuple pickles without naming the Window class in every value
+    assert [type(window) for window, _, _ in entries] == [tuple, tuple]
+    assert [window for window, _, _ in entries] == [(0.0, 10.0), (10.0, 20.0)]
+    expected = h.watermark(20.0) + h.finish()
+    # checkpoints written before stored Window named tuples: they restore the same
+    older = OperatorSnapshot(
+        operator_state=snap.operator_state,
+        keyed_state={"windows": {"a": tuple((Window(*w), acc, e) for w, acc, e in entries)}},
+    )
+    for stored in (snap, older):
+        fresh = harness(make(), context_factory, restored=restored_for([stored], 1))
+        assert list(fresh.op.windows["a"]) == [Window(0.0, 10.0), Window(10.0, 20.0)]
+        assert fresh.watermark(20.0) + fresh.finish() == expected
 
 
 def test_a_late_record_after_restore_refires_the_restored_window(context_factory):
