@@ -163,7 +163,7 @@ class Worker:
                 stopping = True
             elif kind == "receiver-failed":
                 raise command[1]
-        transport.flush()
+        transport.flush(now)
         if now - self._last_metrics >= _METRICS_EVERY or stopping:
             self._last_metrics = now
             if not transport.closed:
@@ -171,7 +171,11 @@ class Worker:
         return Round.STOP if stopping else outcome
 
     def _idle(self, idle_rounds: int) -> None:
-        """Sleep until a message arrives; poll sooner while state writes or timers are pending."""
+        """Send what the round held back, then sleep until a message arrives.
+
+        Sooner while state writes or timers are pending.
+        """
+        self.transport.flush()
         self.transport.wait(0.005 if self.writer.outstanding or self.scheduler.ticking else 0.05)
 
 

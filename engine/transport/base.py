@@ -74,8 +74,12 @@ class WorkerTransport(Protocol):
     def channel(self, cid: ChannelId) -> ChannelEnd:
         """Return this worker's end of ``cid``."""
 
-    def flush(self) -> None:
-        """Send each peer what this round buffered for it (elements and credits); once per round."""
+    def flush(self, now: float | None = None) -> None:
+        """Send each peer what this round buffered for it (elements and credits); once per round.
+
+        ``now``: the round's clock; a transport may then hold back what only
+        carries watermarks for a moment. Without it, everything goes.
+        """
 
     def take_in(self) -> bool:
         """Apply what peers sent since the last call; return whether anything came. Once per round."""

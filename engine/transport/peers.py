@@ -9,6 +9,7 @@ only say how a message travels and comes in.
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import abstractmethod
 from collections import deque
@@ -19,7 +20,10 @@ from onceflow.engine.elements import Watermark
 from onceflow.engine.transport.base import ChannelEnd, ChannelId, Transport
 from onceflow.engine.transport.local import LocalChannel
 
-__all__ = ["CreditedInput", "CreditedOutput", "PeerTransport"]
+__all__ = ["WATERMARK_HOLD", "CreditedInput", "CreditedOutput", "PeerTransport"]
+
+WATERMARK_HOLD = 0.02
+"""Seconds a worker may keep back watermarks for a peer that gets nothing else (:class:`PeerTransport`)."""
 
 
 class CreditedOutput:
@@ -144,6 +148,20 @@ class PeerTransport(Transport):
     is four messages (four pickles, four system calls, four wakeups of the
     receiving worker) per batch and channel. Per round it is one each way.
 
+    A round whose elements for a peer are all watermarks, with no credits to
+    return, sends that peer nothing if the last message to it left less than
+    :data:`WATERMARK_HOLD` seconds ago: the watermarks stay in the outbox,
+    where each later one replaces its channel's, and leave with the next
+    record batch, barrier or credit, the next round past the hold, or before
+    this worker waits idle (``flush()`` without ``now``). A source subtask
+    emits a watermark after every batch while a combiner holds its records:
+    q7 of the Nexmark benchmark at parallelism 2 sent some 1,000 messages
+    per worker and second, nine in ten of them a lone watermark, each one a
+    pickle, two system calls and a wakeup of the peer and then a watermark
+    advance there. A watermark only lets windows and timers fire; one held
+    for a few milliseconds delays them by as much and changes no result
+    (every record keeps its place before or after it on its channel).
+
     Wire format, one list per message: ``("d", cid, element)`` data on channel
     ``cid``; ``("c", cid, n)`` n credits back to its producer; anything else is
     a control message for the worker, queued in ``commands``.
@@ -160,6 +178,10 @@ class PeerTransport(Transport):
         self.credits: dict[int, dict[ChannelId, int]] = {}
         self.commands: deque = deque()
         self.wakeup = threading.Event()
+        self._shipped_at: dict[int, float] = {}
+        """Per peer, the ``now`` of the last flush that sent it a message."""
+        self._outputs_to: dict[int, list[CreditedOutput]] = {}
+        """Per peer, the producer ends whose elements go into its outbox."""
 
     def channel(self, cid: ChannelId) -> ChannelEnd:
         """Return this worker's end of ``cid``: local, the producer end, or the consumer end."""
@@ -173,22 +195,36 @@ class PeerTransport(Transport):
         if src == self.worker:
             outbox = self.outboxes.setdefault(dst, [])
             out = self.outputs[cid] = CreditedOutput(outbox, cid, self.capacity)
+            self._outputs_to.setdefault(dst, []).append(out)
             return out
         queue: deque = deque()
         self.inboxes[cid] = queue
         return CreditedInput(cid, queue, self.credits.setdefault(src, {}))
 
-    def flush(self) -> None:
-        """Send each peer, in one message, the elements buffered for it and the credits it earned."""
-        for peer, messages in self._take():
-            self.ship(peer, messages)
-        for out in self.outputs.values():
-            out.flushed()
+    def flush(self, now: float | None = None) -> None:
+        """Send each peer, in one message, the elements buffered for it and the credits it earned.
 
-    def _take(self) -> Iterator[tuple[int, list]]:
+        With ``now`` (the end of a scheduler round), an outbox of watermarks
+        alone waits while the peer's last message is younger than
+        :data:`WATERMARK_HOLD`; without it, everything goes.
+        """
+        for peer, messages in self._take(now):
+            self._shipped_at[peer] = -math.inf if now is None else now
+            self.ship(peer, messages)
+            for out in self._outputs_to.get(peer, ()):
+                out.flushed()
+
+    def _take(self, now: float | None) -> Iterator[tuple[int, list]]:
         for peer, outbox in self.outboxes.items():
             credits = self.credits.get(peer)
             if not outbox and not credits:
+                continue
+            if (
+                not credits
+                and now is not None
+                and now - self._shipped_at.get(peer, -math.inf) < WATERMARK_HOLD
+                and all(type(m[2]) is Watermark and not m[2].idle for m in outbox)
+            ):
                 continue
             messages = list(outbox)
             outbox.clear()

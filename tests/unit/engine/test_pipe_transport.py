@@ -8,7 +8,7 @@ from typing import Any
 
 from onceflow.engine.elements import Barrier, Batch, Watermark
 from onceflow.engine.transport.base import ChannelId
-from onceflow.engine.transport.peers import PeerTransport
+from onceflow.engine.transport.peers import WATERMARK_HOLD, PeerTransport
 from onceflow.engine.transport.pipes import PipeTransport, connect_workers
 
 
@@ -181,3 +181,68 @@ def test_a_peer_that_closed_its_end_is_let_go() -> None:
     assert transports[1].take_in() is False
     transports[1].wait(0.01)  # no longer woken by the closed socket
     assert transports[1].take_in() is False
+
+
+def test_watermarks_alone_wait_out_the_hold_and_leave_merged_with_the_next_message() -> None:
+    transports, cid, out, inp = _one_channel()
+    shipped = _count_ships(transports[0])
+    out.put(Batch([1], [1]))
+    transports[0].flush(now=100.0)
+    assert len(shipped) == 1
+    # Rounds within the hold that put only watermarks send nothing; each replaces the one held.
+    for i, now in enumerate((100.001, 100.005, 100.019)):
+        out.put(Watermark(float(i)))
+        transports[0].flush(now=now)
+    assert len(shipped) == 1
+    # A record batch takes the held watermark along, in channel order.
+    out.put(Batch([2], [2]))
+    transports[0].flush(now=100.0195)
+    assert len(shipped) == 2
+    assert [m[2] for m in shipped[1]][0] == Watermark(2.0)
+    _until(lambda: _arrived(transports[1], lambda: len(inp) == 3))
+    got = [inp.poll() for _ in range(3)]
+    assert got[0].records == [1] and got[1] == Watermark(2.0) and got[2].records == [2]
+
+
+def test_held_watermarks_leave_after_the_hold_before_an_idle_wait_and_idleness_at_once() -> None:
+    transports, cid, out, inp = _one_channel()
+    shipped = _count_ships(transports[0])
+    transports[0].flush(now=0.0)
+    out.put(Watermark(1.0))
+    transports[0].flush(now=10.0)  # nothing sent to this peer before: no hold
+    assert len(shipped) == 1
+    out.put(Watermark(2.0))
+    transports[0].flush(now=10.001)
+    assert len(shipped) == 1
+    out.put(Watermark(3.0))
+    transports[0].flush(now=10.001 + WATERMARK_HOLD)  # the hold is over
+    assert len(shipped) == 2 and [m[2] for m in shipped[1]] == [Watermark(3.0)]
+    out.put(Watermark(4.0))
+    transports[0].flush(now=10.03)
+    assert len(shipped) == 2
+    transports[0].flush()  # before the worker waits idle: everything goes
+    assert len(shipped) == 3 and [m[2] for m in shipped[2]] == [Watermark(4.0)]
+    out.put(Watermark(5.0, idle=True))  # an idle marker lets consumers stop waiting: never held
+    transports[0].flush(now=10.031)
+    assert len(shipped) == 4
+    _until(lambda: _arrived(transports[1], lambda: inp.queue and inp.queue[-1] == Watermark(5.0, idle=True)))
+    # the inbox keeps the latest of consecutive watermarks; the idle marker comes after it
+    assert list(inp.queue) == [Watermark(4.0), Watermark(5.0, idle=True)]
+
+
+def test_credits_are_never_held_back() -> None:
+    transports, cid, out, inp = _one_channel()
+    shipped_back = _count_ships(transports[1])
+    out.put(Batch([1], [1]))
+    transports[0].flush(now=0.0)
+    _until(lambda: _arrived(transports[1], lambda: len(inp) == 1))
+    assert inp.poll().records == [1]
+    transports[1].flush(now=0.0)
+    inp_credit_rounds = len(shipped_back)
+    out.put(Batch([2], [2]))
+    transports[0].flush(now=0.001)
+    _until(lambda: _arrived(transports[1], lambda: len(inp) == 1))
+    inp.poll()
+    transports[1].flush(now=0.002)  # within any hold: the credit goes at once
+    assert len(shipped_back) == inp_credit_rounds + 1
+    assert shipped_back[-1] == [("c", cid, 1)]
