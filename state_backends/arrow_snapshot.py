@@ -231,11 +231,16 @@ _STREAM_BYTES = 16 << 20
 first: a second copy of a compacted base of 10,000,000 keys' segment cost the disk backend ~60 MiB."""
 
 
-def write_table(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> StateFileHandle:
+def write_table(
+    fs: fsspec.AbstractFileSystem, path: str, table: pa.Table, *, made_dirs: set[str] | None = None
+) -> StateFileHandle:
     """Run steps 3 and 4 of :func:`write_state_file`: write ``table`` (sorted by key group) to ``path``.
 
     A small table is serialized in memory and written with one call; a large one
     is streamed (:func:`write_batches`: its bytes never held twice).
+    ``made_dirs``: folders a caller writing several files already created (each
+    ``makedirs`` is two system calls, and on a snapshot writer thread every
+    system call hands the GIL to processing and waits to get it back).
     """
     if table.nbytes >= _STREAM_BYTES:
         return write_batches(fs, path, table.schema, [table])
@@ -247,8 +252,10 @@ def write_table(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> St
 
     # Step 4
     parent = _parent(path)
-    if parent:
+    if parent and (made_dirs is None or parent not in made_dirs):
         fs.makedirs(parent, exist_ok=True)
+        if made_dirs is not None:
+            made_dirs.add(parent)
     with fs.open(path, "wb") as out:
         out.write(data)
 

@@ -113,13 +113,16 @@ def write_segments(
         max_parallelism=max_parallelism,
         deleted=deleted,
     )
-    column = table["key_group"]
+    # One search for every segment's rows (the table is sorted by key group): Arrow compute calls
+    # per segment release and retake the GIL each, which a writer thread beside processing pays for.
+    groups = table["key_group"].to_numpy()
+    bounds = np.searchsorted(groups, [(s.start, s.end) for s in segments]).tolist()
     written: dict[KeyGroupRange, StateFileHandle] = {}
-    for segment in segments:
-        lo = pc.sum(pc.less(column, segment.start)).as_py() or 0
-        hi = pc.sum(pc.less(column, segment.end)).as_py() or 0
+    made_dirs: set[str] = set()
+    for segment, (lo, hi) in zip(segments, bounds, strict=True):
         if hi > lo:
-            written[segment] = write_table(fs, path_of(segment), table.slice(lo, hi - lo))
+            rows = table.slice(lo, hi - lo)
+            written[segment] = write_table(fs, path_of(segment), rows, made_dirs=made_dirs)
     if not written and always is not None:
         written[always] = write_table(fs, path_of(always), table.slice(0, 0))
     return written
