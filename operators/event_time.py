@@ -19,11 +19,13 @@ never fire a window or timer a second time.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
+import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from itertools import chain, compress, repeat
+from operator import is_
 from typing import Any
 
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState
@@ -39,6 +41,7 @@ __all__ = [
     "check_timestamp",
     "event_times",
     "frozen_copy",
+    "frozen_values",
     "restored_watermark",
 ]
 
@@ -54,12 +57,56 @@ def frozen_copy(value: Any) -> Any:
     a type check per item and no copy. Nested tuples (an accumulator holding
     records, ``(price, (bid, bid))``) are walked, not deep-copied: a deep copy
     costs some 30 times a walk, at every checkpoint, for every window of every key.
+    The copy is a pickle round trip (a small dict: 1 us against 3.5 us for
+    ``copy.deepcopy``). A value pickle refuses cannot be checkpointed at all:
+    it is returned as it is, and the snapshot writer, which pickles it too,
+    fails the checkpoint with an error naming the operator, key and type.
     """
     if isinstance(value, _IMMUTABLE):
         return value
     if type(value) is tuple and _immutable_tuple(value):
         return value
-    return copy.deepcopy(value)
+    try:
+        return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # noqa: BLE001 - reported by the snapshot writer, which knows the key
+        return value
+
+
+_EXACTLY_IMMUTABLE = frozenset(_IMMUTABLE)
+_IMMUTABLE_OR_TUPLE = _EXACTLY_IMMUTABLE | {tuple}
+
+
+def frozen_values(table: dict[Any, Any]) -> dict[Any, Any]:
+    """Return ``table`` if every value is immutable, else a dict with :func:`frozen_copy` of each value.
+
+    For a keyed table captured at a barrier (a shallow copy, or the changed
+    entries): a user function may change its state object in place
+    (``state.append(record)``), and a change made after the barrier must not
+    reach the snapshot the background writer serializes later, or the records
+    read again after a restore would be applied twice. The value types are
+    checked in bulk, at C speed (about 15 ns per value and per tuple item), so
+    numbers, strings and tuples of them, the common case, cost no copy and no
+    Python call per value.
+    """
+    if _immutable_values(table.values()):
+        return table
+    return {key: frozen_copy(value) for key, value in table.items()}
+
+
+def _immutable_values(values: Collection[Any]) -> bool:
+    """Whether every value's exact type is immutable, tuples included if their items are (any depth).
+
+    One level of tuples per pass, each pass C-level ``map``/``compress``/``chain`` calls only.
+    """
+    while True:
+        types = set(map(type, values))
+        if types <= _EXACTLY_IMMUTABLE:
+            return True
+        if not types <= _IMMUTABLE_OR_TUPLE:
+            return False
+        if types != {tuple}:
+            values = list(compress(values, map(is_, map(type, values), repeat(tuple))))
+        values = list(chain.from_iterable(values))
 
 
 def _immutable_tuple(value: tuple) -> bool:

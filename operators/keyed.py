@@ -7,7 +7,9 @@ lookup and one user call. State lives in the run's keyed-state backend
 batch's keys (the live table on the heap; the hot cache, with the batch's keys
 loaded, on disk), loops over the records with plain dict operations, and tells
 the backend which keys it touched. The snapshot is a shallow copy on the heap
-(values are immutable by contract) or a read view of the local database.
+(with a copy of any value that could change in place: a function may update
+its state object instead of returning a new one) or a read view of the local
+database.
 
 When the user function raises for a record, the loop stops there: the records
 before it were applied once (state and output), the failing one changed
@@ -23,6 +25,7 @@ from typing import Any
 
 from onceflow.operators.bad_records import failure_at
 from onceflow.operators.base import Capability, Operator, OperatorSnapshot, RestoredState, RuntimeContext
+from onceflow.operators.event_time import frozen_values
 from onceflow.state_backends.disk import DiskKeyedState
 from onceflow.state_backends.heap import HeapKeyedState
 
@@ -51,9 +54,18 @@ class _KeyedOperator(Operator):
         self.state = state
 
     def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
-        """Capture a frozen copy of every key's value, or of the changed ones (incremental checkpoints)."""
+        """Capture a frozen copy of every key's value, or of the changed ones (incremental checkpoints).
+
+        On the heap the capture shares the value objects with the live table;
+        a value the user's function may still change in place (a list, a dict)
+        is copied here, at the barrier (:func:`frozen_values`). The disk
+        backend pickles what it captures, which freezes it already.
+        """
         capture = self.state.capture()
-        return OperatorSnapshot(keyed_state=capture.tables, keyed_kind=capture.kind, deleted=capture.deleted)
+        tables = capture.tables
+        if isinstance(tables, dict):
+            tables = {name: frozen_values(table) for name, table in tables.items()}
+        return OperatorSnapshot(keyed_state=tables, keyed_kind=capture.kind, deleted=capture.deleted)
 
     def restore_state(self, restored: RestoredState) -> None:
         """Load the keys of this subtask's key-group range."""

@@ -41,9 +41,11 @@ class HeapKeyedState:
 
     Operators fetch a table once with :meth:`table` and then read and write the
     returned dict directly: the per-record cost is a plain dict operation, with no
-    wrapper in between. Values are treated as immutable by contract (an operator
-    replaces a value instead of mutating it in place), which is what makes the
-    shallow :meth:`snapshot` safe while processing goes on.
+    wrapper in between. :meth:`snapshot` and :meth:`capture` copy the tables
+    shallowly: the values are shared with the live tables, so the operator
+    that captures copies any value that could still change in place
+    (``onceflow.operators.event_time.frozen_values``) before the background
+    writer serializes it.
 
     Incremental checkpoints need the keys changed since the previous capture.
     Rather than wrapping every dict write, an operator adds the keys of a whole
@@ -115,8 +117,8 @@ class HeapKeyedState:
 
         Each table is copied shallowly (O(keys), no value copies), so later puts
         and deletes never leak into the snapshot that a background writer is
-        serializing. In-place mutation of a value would leak; the immutability
-        contract forbids it.
+        serializing. A value changed in place would leak: the operator copies
+        such values (see the class doc).
         """
         return {name: dict(table) for name, table in self.tables.items()}
 

@@ -373,3 +373,62 @@ def test_a_bounded_redis_stream_that_vanished_is_an_error_naming_it_and_the_last
         assert error, f"seed={seed}: {run.stderr}"
         assert repr(stream) in error[0] and "entry id '" in error[0], f"seed={seed}: {error[0]}"
         assert "Traceback" not in run.stderr
+
+
+# --------------------------------------------------------------------------- state changed in place
+
+IN_PLACE_JOB = """
+    import time
+    from onceflow import FileSink, FileSource, Job
+
+
+    def slow(word):
+        time.sleep(0.0002)
+        return word
+
+
+    def remember(seen, word):
+        seen = seen if seen is not None else []
+        seen.append(word)  # the state object is changed in place, not replaced
+        return seen, f"{word},{len(seen)}"
+
+
+    def build(input, output):
+        job = Job("holes-in-place")
+        (
+            job.source(FileSource(input, read_size=256), name="read", uid="read")
+            .map(slow, name="slow")
+            .key_by(lambda w: w)
+            .stateful_map(remember, name="remember", uid="remember")
+            .sink(FileSink(output), name="write", uid="write")
+        )
+        return job
+"""
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["full", "incremental"])
+def test_state_changed_in_place_after_a_barrier_is_not_applied_twice_after_a_kill(
+    tmp_path: Path, seed: int, incremental: bool
+) -> None:
+    """A list kept as state and appended to in place: the checkpoint holds it as it was at the barrier."""
+    rng = random.Random(seed)
+    words = [f"w{rng.randrange(20)}" for _ in range(8000)]
+    inp, out, chk = tmp_path / "in", tmp_path / "out", tmp_path / "chk"
+    inp.mkdir()
+    (inp / "words.txt").write_text("\n".join(words) + "\n")
+    job_file = tmp_path / "job.py"
+    job_file.write_text(textwrap.dedent(IN_PLACE_JOB))
+    params = (f"input={inp}", f"output={out}")
+    extra = ("--incremental-checkpoints",) if incremental else ()
+
+    for kills in range(1, 4):
+        run = onceflow_run(
+            job_file, chk, *params, kill_when=lambda n=kills: completed_checkpoints(chk) >= 2 * n, extra=extra
+        )
+        if run.returncode == 0:
+            break
+        assert run.returncode == -signal.SIGKILL, f"seed={seed}: {run.stderr}"
+    rerun = onceflow_run(job_file, chk, *params, extra=extra)
+
+    assert rerun.returncode == 0, f"seed={seed}: {rerun.stderr}"
+    assert Counter(read_committed_lines(str(out))) == running_counts(words), f"seed={seed}"
