@@ -235,6 +235,9 @@ class DeltaSinkWriter(TwoPhaseCommitWriter):
 
     def _from_rows(self, records: list) -> pa.RecordBatch:
         names = self._names
+        if not names and records and type(records[0]) is dict:
+            # the table's first batch: its first record's fields (pyarrow would silently drop others)
+            names = self._names = set(records[0])
         for record in records:
             if type(record) is not dict or (names and record.keys() != names):
                 self._refuse_record(record)

@@ -82,7 +82,8 @@ class FileSink(Sink):
         columns: csv only: the columns, in order (records lacking one get an
             empty field; an extra key is an error).
         schema: parquet only: the ``pyarrow.Schema`` of the files (default:
-            the first batch's).
+            the fields of the first batch's records; a record lacking one gets
+            null, a record with a field the schema lacks is an error).
         row_group_size: parquet only: rows per row group (default 131,072).
     """
 

@@ -30,6 +30,7 @@ __all__ = [
     "compression_of",
     "decode_header",
     "partition_folders",
+    "rows_to_batch",
 ]
 
 FORMATS = ("text", "csv", "jsonl", "parquet")
@@ -262,12 +263,32 @@ class RowEncoder:
         return out.getvalue()
 
 
+def rows_to_batch(records: list, schema: Any = None) -> Any:
+    """Return dict ``records`` as an Arrow RecordBatch with a column for every field any record has.
+
+    pyarrow's ``from_pylist`` takes the columns from the first record alone
+    and silently drops a later record's other fields; here they get a column
+    (null where a record lacks it). With ``schema``, its columns (the caller
+    checks for fields it lacks). Raises what pyarrow raises for records that
+    are not dicts or values that do not convert.
+    """
+    import pyarrow as pa
+
+    batch = pa.RecordBatch.from_pylist(records, schema=schema)
+    if schema is None and not set().union(*records).issubset(batch.schema.names):
+        names = list(dict.fromkeys(name for record in records for name in record))
+        batch = pa.RecordBatch.from_pydict({name: [r.get(name) for r in records] for name in names})
+    return batch
+
+
 class ParquetPart:
     """One Parquet file being written: rows buffered into row groups of ``row_group_size``.
 
-    The schema is ``schema`` or the first batch's; later batches are cast to
-    it. Cost: per batch one Arrow conversion (none for Arrow batches); per row
-    group one ``write_table``.
+    The schema is ``schema`` or the first batch's (every field any of its
+    records has); later batches are cast to it. A record lacking a field gets
+    null; a field the schema lacks is an error, never dropped. Cost: per
+    batch one Arrow conversion (none for Arrow batches); per row group one
+    ``write_table``.
     """
 
     def __init__(self, owner: str, handle: IO[bytes], schema: Any, row_group_size: int) -> None:
@@ -285,10 +306,16 @@ class ParquetPart:
 
         try:
             if type(records) is list:
-                table = pa.Table.from_pylist(records, schema=self.schema)
+                table = pa.Table.from_batches([rows_to_batch(records, self.schema)])
+                extra = set().union(*records).difference(table.column_names)
             else:
                 table = pa.Table.from_batches([records]) if hasattr(records, "schema") else records
-                if self.schema is not None and table.schema != self.schema:
+                extra = (
+                    set(table.column_names).difference(self.schema.names)
+                    if self.schema is not None
+                    else set()
+                )
+                if self.schema is not None and table.schema != self.schema and not extra:
                     table = table.select(self.schema.names).cast(self.schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, TypeError, AttributeError) as exc:
             msg = (
@@ -297,6 +324,14 @@ class ParquetPart:
                 f"the same keys and types, or pass schema=pyarrow.schema([...])"
             )
             raise SinkError(msg) from exc
+        if extra:
+            schema = self.schema if self.schema is not None else table.schema
+            msg = (
+                f"{self.owner}: a record has the field(s) {sorted(extra)!r}, which the Parquet schema of "
+                f"this file ({', '.join(schema.names)}) lacks; dropping them would lose data. Pass "
+                f"schema=pyarrow.schema([...]) with every field (a record lacking one gets null)"
+            )
+            raise SinkError(msg)
         if self.schema is None:
             self.schema = table.schema
         self.buffered.append(table)

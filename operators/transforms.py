@@ -14,6 +14,7 @@ from typing import Any
 
 from onceflow.operators.bad_records import failure_at
 from onceflow.operators.base import Capability, Operator
+from onceflow.operators.formats import rows_to_batch
 
 
 class _OneCallPerRecord(Operator):
@@ -99,9 +100,7 @@ class MapBatchesOperator(Operator):
         if self.arrow:
             batch: Any = records
             if type(records) is list:
-                import pyarrow as pa
-
-                batch = pa.RecordBatch.from_pylist(records)
+                batch = rows_to_batch(records)
             out = self.fn(batch)
             if out is None:
                 return []

@@ -82,3 +82,11 @@ def test_an_instance_narrows_its_class_capabilities_to_what_its_configuration_ne
     assert expected & type(op).capabilities == expected  # never wider than the class declares
     if Capability.SIDE_OUTPUTS in expected:
         assert op.side_outputs == {}
+
+
+def test_map_batches_arrow_gives_a_column_for_every_field_of_the_batch_s_records() -> None:
+    """pyarrow's from_pylist takes the columns from the first record alone; no field may vanish."""
+    seen: list = []
+    op = MapBatchesOperator(lambda batch: seen.append(batch.to_pylist()) or batch, arrow=True)
+    op.process_batch([{"a": 1}, {"a": 2, "b": "kept"}])
+    assert seen == [[{"a": 1, "b": None}, {"a": 2, "b": "kept"}]]

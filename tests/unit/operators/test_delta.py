@@ -165,6 +165,22 @@ def test_a_record_that_does_not_fit_names_the_sink_and_the_value(
     assert "DeltaSink(" in str(info.value) and "uid 'sink-uid'" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        ([{"id": 1}, {"id": 2, "v": "dropped before"}], r"missing \[\], unknown \['v'\]"),
+        ([{"id": 1, "v": "x"}, {"id": 2}], r"missing \['v'\], unknown \[\]"),
+    ],
+)
+def test_the_first_batch_s_records_must_all_have_the_first_record_s_columns(
+    tmp_path: Path, context_factory: Callable[..., Any], batch: list, expected: str
+) -> None:
+    """pyarrow takes the columns from the first record alone: a later field must not vanish silently."""
+    (a,) = writers(str(tmp_path / "t"), context_factory, n=1)
+    with pytest.raises(SinkError, match=expected):
+        a.process_batch(batch)
+
+
 def test_a_manifest_lists_the_staged_file_and_its_rows(
     tmp_path: Path, context_factory: Callable[..., Any]
 ) -> None:

@@ -113,3 +113,34 @@ def test_parquet_files_take_arrow_batches_and_row_groups(tmp_path, context_facto
     writer.process_batch([{"day": "x", "n": 1}])  # a new file: its schema is this batch's
     with pytest.raises(SinkError, match="do not convert to the Parquet schema"):
         writer.process_batch([{"day": ["not", "a", "str"], "n": 3}])
+
+
+def test_parquet_schema_takes_every_field_of_the_first_batch_and_a_missing_one_is_null(
+    tmp_path, context_factory
+) -> None:
+    """pyarrow infers columns from the first record alone; the sink must not drop a later record's field."""
+    out = str(tmp_path / "out")
+    writer = open_writer(out, context_factory(), format="parquet")
+    writer.process_batch([{"n": 1}, {"n": 2, "note": "second"}, {"note": "third"}])
+    writer.snapshot_state(1)
+    writer.notify_checkpoint_complete(1)
+    table = pq.read_table(tmp_path / "out" / "part-00000-0000000001.parquet")
+    assert table.to_pylist() == [
+        {"n": 1, "note": None},
+        {"n": 2, "note": "second"},
+        {"n": None, "note": "third"},
+    ]
+
+
+@pytest.mark.parametrize("given", ["inferred", "explicit", "arrow"])
+def test_parquet_field_the_schema_lacks_is_an_error_naming_it_not_dropped(
+    tmp_path, context_factory, given: str
+) -> None:
+    schema = pa.schema([("n", pa.int64())]) if given != "inferred" else None
+    writer = open_writer(str(tmp_path / "out"), context_factory(), format="parquet", schema=schema)
+    writer.process_batch([{"n": 1}])
+    later: Any = [{"n": 2, "extra": "x"}]
+    if given == "arrow":
+        later = pa.RecordBatch.from_pylist(later)
+    with pytest.raises(SinkError, match=r"field\(s\) \['extra'\].*lacks.*schema=pyarrow.schema"):
+        writer.process_batch(later)
