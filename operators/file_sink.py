@@ -188,6 +188,8 @@ class FileSinkWriter(TwoPhaseCommitWriter):
         self._parts: dict[str, _Part] = {}
         """The open transaction's files, by partition folders ("" without partitions)."""
         self._seq = 0
+        self._parquet_schema: Any = None
+        """Parquet: the schema the first file inferred, kept for the next files (``schema`` when given)."""
 
     # ------------------------------------------------------------ life cycle
 
@@ -286,6 +288,8 @@ class FileSinkWriter(TwoPhaseCommitWriter):
         part = self._parts.get(folders) or self._open_inprogress(folders)
         if part.parquet is not None:
             part.parquet.add(records)
+            if self._parquet_schema is None:
+                self._parquet_schema = part.parquet.schema
             return
         assert part.rows is not None
         if type(records) is not list:
@@ -300,6 +304,9 @@ class FileSinkWriter(TwoPhaseCommitWriter):
             raise TypeError(msg) from exc
         part.handle.write(data)
 
+    def _parquet_schema_for(self, sink: FileSink) -> Any:
+        return sink.schema if sink.schema is not None else self._parquet_schema
+
     def _open_inprogress(self, folders: str) -> _Part:
         ctx = self.ctx
         sink = self._sink
@@ -312,7 +319,11 @@ class FileSinkWriter(TwoPhaseCommitWriter):
         handle = self._fs.open(path, "wb")
         if sink.format == "parquet":
             part = _Part(
-                folder, path, handle, None, ParquetPart(self._owner, handle, sink.schema, sink.row_group_size)
+                folder,
+                path,
+                handle,
+                None,
+                ParquetPart(self._owner, handle, self._parquet_schema_for(sink), sink.row_group_size),
             )
         else:
             part = _Part(

@@ -110,7 +110,7 @@ def test_parquet_files_take_arrow_batches_and_row_groups(tmp_path, context_facto
     table = pq.read_table(path)
     assert table.column("n").to_pylist() == [1, 3, 5, 7]
     assert pq.ParquetFile(path).metadata.num_row_groups == 1
-    writer.process_batch([{"day": "x", "n": 1}])  # a new file: its schema is this batch's
+    writer.process_batch([{"day": "x", "n": 1}])  # a new file, with the schema the first file inferred
     with pytest.raises(SinkError, match="do not convert to the Parquet schema"):
         writer.process_batch([{"day": ["not", "a", "str"], "n": 3}])
 
@@ -144,3 +144,15 @@ def test_parquet_field_the_schema_lacks_is_an_error_naming_it_not_dropped(
         later = pa.RecordBatch.from_pylist(later)
     with pytest.raises(SinkError, match=r"field\(s\) \['extra'\].*lacks.*schema=pyarrow.schema"):
         writer.process_batch(later)
+
+
+def test_parquet_files_after_the_first_keep_its_inferred_schema(tmp_path, context_factory) -> None:
+    """A later file's first batch lacking a field does not make that field an error (or a loss) later."""
+    writer = open_writer(str(tmp_path / "out"), context_factory(), format="parquet", partition_by=["day"])
+    writer.process_batch([{"day": "a", "n": 1, "note": "x"}])
+    writer.process_batch([{"day": "b", "n": 2}])  # a new file whose first batch lacks "note"
+    writer.process_batch([{"day": "b", "n": 3, "note": "y"}])
+    writer.snapshot_state(1)
+    writer.notify_checkpoint_complete(1)
+    table = pq.read_table(tmp_path / "out" / "day=b" / "part-00000-0000000001.parquet")
+    assert table.to_pylist() == [{"n": 2, "note": None}, {"n": 3, "note": "y"}]
