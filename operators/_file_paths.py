@@ -13,7 +13,6 @@ ever read.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -47,15 +46,6 @@ def is_hidden(name: str) -> bool:
 def safe_name(text: str) -> str:
     """Make a uid or attempt id usable inside a file name on every filesystem."""
     return UNSAFE_NAME_CHARS.sub("_", text)
-
-
-def fsync_dir(directory: str) -> None:
-    """Make a rename in ``directory`` durable: POSIX persists renames only with the directory."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- source

@@ -47,7 +47,7 @@ import pyarrow as pa
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from onceflow.operators._file_paths import fsync_dir, safe_name
+from onceflow.operators._file_paths import safe_name
 from onceflow.operators.base import (
     Capability,
     RestoredState,
@@ -56,6 +56,7 @@ from onceflow.operators.base import (
     TwoPhaseCommitWriter,
 )
 from onceflow.operators.errors import SinkCommitError, SinkError, SinkOutputExistsError
+from onceflow.state_backends._durable import fsync_dir, fsync_file
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -319,7 +320,7 @@ class DeltaSinkWriter(TwoPhaseCommitWriter):
         writer.close()
         if self._local:
             with open(self._inprogress, "rb") as handle:
-                os.fsync(handle.fileno())
+                fsync_file(handle)
         # Step 2
         attempt = safe_name(ctx.attempt_id)
         name = f"part-{self._digest}-{ctx.subtask_index:05d}-{checkpoint_id:010d}-{attempt}.parquet"
@@ -557,6 +558,6 @@ class DeltaSinkWriter(TwoPhaseCommitWriter):
         with open(temp, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            fsync_file(handle)
         os.replace(temp, path)
         fsync_dir(self._staging)

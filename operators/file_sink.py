@@ -23,7 +23,6 @@ from onceflow.operators._file_paths import (
     COMMITTED_NAME,
     MARKER_NAME,
     PENDING_NAME,
-    fsync_dir,
     safe_name,
 )
 from onceflow.operators.base import (
@@ -46,6 +45,7 @@ from onceflow.operators.formats import (
     default_row_group_size,
     split_by_partition,
 )
+from onceflow.state_backends._durable import fsync_dir, fsync_file
 
 __all__ = ["FileSink", "FileSinkWriter", "read_committed_lines"]
 
@@ -350,7 +350,7 @@ class FileSinkWriter(TwoPhaseCommitWriter):
                 part.parquet.close()
             part.handle.flush()
             if self._local:
-                os.fsync(part.handle.fileno())
+                fsync_file(part.handle)
             part.handle.close()
             pending = posixpath.join(part.folder, f".{stem}.{safe_name(self.ctx.attempt_id)}.pending")
             final = posixpath.join(part.folder, stem + self._sink.suffix)
@@ -503,7 +503,7 @@ class FileSinkWriter(TwoPhaseCommitWriter):
         with open(temp, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            fsync_file(handle)
         os.replace(temp, path)
         fsync_dir(self._root)
 

@@ -21,6 +21,7 @@ from onceflow.engine.checkpoint.paths import CheckpointPaths
 from onceflow.engine.checkpoint.retention import Deletion, shared_to_delete
 from onceflow.engine.errors import CheckpointDirectoryError
 from onceflow.engine.faults import CRASH_POINTS
+from onceflow.state_backends._durable import fsync_dir, fsync_file
 
 __all__ = ["CheckpointStore", "list_jobs"]
 
@@ -177,14 +178,9 @@ class CheckpointStore:
         os.makedirs(directory, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            fsync_file(f)
         os.replace(tmp, path)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(directory)
 
     # -- deletion --------------------------------------------------------------
 
