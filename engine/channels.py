@@ -8,6 +8,7 @@ a gate only calls ``put`` and ``has_room`` on them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from itertools import compress
 from operator import not_
@@ -16,7 +17,16 @@ from typing import Any
 from onceflow.engine.elements import Batch
 from onceflow.engine.errors import KeyEncodingError, OperatorError
 from onceflow.state_backends.errors import ErrorDomain
-from onceflow.state_backends.key_groups import key_group_for, key_groups_for, subtask_for_key_group
+from onceflow.state_backends.key_groups import (
+    changed_by_restore,
+    decode_key,
+    encode_key,
+    key_group_for,
+    key_groups_for,
+    subtask_for_key_group,
+)
+
+log = logging.getLogger("onceflow")
 
 
 class OutputGate:
@@ -109,6 +119,7 @@ class HashGate(OutputGate):
         self.subtask_index = subtask_index
         self.cache_size = cache_size
         self._route: dict[Any, int] = {}
+        self._warned = False
 
     def _miss(self, key: Any) -> int:
         try:
@@ -120,6 +131,8 @@ class HashGate(OutputGate):
                 "bytes, None or tuples of these; convert the key in key_by's function"
             )
             raise self._error(msg, exc) from exc
+        if not self._warned:
+            self._warn_if_changed_by_restore([key])
         if len(self._route) >= self.cache_size:
             self._route.clear()
         target = subtask_for_key_group(self.max_parallelism, len(self.channels), kg)
@@ -143,8 +156,29 @@ class HashGate(OutputGate):
             for key in new:
                 self._miss(key)  # raises the error naming the operator, for the first bad key
             raise
+        if not self._warned:
+            self._warn_if_changed_by_restore(new)
         mp, n = self.max_parallelism, len(self.channels)
         route.update(zip(new, [subtask_for_key_group(mp, n, kg) for kg in groups]))
+
+    def _warn_if_changed_by_restore(self, keys: list) -> None:
+        """Warn once if a key would come back from a checkpoint as another type (``changed_by_restore``)."""
+        key = changed_by_restore(keys)
+        if key is None:
+            return
+        self._warned = True
+        canonical = decode_key(encode_key(key))
+        log.warning(
+            "key_by before operator %r produced the key %r (%s): a checkpoint keeps a key as its "
+            "canonical equal, so after a restore its state, windows and timers hold it as %r (%s), "
+            "which is what they then emit; key by a plain str, int or tuple of them where the key's "
+            "type shows in the output",
+            self.operator_name,
+            key,
+            type(key).__name__,
+            canonical,
+            type(canonical).__name__,
+        )
 
     def _error(self, msg: str, exc: BaseException) -> OperatorError:
         err = OperatorError(
@@ -180,10 +214,13 @@ class HashGate(OutputGate):
                 # One target: nothing to route, only keys to check. Keys of plain types
                 # are valid by their type alone (one C-level pass); floats (NaN), tuples
                 # and anything else are checked once per distinct key through the cache.
-                if not _PLAIN_KEY_TYPES.issuperset(set(map(type, keys))):
+                types = set(map(type, keys))
+                if not _PLAIN_KEY_TYPES.issuperset(types):
                     for key in keys:
                         if get(key) is None:
                             self._miss(key)
+                elif bool in types and not self._warned:
+                    self._warn_if_changed_by_restore(keys)
                 channels[0].put(Batch(records, keys, timestamps))
                 return
             n = len(channels)

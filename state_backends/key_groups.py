@@ -48,8 +48,9 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from onceflow.state_backends.errors import KeyEncodingError
@@ -215,6 +216,36 @@ def key_groups_of_encodings(encodings: Iterable[bytes], max_parallelism: int) ->
     return [h % max_parallelism for h in map(zlib.crc32, encodings)]
 
 
+_KEPT_TYPES = frozenset({str, int, bytes, type(None), float, tuple})
+"""Key types a checkpoint gives back as they were (floats unless integral, tuples if their items are)."""
+
+
+def changed_by_restore(keys: Collection[Any]) -> Any | None:
+    """Return a key of ``keys`` that a restore would give back as another (equal) object, or None.
+
+    A checkpoint stores a key as its canonical encoding, which equal keys
+    share (``True == 1 == 1.0``), and decodes it to the canonical type: a bool
+    comes back as an int, an integral float as an int, an ``IntEnum`` member
+    as its int, a ``namedtuple`` as a tuple. For new keys only (checked in
+    bulk): the key exchange warns once per operator, since a window or timer
+    that emits its key then emits the canonical one after a restore.
+    """
+    types = set(map(type, keys))
+    odd = types - _KEPT_TYPES
+    if odd:
+        return next(key for key in keys if type(key) in odd)
+    if float in types:
+        for key in keys:
+            if type(key) is float and key.is_integer():
+                return key
+    if tuple in types:
+        tuples = keys if types == {tuple} else [key for key in keys if type(key) is tuple]
+        items = list(chain.from_iterable(tuples))
+        if changed_by_restore(items) is not None:
+            return next(key for key in keys if type(key) is tuple and changed_by_restore(key) is not None)
+    return None
+
+
 def key_groups_for(keys: list[Any], max_parallelism: int) -> list[int]:
     """Return :func:`key_group_for` of every key in ``keys``, in bulk.
 
@@ -363,6 +394,7 @@ __all__ = [
     "HASH_FUNCTION_ID",
     "KeyGroupAssigner",
     "KeyGroupRange",
+    "changed_by_restore",
     "decode_key",
     "encode_key",
     "key_group_for",

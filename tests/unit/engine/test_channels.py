@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import enum
+import logging
 from typing import Any
 
 import pytest
@@ -361,3 +364,46 @@ def test_batch_repr_says_whether_it_is_keyed() -> None:
     assert repr(Batch([1, 2])) == "Batch(2 records)"
     assert repr(Batch([1], ["k"])) == "Batch(1 records, keyed)"
     assert len(Batch([1, 2, 3])) == 3
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+Point = collections.namedtuple("Point", "x y")
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+@pytest.mark.parametrize(
+    ("key", "canonical"),
+    [
+        (True, "1 (int)"),
+        (2.0, "2 (int)"),
+        (Color.RED, "1 (int)"),
+        (Point(1, 2), "(1, 2) (tuple)"),
+        (("a", False), "('a', 0) (tuple)"),
+    ],
+    ids=["bool", "integral-float", "int-enum", "namedtuple", "tuple-of-bool"],
+)
+def test_a_key_a_restore_gives_back_as_another_type_is_warned_once_naming_the_operator(
+    caplog: pytest.LogCaptureFixture, parallelism: int, key: Any, canonical: str
+) -> None:
+    out = channels(parallelism)
+    gate = hash_gate(out, key_fn=lambda r: r)
+    with caplog.at_level(logging.WARNING, logger="onceflow"):
+        gate.emit(["plain", key])
+        gate.emit([key, "other"])
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "'count'" in warnings[0] and f"as {canonical}" in warnings[0], warnings[0]
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_keys_a_restore_gives_back_as_they_are_are_not_warned(
+    caplog: pytest.LogCaptureFixture, parallelism: int
+) -> None:
+    out = channels(parallelism)
+    gate = hash_gate(out, key_fn=lambda r: r)
+    with caplog.at_level(logging.WARNING, logger="onceflow"):
+        gate.emit(list(KEYS) + [2.5, ("a", 1.5, (b"x", None))])
+    assert caplog.records == []
