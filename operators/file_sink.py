@@ -381,7 +381,7 @@ class FileSinkWriter(TwoPhaseCommitWriter):
         The three cases:
             1. The pending file exists: move it to the final name (local: atomic
                ``os.replace`` and a directory fsync; elsewhere: copy unless the
-               final file already exists from an interrupted commit, then delete).
+               final file already exists, whole, from an interrupted commit, then delete).
             2. Only the final file exists: an earlier attempt committed it; nothing to do.
             3. Neither exists: the output of a completed checkpoint is gone.
 
@@ -396,7 +396,9 @@ class FileSinkWriter(TwoPhaseCommitWriter):
                 os.replace(pending, final)
                 fsync_dir(posixpath.dirname(final))
             else:
-                if not fs.exists(final):
+                # A final file beside the pending one is an interrupted commit's copy: whole on an
+                # object store (a put is all or nothing), possibly cut short elsewhere (sftp, hdfs).
+                if not fs.exists(final) or fs.size(final) != fs.size(pending):
                     fs.copy(pending, final)
                 fs.rm(pending)
             return True

@@ -593,6 +593,20 @@ def test_restore_at_lower_parallelism_commits_every_old_subtask(out_dir: str, co
     assert read_committed_lines(out_dir) == ["from-0", "from-1", "from-2"]
 
 
+def test_a_commit_interrupted_mid_copy_is_copied_again_on_an_object_store(memory_dir: str, context_factory):
+    """Off the local disk a commit is copy-then-delete; a copy cut short must not be taken as done."""
+    writer = open_writer(memory_dir, context_factory())
+    writer.process_batch([f"line {i}" for i in range(100)])
+    [(_, committable)] = writer.snapshot_state(1).operator_state
+    fs, _ = fsspec.core.url_to_fs(memory_dir)
+    fs.pipe_file(committable["final"], fs.cat_file(committable["pending"])[:50])  # the copy, cut short
+
+    writer.notify_checkpoint_complete(1)
+
+    assert read_committed_lines(memory_dir) == [f"line {i}" for i in range(100)]
+    assert not fs.exists(committable["pending"])
+
+
 def test_commit_with_both_files_missing_is_data_loss(out_dir: str, context_factory):
     writer = open_writer(out_dir, context_factory())
     writer.process_batch(["a"])
