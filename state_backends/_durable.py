@@ -10,13 +10,16 @@ durable and visible at once, so nothing is needed there.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any
 
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-__all__ = ["fsync_dir", "fsync_file", "is_local"]
+__all__ = ["fsync_dir", "fsync_file", "is_local", "sync_filesystem"]
+
+_libc: Any = None
 
 
 def is_local(fs: AbstractFileSystem) -> bool:
@@ -35,5 +38,28 @@ def fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_filesystem(directory: str) -> None:
+    """Make everything written to the filesystem holding ``directory`` durable, names included.
+
+    For the state files of a checkpoint, written by every worker process:
+    one ``syncfs`` (Linux) before ``_metadata`` is written costs one journal
+    commit, where an fsync per state file and directory cost one each (q7 of
+    the Nexmark benchmark at parallelism 2, about 25 files a checkpoint: its
+    processing took 1.4-2.0 s instead of 1.0-1.3 s). Elsewhere ``os.sync``.
+    """
+    global _libc  # noqa: PLW0603 - loaded once, on first use
+    while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+        directory = os.path.dirname(directory)  # not made yet: its filesystem is its parent's
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = getattr(_libc, "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
     finally:
         os.close(fd)

@@ -41,7 +41,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from onceflow.state_backends._durable import fsync_dir, fsync_file, is_local
 from onceflow.state_backends._state_values import (
     _ARROW_TYPES,
     _ENC_PICKLE,
@@ -259,10 +258,6 @@ def write_table(
             made_dirs.add(parent)
     with fs.open(path, "wb") as out:
         out.write(data)
-        if is_local(fs):
-            fsync_file(out)
-    if is_local(fs):
-        fsync_dir(parent or ".")
 
     kg_start: int | None = None
     kg_end: int | None = None
@@ -312,10 +307,6 @@ def write_batches(
                 if kg_start is None:
                     kg_start = key_group[0].as_py()
                 kg_end = key_group[-1].as_py() + 1
-        if is_local(fs):
-            fsync_file(out)
-    if is_local(fs):
-        fsync_dir(parent or ".")
     return StateFileHandle(
         path=path,
         rows=rows,

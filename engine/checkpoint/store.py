@@ -21,7 +21,7 @@ from onceflow.engine.checkpoint.paths import CheckpointPaths
 from onceflow.engine.checkpoint.retention import Deletion, shared_to_delete
 from onceflow.engine.errors import CheckpointDirectoryError
 from onceflow.engine.faults import CRASH_POINTS
-from onceflow.state_backends._durable import fsync_dir, fsync_file
+from onceflow.state_backends._durable import fsync_dir, fsync_file, sync_filesystem
 
 __all__ = ["CheckpointStore", "list_jobs"]
 
@@ -124,11 +124,15 @@ class CheckpointStore:
     def write_metadata(self, meta: CheckpointMetadata) -> None:
         """Write ``_metadata`` atomically: after this returns the checkpoint exists.
 
-        The one writer of ``_metadata``. Local: a temp file in the same directory,
-        fsync, ``os.replace``, fsync of the directory. Object stores and
+        The one writer of ``_metadata``. Local: the filesystem synced first (the
+        state files it lists, see ``sync_filesystem``), then a temp file in the
+        same directory, fsync, ``os.replace``, fsync of the directory. Object stores and
         ``memory://``: one put of the whole file, which they make visible at once.
         """
         path = self.paths.metadata(meta.checkpoint_id)
+        if self.is_local:
+            # The state files the checkpoint lists, written by every worker, reach the disk first.
+            sync_filesystem(self.paths.job_dir)
         self._write_atomically(path, self.paths.metadata_temp(meta.checkpoint_id), encode_metadata(meta))
 
     # -- checkpoint id high-water mark ----------------------------------------------

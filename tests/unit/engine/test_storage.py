@@ -377,3 +377,33 @@ def test_lock_of_a_killed_process_is_released_by_the_kernel(tmp_path: Path) -> N
             holder.wait(timeout=10)
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+def test_a_local_checkpoint_s_state_files_reach_the_disk_before_its_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 cannot show it: after a power loss `_metadata` must not name a state file never on disk.
+
+    The state files are written by every worker without an fsync each; the filesystem is synced
+    (one syncfs) before `_metadata` is written.
+    """
+    import onceflow.state_backends._durable as durable
+
+    events: list[str] = []
+    real_sync, real_fsync = durable.sync_filesystem, durable.os.fsync
+
+    def recording_sync(directory: str) -> None:
+        events.append(f"sync {directory}")
+        real_sync(directory)
+
+    def recording_fsync(fd: int) -> None:
+        events.append(f"fsync {os.path.basename(os.readlink(f'/proc/self/fd/{fd}'))}")
+        real_fsync(fd)
+
+    store = CheckpointStore(str(tmp_path / "chk"), JOB)
+    monkeypatch.setattr("onceflow.engine.checkpoint.store.sync_filesystem", recording_sync)
+    monkeypatch.setattr(durable.os, "fsync", recording_fsync)
+
+    write_checkpoint(store, own(1))
+
+    assert events == [f"sync {store.paths.job_dir}", "fsync ._metadata.tmp", "fsync chk-1"], events

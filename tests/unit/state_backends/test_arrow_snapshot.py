@@ -487,30 +487,3 @@ def test_a_large_state_file_is_streamed_with_the_same_bytes_and_checksum(fs_and_
     assert streamed.sha256 == hashlib.sha256(in_memory).hexdigest()
     assert (streamed.key_group_start, streamed.key_group_end) == (small.key_group_start, small.key_group_end)
     assert read_state_file(fs, streamed) == (("op", 1), {"s": table})
-
-
-@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
-def test_a_local_state_file_and_its_directory_are_fsynced(tmp_path, monkeypatch, streamed: bool) -> None:
-    """kill -9 cannot show it: a power loss would leave `_metadata` naming a state file never on disk."""
-    import os
-
-    import onceflow.state_backends.arrow_snapshot as arrow_snapshot
-    from onceflow.state_backends._durable import os as durable_os
-
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(durable_os, "fsync", recording_fsync)
-    if streamed:
-        monkeypatch.setattr(arrow_snapshot, "_STREAM_BYTES", 0)
-    path = tmp_path / "chk-1" / "count-0.arrow"
-    fs = fsspec.filesystem("file")
-
-    state = {"n": {"a": 1, "b": 2}}
-    write_state_file(fs, str(path), keyed_state=state, operator_state=None, max_parallelism=128)
-
-    assert synced == [str(path), str(path.parent)]
