@@ -49,7 +49,9 @@ def sync_filesystem(directory: str) -> None:
     one ``syncfs`` (Linux) before ``_metadata`` is written costs one journal
     commit, where an fsync per state file and directory cost one each (q7 of
     the Nexmark benchmark at parallelism 2, about 25 files a checkpoint: its
-    processing took 1.4-2.0 s instead of 1.0-1.3 s). Elsewhere ``os.sync``.
+    processing took 1.4-2.0 s instead of 1.0-1.3 s). It also waits for what
+    other programs wrote to that filesystem: a checkpoint directory on a disk
+    of its own keeps that wait short. Elsewhere ``os.sync``.
     """
     global _libc  # noqa: PLW0603 - loaded once, on first use
     while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
