@@ -1,5 +1,6 @@
 """Boundary inputs through a whole job and its rerun: nothing, one record, a batch less one, a batch,
-a batch and one, a last line without a newline, a line longer than a read.
+a batch and one, a last line without a newline, a line longer than a read, a line of a megabyte
+(the key, its state and its output) and characters beyond ASCII.
 
 Each input runs ``python -m onceflow run`` to its end, then again on the same checkpoint directory:
 the first run commits exactly the keyed running counts a plain loop computes, the rerun says the
@@ -54,6 +55,11 @@ INPUTS = {
     "batch-and-one": "".join(f"w{i % 3:03d}\n" for i in range(13)),
     "no-final-newline": "w000\nw001\nw000",
     "line-longer-than-a-read": "w000\n" + "x" * (3 * READ_SIZE) + "\nw000\n",
+    "a-megabyte-line-and-unicode": "\u00e9" * 500_000
+    + "\n"
+    + "\u65e5\u672c\u8a9e\n\U0001f600\n" * 3
+    + "\u00e9" * 500_000
+    + "\n",
 }
 
 
