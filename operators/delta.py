@@ -557,7 +557,6 @@ class DeltaSinkWriter(TwoPhaseCommitWriter):
         temp = posixpath.join(self._staging, f".{name}.tmp")
         with open(temp, "wb") as handle:
             handle.write(data)
-            handle.flush()
             fsync_file(handle)
         os.replace(temp, path)
         fsync_dir(self._staging)

@@ -188,8 +188,8 @@ class FileSinkWriter(TwoPhaseCommitWriter):
         self._parts: dict[str, _Part] = {}
         """The open transaction's files, by partition folders ("" without partitions)."""
         self._seq = 0
-        self._parquet_schema: Any = None
-        """Parquet: the schema the first file inferred, kept for the next files (``schema`` when given)."""
+        self._parquet_schema: Any = sink.schema
+        """Parquet: ``schema``, or the schema the first file inferred, kept for the next files."""
 
     # ------------------------------------------------------------ life cycle
 
@@ -304,9 +304,6 @@ class FileSinkWriter(TwoPhaseCommitWriter):
             raise TypeError(msg) from exc
         part.handle.write(data)
 
-    def _parquet_schema_for(self, sink: FileSink) -> Any:
-        return sink.schema if sink.schema is not None else self._parquet_schema
-
     def _open_inprogress(self, folders: str) -> _Part:
         ctx = self.ctx
         sink = self._sink
@@ -323,7 +320,7 @@ class FileSinkWriter(TwoPhaseCommitWriter):
                 path,
                 handle,
                 None,
-                ParquetPart(self._owner, handle, self._parquet_schema_for(sink), sink.row_group_size),
+                ParquetPart(self._owner, handle, self._parquet_schema, sink.row_group_size),
             )
         else:
             part = _Part(
@@ -504,7 +501,6 @@ class FileSinkWriter(TwoPhaseCommitWriter):
         temp = self._path(f".{name}.{safe_name(self.ctx.attempt_id)}.tmp")
         with open(temp, "wb") as handle:
             handle.write(data)
-            handle.flush()
             fsync_file(handle)
         os.replace(temp, path)
         fsync_dir(self._root)

@@ -307,7 +307,10 @@ class ParquetPart:
         try:
             if type(records) is list:
                 table = pa.Table.from_batches([rows_to_batch(records, self.schema)])
-                extra = set().union(*records).difference(table.column_names)
+                # inferred, the schema has every field of the batch (rows_to_batch); given, maybe not
+                extra = (
+                    set().union(*records).difference(self.schema.names) if self.schema is not None else set()
+                )
             else:
                 table = pa.Table.from_batches([records]) if hasattr(records, "schema") else records
                 extra = (

@@ -14,17 +14,9 @@ import ctypes
 import os
 from typing import Any
 
-from fsspec import AbstractFileSystem
-from fsspec.implementations.local import LocalFileSystem
-
-__all__ = ["fsync_dir", "fsync_file", "is_local", "sync_filesystem"]
+__all__ = ["fsync_dir", "fsync_file", "sync_filesystem"]
 
 _libc: Any = None
-
-
-def is_local(fs: AbstractFileSystem) -> bool:
-    """Whether ``fs`` writes to the local disk (the only case that needs fsyncs)."""
-    return isinstance(fs, LocalFileSystem)
 
 
 def fsync_file(handle: Any) -> None:
